@@ -1,0 +1,339 @@
+//! Configuration: YAML text → [`RawConfig`] (serde, unknown fields refused) → [`Config`]
+//! (validated, typed), with every error placed at its line, column and field path.
+//! [`reload`] watches the file and SIGHUP, and swaps the live [`crate::snapshot`].
+
+mod raw;
+pub mod reload;
+mod units;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::Method;
+
+pub use raw::*;
+pub use units::{format_duration, parse_duration, parse_ratio};
+
+use crate::quota::{ConcurrencySpec, RateSpec};
+use crate::route::PathPattern;
+
+/// The default config file, relative to the working directory.
+pub const DEFAULT_PATH: &str = "config/sluice.yaml";
+
+/// A validated config: every value typed, every invariant checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub service: String,
+    pub listen: SocketAddr,
+    pub upstream: http::uri::Authority,
+    pub admin: Admin,
+    pub limits: Limits,
+    pub quota: Option<RateSpec>,
+    pub concurrency: Option<ConcurrencySpec>,
+    pub routes: Vec<Route>,
+    /// What was written, for the control API to show and edit.
+    pub raw: RawConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_uri_bytes: usize,
+    pub timeout: Duration,
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 32 * 1024,
+            max_uri_bytes: 8 * 1024,
+            timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub method: Option<Method>,
+    pub path: PathPattern,
+    pub timeout: Duration,
+    pub quota: Option<RateSpec>,
+    pub concurrency: Option<ConcurrencySpec>,
+    pub sla: Option<Sla>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sla {
+    pub latency: Option<LatencySla>,
+    pub availability: Option<f64>,
+    pub window: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencySla {
+    pub threshold: Duration,
+    pub objective: f64,
+}
+
+/// One problem in a config, placed as precisely as the input allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// `routes[2].quota.per`; empty for the document as a whole.
+    pub path: String,
+    /// 1-based line and column, when known.
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let (Some(line), Some(column)) = (self.line, self.column) {
+            write!(f, "{line}:{column}: ")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in one config, with the file it came from, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors {
+    pub source: Option<String>,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            match &self.source {
+                Some(source) => write!(f, "{source}:{error}")?,
+                None => write!(f, "{error}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Parses and validates config text.
+pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    let fail = |errors| ConfigErrors { source: None, errors };
+    let options = marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true);
+    let node = marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| fail(vec![load_error(e)]))?;
+    let raw: RawConfig = marked_yaml::from_node(&node).map_err(|e| {
+        let mark = e.start_mark();
+        fail(vec![ConfigError {
+            path: e.path().unwrap_or_default().to_string(),
+            line: mark.map(|m| m.line()),
+            column: mark.map(|m| m.column()),
+            message: e.into_inner().to_string(),
+        }])
+    })?;
+    validate::validate(raw).map_err(|errors| {
+        fail(errors.into_iter().map(|(path, message)| place(&node, path, message)).collect())
+    })
+}
+
+/// Reads, parses and validates a config file; errors name the file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let source = Some(path.display().to_string());
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        source: source.clone(),
+        errors: vec![ConfigError { path: String::new(), line: None, column: None, message: e.to_string() }],
+    })?;
+    parse(&text).map_err(|e| ConfigErrors { source, ..e })
+}
+
+/// Validates an already parsed config, as the control API receives it. Errors carry the
+/// field path only.
+pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigErrors> {
+    validate::validate(raw).map_err(|errors| ConfigErrors {
+        source: None,
+        errors: errors
+            .into_iter()
+            .map(|(path, message)| ConfigError { path, line: None, column: None, message })
+            .collect(),
+    })
+}
+
+fn load_error(e: marked_yaml::LoadError) -> ConfigError {
+    use marked_yaml::LoadError::*;
+    let (mark, message) = match &e {
+        TopLevelMustBeMapping(m) => (Some(*m), "the config must be a mapping".to_string()),
+        DuplicateKey(inner) => (
+            inner.key.span().start().copied(),
+            format!("duplicate key `{}`", inner.key.as_str()),
+        ),
+        ScanError(m, _) | UnexpectedAnchor(m) | MappingKeyMustBeScalar(m) | UnexpectedTag(m)
+        | TopLevelMustBeSequence(m) => {
+            // The display form starts with the marker; keep only the message.
+            let text = e.to_string();
+            let message = text.split_once(": ").map_or(text.clone(), |(_, m)| m.to_string());
+            (Some(*m), message)
+        }
+    };
+    ConfigError {
+        path: String::new(),
+        line: mark.map(|m| m.line()),
+        column: mark.map(|m| m.column()),
+        message,
+    }
+}
+
+/// Finds where `path` (`routes[1].quota.per`) sits in the document. A field that is
+/// missing is placed at the nearest enclosing node that exists.
+fn place(root: &marked_yaml::Node, path: String, message: String) -> ConfigError {
+    let mut node = root;
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (name, indices) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        let next = node.as_mapping().and_then(|m| m.get_node(name));
+        let Some(mut next) = next else { break };
+        for index in indices.split(['[', ']']).filter(|s| !s.is_empty()) {
+            let Some(child) = index.parse().ok().and_then(|i| next.as_sequence()?.get_node(i)) else {
+                break;
+            };
+            next = child;
+        }
+        node = next;
+    }
+    let mark = node.span().start();
+    ConfigError { path, line: mark.map(|m| m.line()), column: mark.map(|m| m.column()), message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_configs_are_valid() {
+        for text in [include_str!("../../config/sluice.yaml"), include_str!("../../config/demo.yaml")] {
+            parse(text).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_design_example_is_valid() {
+        let config = parse(
+            r#"
+service: claims
+listen: 0.0.0.0:8080
+upstream: http://127.0.0.1:8000
+admin:
+  listen: 127.0.0.1:9901
+  metrics_listen: 0.0.0.0:9902
+  tokens:
+    - { name: control-plane, role: admin, token_env: SLUICE_ADMIN_TOKEN }
+    - { name: grafana, role: viewer, token_file: /etc/sluice/viewer.token }
+quota: { rate: 20000, per: 1m, burst: 500 }
+routes:
+  - name: submit-claim
+    match: { method: POST, path: /claims/submit }
+    timeout: 2s
+    quota:
+      rate: 5000
+      per: 1m
+      burst: 100
+      key: header:x-consumer-id
+      mode: enforce
+    concurrency: { max: 5, key: header:x-user-id }
+    sla:
+      latency: { threshold: 200ms, objective: 99% }
+      availability: 99.9%
+      window: 30d
+  - name: other
+    match: { path: "/*" }
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.routes.len(), 2);
+        let quota = config.routes[0].quota.as_ref().unwrap();
+        assert_eq!(quota.emission_interval(), Duration::from_millis(12));
+        assert_eq!(config.routes[1].timeout, Duration::from_secs(30));
+        assert_eq!(config.quota.as_ref().unwrap().burst.get(), 500);
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        parse(text).unwrap_err().errors.iter().map(ToString::to_string).collect()
+    }
+
+    const HEAD: &str = "service: s\nlisten: 127.0.0.1:0\nupstream: http://127.0.0.1:1\n";
+
+    #[test]
+    fn every_semantic_error_is_listed_with_its_place() {
+        let text = format!(
+            "{HEAD}routes:\n  - name: a\n    match: {{ path: nope }}\n    quota: {{ rate: 0, per: 1y }}\n  - name: a\n    match: {{ method: get, path: /x }}\n    timeout: fast\n"
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "6:20: routes[0].match.path: `nope` must start with `/`",
+                "7:20: routes[0].quota.rate: must be between 1 and 4294967295",
+                "7:28: routes[0].quota.per: `y` is not a duration unit: use ms, s, m, h or d",
+                "8:11: routes[1].name: `a` is already the name of an earlier route",
+                "9:22: routes[1].match.method: `get` is not a method: write it in capitals, e.g. GET",
+                "10:14: routes[1].timeout: `fast` is not a duration: write e.g. `250ms`, `2s`, `1m`",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_at_their_key() {
+        let text = format!("{HEAD}routes:\n  - name: a\n    match: {{ path: /x }}\n    qouta: {{ rate: 1, per: 1s }}\n");
+        let errors = errors(&text);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].starts_with("7:5: routes[0].qouta: Unknown field `qouta`"), "{errors:?}");
+    }
+
+    #[test]
+    fn type_and_syntax_errors_are_placed() {
+        let text = format!("{HEAD}routes:\n  - name: a\n    match: {{ path: /x }}\n    quota: {{ rate: lots, per: 1s }}\n");
+        assert_eq!(errors(&text)[0].split(": ").take(2).collect::<Vec<_>>(), ["7:20", "routes[0].quota.rate"]);
+        let errors = errors("service: [unclosed\n");
+        assert!(errors[0].starts_with("2:1: ") || errors[0].starts_with("1:"), "{errors:?}");
+        assert!(parse(&format!("{HEAD}service: twice\n")).unwrap_err().errors[0].message.contains("duplicate key"));
+    }
+
+    #[test]
+    fn missing_required_fields_are_named() {
+        let errors = errors("service: s\nlisten: 127.0.0.1:0\n");
+        assert!(errors[0].contains("upstream"), "{errors:?}");
+    }
+
+    #[test]
+    fn upstream_must_be_plain_http() {
+        let errors = errors("service: s\nlisten: 127.0.0.1:0\nupstream: https://x:1\n");
+        assert_eq!(errors, ["3:11: upstream: must be an http:// URL: sluice talks to its service in plain HTTP"]);
+    }
+
+    #[test]
+    fn raw_round_trips_through_json() {
+        let config = parse(include_str!("../../config/demo.yaml")).unwrap();
+        let json = serde_json::to_string(&config.raw).unwrap();
+        let back: RawConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, config.raw);
+    }
+}

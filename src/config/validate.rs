@@ -1,0 +1,272 @@
+//! Raw config → typed [`Config`]. Every check runs, so one pass reports every problem,
+//! each with its field path.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::time::Duration;
+
+use http::Method;
+
+use super::*;
+use crate::quota::{ConcurrencySpec, KeySpec, Mode, RateSpec, DEFAULT_MAX_KEYS};
+use crate::route::PathPattern;
+
+type Errors = Vec<(String, String)>;
+
+/// The route name that counts requests no route matched.
+pub const UNMATCHED: &str = "unmatched";
+
+pub fn validate(raw: RawConfig) -> Result<Config, Errors> {
+    let mut v = Validator::default();
+    if !is_name(&raw.service) {
+        v.error("service", "must be 1-64 characters of letters, digits, `-`, `_` or `.`");
+    }
+    let listen = v.addr("listen", &raw.listen);
+    let upstream = v.upstream("upstream", &raw.upstream);
+    let admin = v.admin(raw.admin.as_ref());
+    let limits = v.limits(raw.limits.as_ref());
+    let quota = raw.quota.as_ref().and_then(|q| v.quota("quota", q));
+    let concurrency = raw.concurrency.as_ref().and_then(|c| v.concurrency("concurrency", c));
+    let mut names = HashSet::new();
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for (i, route) in raw.routes.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        if !is_name(&route.name) {
+            v.error(format!("{at}.name"), "must be 1-64 characters of letters, digits, `-`, `_` or `.`");
+        } else if route.name == UNMATCHED {
+            v.error(format!("{at}.name"), "`unmatched` is reserved for requests that match no route");
+        } else if !names.insert(route.name.as_str()) {
+            v.error(format!("{at}.name"), format!("`{}` is already the name of an earlier route", route.name));
+        }
+        if let Some(r) = v.route(&at, route, limits.timeout) {
+            routes.push(r);
+        }
+    }
+    if !v.errors.is_empty() {
+        return Err(v.errors);
+    }
+    Ok(Config {
+        service: raw.service.clone(),
+        listen: listen.expect("no errors"),
+        upstream: upstream.expect("no errors"),
+        admin: admin.expect("no errors"),
+        limits,
+        quota,
+        concurrency,
+        routes,
+        raw,
+    })
+}
+
+fn is_name(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+#[derive(Default)]
+struct Validator {
+    errors: Errors,
+}
+
+impl Validator {
+    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push((path.into(), message.into()));
+    }
+
+    /// Records the error of `result` at `path`, if any.
+    fn check<T>(&mut self, path: &str, result: Result<T, String>) -> Option<T> {
+        result.map_err(|e| self.error(path, e)).ok()
+    }
+
+    fn addr(&mut self, path: &str, text: &str) -> Option<SocketAddr> {
+        let parsed = text.parse::<SocketAddr>().map_err(|_| format!("`{text}` is not an address: write IP:PORT, e.g. 0.0.0.0:8080"));
+        self.check(path, parsed)
+    }
+
+    fn duration(&mut self, path: &str, text: &str) -> Option<Duration> {
+        let parsed = parse_duration(text).and_then(|d| {
+            if d.is_zero() { Err("must be longer than zero".to_string()) } else { Ok(d) }
+        });
+        self.check(path, parsed)
+    }
+
+    fn upstream(&mut self, path: &str, text: &str) -> Option<http::uri::Authority> {
+        let parsed = (|| {
+            let uri: http::Uri = text.parse().map_err(|_| format!("`{text}` is not a URL"))?;
+            if uri.scheme_str() != Some("http") {
+                return Err("must be an http:// URL: sluice talks to its service in plain HTTP".to_string());
+            }
+            if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+                return Err("must not have a path or query: requests keep their own".to_string());
+            }
+            uri.authority().cloned().ok_or_else(|| "must name a host and port".to_string())
+        })();
+        self.check(path, parsed)
+    }
+
+    fn admin(&mut self, raw: Option<&RawAdmin>) -> Option<Admin> {
+        let default = RawAdmin { listen: None, metrics_listen: None, tokens: Vec::new() };
+        let raw = raw.unwrap_or(&default);
+        let listen = match &raw.listen {
+            Some(text) => self.addr("admin.listen", text),
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
+        };
+        let metrics_listen = match &raw.metrics_listen {
+            Some(text) => self.addr("admin.metrics_listen", text).map(Some),
+            None => Some(None),
+        };
+        let mut names = HashSet::new();
+        for (i, token) in raw.tokens.iter().enumerate() {
+            let at = format!("admin.tokens[{i}]");
+            if !is_name(&token.name) {
+                self.error(format!("{at}.name"), "must be 1-64 characters of letters, digits, `-`, `_` or `.`");
+            } else if !names.insert(token.name.as_str()) {
+                self.error(format!("{at}.name"), format!("`{}` is already the name of another token", token.name));
+            }
+            if !matches!(token.role.as_str(), "viewer" | "operator" | "admin") {
+                self.error(format!("{at}.role"), format!("`{}` is not a role: use viewer, operator or admin", token.role));
+            }
+            let sources = [token.token_env.is_some(), token.token_file.is_some(), token.token.is_some()];
+            if sources.iter().filter(|s| **s).count() != 1 {
+                self.error(at, "give exactly one of token_env, token_file or token");
+            }
+        }
+        Some(Admin { listen: listen?, metrics_listen: metrics_listen? })
+    }
+
+    fn limits(&mut self, raw: Option<&RawLimits>) -> Limits {
+        let mut limits = Limits::default();
+        let Some(raw) = raw else { return limits };
+        let durations = [
+            ("limits.header_read_timeout", &raw.header_read_timeout, &mut limits.header_read_timeout),
+            ("limits.timeout", &raw.timeout, &mut limits.timeout),
+            ("limits.drain_timeout", &raw.drain_timeout, &mut limits.drain_timeout),
+        ];
+        for (path, text, slot) in durations {
+            if let Some(d) = text.as_deref().and_then(|t| self.duration(path, t)) {
+                *slot = d;
+            }
+        }
+        let sizes = [
+            ("limits.max_header_bytes", raw.max_header_bytes, 8192, &mut limits.max_header_bytes),
+            ("limits.max_uri_bytes", raw.max_uri_bytes, 256, &mut limits.max_uri_bytes),
+        ];
+        for (path, value, min, slot) in sizes {
+            match value {
+                Some(n) if !(min..=1 << 20).contains(&n) => {
+                    self.error(path, format!("must be between {min} and 1048576 bytes"));
+                }
+                Some(n) => *slot = n as usize,
+                None => {}
+            }
+        }
+        limits
+    }
+
+    fn quota(&mut self, at: &str, raw: &RawQuota) -> Option<RateSpec> {
+        let rate = self.check(&format!("{at}.rate"), nonzero_u32(raw.rate));
+        let per = self.duration(&format!("{at}.per"), &raw.per);
+        let burst = match raw.burst {
+            Some(b) => self.check(&format!("{at}.burst"), nonzero_u32(b)),
+            None => rate, // a quota without a burst may be spent at once, like a window
+        };
+        let key = match &raw.key {
+            Some(k) => self.check(&format!("{at}.key"), KeySpec::parse(k)),
+            None => Some(KeySpec::None),
+        };
+        let mode = match &raw.mode {
+            Some(m) => self.check(&format!("{at}.mode"), Mode::parse(m)),
+            None => Some(Mode::Enforce),
+        };
+        let max_keys = match raw.max_keys {
+            Some(n) => self.check(
+                &format!("{at}.max_keys"),
+                usize::try_from(n).ok().and_then(NonZeroUsize::new).ok_or_else(|| "must be at least 1".to_string()),
+            ),
+            None => NonZeroUsize::new(DEFAULT_MAX_KEYS),
+        };
+        let (rate, per) = (rate?, per?);
+        if (per / rate.get()).is_zero() {
+            self.error(format!("{at}.rate"), "is more than one request per nanosecond");
+            return None;
+        }
+        Some(RateSpec { rate, per, burst: burst?, key: key?, mode: mode?, max_keys: max_keys? })
+    }
+
+    fn concurrency(&mut self, at: &str, raw: &RawConcurrency) -> Option<ConcurrencySpec> {
+        let max = self.check(&format!("{at}.max"), nonzero_u32(raw.max));
+        let key = match &raw.key {
+            Some(k) => self.check(&format!("{at}.key"), KeySpec::parse(k)),
+            None => Some(KeySpec::None),
+        };
+        Some(ConcurrencySpec { max: max?, key: key? })
+    }
+
+    fn route(&mut self, at: &str, raw: &RawRoute, default_timeout: Duration) -> Option<Route> {
+        let method = match &raw.matches.method {
+            Some(m) => self.check(
+                &format!("{at}.match.method"),
+                match Method::from_bytes(m.as_bytes()) {
+                    Ok(method) if m.bytes().all(|b| b.is_ascii_uppercase()) => Ok(Some(method)),
+                    _ => Err(format!("`{m}` is not a method: write it in capitals, e.g. GET")),
+                },
+            ),
+            None => Some(None),
+        };
+        let path = self.check(&format!("{at}.match.path"), PathPattern::parse(&raw.matches.path));
+        let timeout = match &raw.timeout {
+            Some(t) => self.duration(&format!("{at}.timeout"), t),
+            None => Some(default_timeout),
+        };
+        let quota = match &raw.quota {
+            Some(q) => self.quota(&format!("{at}.quota"), q).map(Some),
+            None => Some(None),
+        };
+        let concurrency = match &raw.concurrency {
+            Some(c) => self.concurrency(&format!("{at}.concurrency"), c).map(Some),
+            None => Some(None),
+        };
+        let sla = match &raw.sla {
+            Some(s) => self.sla(&format!("{at}.sla"), s).map(Some),
+            None => Some(None),
+        };
+        Some(Route {
+            name: raw.name.clone(),
+            method: method?,
+            path: path?,
+            timeout: timeout?,
+            quota: quota?,
+            concurrency: concurrency?,
+            sla: sla?,
+        })
+    }
+
+    fn sla(&mut self, at: &str, raw: &RawSla) -> Option<Sla> {
+        let latency = match &raw.latency {
+            Some(l) => {
+                let threshold = self.duration(&format!("{at}.latency.threshold"), &l.threshold);
+                let objective = self.check(&format!("{at}.latency.objective"), parse_ratio(&l.objective));
+                Some(Some(LatencySla { threshold: threshold?, objective: objective? }))
+            }
+            None => Some(None),
+        };
+        let availability = match &raw.availability {
+            Some(a) => self.check(&format!("{at}.availability"), parse_ratio(a)).map(Some),
+            None => Some(None),
+        };
+        let window = match &raw.window {
+            Some(w) => self.duration(&format!("{at}.window"), w),
+            None => Some(Duration::from_secs(30 * 86400)),
+        };
+        let (latency, availability) = (latency?, availability?);
+        if latency.is_none() && availability.is_none() {
+            self.error(at, "give a latency objective, an availability objective, or both");
+            return None;
+        }
+        Some(Sla { latency, availability, window: window? })
+    }
+}
+
+fn nonzero_u32(n: u64) -> Result<NonZeroU32, String> {
+    u32::try_from(n).ok().and_then(NonZeroU32::new).ok_or_else(|| format!("must be between 1 and {}", u32::MAX))
+}

@@ -1,0 +1,3 @@
+pub mod quota;
+pub mod route;
+pub mod config;

@@ -1,0 +1,68 @@
+//! What a quota is kept per: nothing (the whole route), the client address, or a header.
+
+use std::net::IpAddr;
+
+/// How a quota finds the key of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeySpec {
+    None,
+    ClientIp,
+    /// Lower-case header name. A request without it uses [`Key::Absent`].
+    Header(http::HeaderName),
+}
+
+impl KeySpec {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "none" => Ok(Self::None),
+            "client_ip" => Ok(Self::ClientIp),
+            _ => match text.strip_prefix("header:") {
+                Some(name) => http::HeaderName::from_bytes(name.trim().as_bytes())
+                    .map(Self::Header)
+                    .map_err(|_| format!("`{name}` is not a valid header name")),
+                None => Err(format!("`{text}` is not a key: use none, client_ip or header:NAME")),
+            },
+        }
+    }
+
+    pub fn is_keyed(&self) -> bool {
+        !matches!(self, Self::None)
+    }
+}
+
+impl std::fmt::Display for KeySpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("none"),
+            Self::ClientIp => f.write_str("client_ip"),
+            Self::Header(name) => write!(f, "header:{name}"),
+        }
+    }
+}
+
+/// The key of one request. Requests without the header share the one `Absent` bucket,
+/// so leaving the header out never escapes the quota.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Key {
+    Absent,
+    Ip(IpAddr),
+    Value(Box<[u8]>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_round_trips() {
+        for text in ["none", "client_ip", "header:x-consumer-id"] {
+            assert_eq!(KeySpec::parse(text).unwrap().to_string(), text);
+        }
+        assert_eq!(
+            KeySpec::parse("header:X-Consumer-Id").unwrap().to_string(),
+            "header:x-consumer-id"
+        );
+        assert!(KeySpec::parse("header:bad name").is_err());
+        assert!(KeySpec::parse("cookie:x").is_err());
+    }
+}
