@@ -1,1 +1,102 @@
-fn main() {}
+//! The `sluice` binary: parse the command line, load the config, run, exit.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// A sidecar reverse proxy that enforces per-route quotas and measures SLAs.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with the config file; SIGHUP reloads it, SIGTERM drains and exits.
+    Run {
+        #[arg(long, env = "SLUICE_CONFIG", default_value = sluice::config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Check a config file without opening any socket.
+    Validate {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// A built-in service with sluice in front of it and traffic that hits the quotas.
+    Demo {
+        /// Stop after this long (e.g. `30s`); runs until Ctrl-C by default.
+        #[arg(long, value_parser = sluice::config::parse_duration)]
+        duration: Option<Duration>,
+    },
+}
+
+/// sysexits' EX_USAGE: the config given at start is not usable.
+const EXIT_BAD_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match cli.command {
+        Command::Validate { config } => match sluice::config::load(&config) {
+            Ok(_) => {
+                println!("ok");
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Run { config: path } => {
+            let config = match sluice::config::load(&path) {
+                Ok(config) => config,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(EXIT_BAD_CONFIG);
+                }
+            };
+            exit(runtime().block_on(async {
+                let running = sluice::server::start(config, Some(path)).await?;
+                sluice::server::run_until_signalled(running).await?;
+                Ok(())
+            }))
+        }
+        Command::Demo { duration } => exit(runtime().block_on(async { Ok(sluice::demo::run(duration).await?) })),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

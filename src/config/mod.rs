@@ -7,6 +7,8 @@ pub mod reload;
 mod units;
 mod validate;
 
+pub use validate::UNMATCHED;
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;

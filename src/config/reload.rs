@@ -1,0 +1,80 @@
+//! Reloading the config file: on SIGHUP and when the file changes. The file is polled
+//! (stat every interval), which also sees the symlink swap by which Kubernetes updates a
+//! mounted ConfigMap, where an inotify watch on the file would not. Parsing and validation
+//! run here, off the request path; a bad file changes nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::{load, ConfigErrors};
+use crate::snapshot::{Live, Snapshot};
+
+/// Loads `path` and makes it live, or logs why not and keeps the current config.
+pub fn reload(path: &Path, live: &Live, trigger: &str) -> Result<Arc<Snapshot>, ConfigErrors> {
+    let previous = live.load();
+    match load(path) {
+        Ok(config) => {
+            if config.listen != previous.config.listen || config.admin.listen != previous.config.admin.listen {
+                tracing::warn!("listen addresses changed: they take effect at the next restart");
+            }
+            let snapshot = live.apply(config);
+            let changed = snapshot.changed_routes(&previous);
+            tracing::info!(trigger, version = snapshot.version, ?changed, "config applied");
+            Ok(snapshot)
+        }
+        Err(errors) => {
+            for error in &errors.errors {
+                tracing::error!(trigger, %error, "config rejected; the previous config keeps serving");
+            }
+            Err(errors)
+        }
+    }
+}
+
+/// What identifies one version of the file without reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    // `metadata` follows symlinks: a swapped ConfigMap link shows as a new inode.
+    let meta = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some(Stamp { modified: meta.modified().ok(), len: meta.len(), inode })
+}
+
+/// Polls `path` every `interval` and reloads once a change has held still for one more
+/// interval (an editor's save or a ConfigMap update is several writes). Content that did
+/// not change (a touch) is not reapplied.
+pub async fn watch(path: PathBuf, live: Arc<Live>, interval: Duration) {
+    let mut applied = stamp(&path);
+    let mut applied_text = std::fs::read(&path).ok();
+    let mut pending: Option<Stamp> = None;
+    loop {
+        tokio::time::sleep(interval).await;
+        let now = stamp(&path);
+        if now == applied {
+            pending = None;
+            continue;
+        }
+        if now.is_none() || pending != now {
+            pending = now; // changed since the last look: wait for it to settle
+            continue;
+        }
+        pending = None;
+        applied = now;
+        let text = std::fs::read(&path).ok();
+        if text.is_some() && text == applied_text {
+            continue;
+        }
+        applied_text = text;
+        let _ = reload(&path, &live, "file");
+    }
+}

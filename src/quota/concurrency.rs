@@ -51,6 +51,10 @@ impl Concurrency {
         true
     }
 
+    pub fn key_spec(&self) -> &KeySpec {
+        &self.key
+    }
+
     pub fn max(&self) -> u32 {
         self.max.load(Ordering::Relaxed)
     }

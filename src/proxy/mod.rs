@@ -1,0 +1,110 @@
+//! The data plane. One request, in order:
+//!
+//! 1. [`Proxy::handle`] loads the live snapshot once; the request finishes on it.
+//! 2. The target is checked (414, 400) and normalized, and matched to a route.
+//! 3. [`admit`] applies the route's quotas, then the service's (429).
+//! 4. [`upstream::prepare`] rewrites the request for the service; the pooled client sends
+//!    it under the route's timeout (504) and maps failures to 502.
+//! 5. The response streams back in a [`ProxyBody`] that holds the request's [`Guard`]
+//!    (concurrency slots, in-flight count) until its last byte or the client leaving.
+//!
+//! [`listener`] accepts connections and serves HTTP/1.1 and h2c on them.
+
+mod admit;
+mod body;
+pub mod listener;
+pub mod respond;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{HeaderValue, CONNECTION};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::{Body, Incoming};
+
+pub use admit::key;
+pub use body::{Guard, ProxyBody, Tracker};
+pub use respond::Origin;
+
+use crate::route::{self, BadPath};
+use crate::snapshot::Live;
+
+/// The request path, shared by every connection.
+#[derive(Clone)]
+pub struct Proxy {
+    live: Arc<Live>,
+    client: upstream::Client,
+    tracker: Arc<Tracker>,
+}
+
+impl Proxy {
+    pub fn new(live: Arc<Live>, tracker: Arc<Tracker>) -> Self {
+        Self { live, client: upstream::client(), tracker }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let http1 = req.version() <= Version::HTTP_11;
+        let mut response = self.serve(req, peer).await;
+        if http1 && self.live.draining() {
+            // Draining: each HTTP/1 connection closes after its current response.
+            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+
+    async fn serve(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let in_flight = self.tracker.enter();
+        let snapshot = self.live.load();
+        let limits = &snapshot.config.limits;
+        // A body left unread must not be parsed as the next request: close instead.
+        let close = req.version() <= Version::HTTP_11 && !req.body().is_end_stream();
+
+        let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+        if target_len > limits.max_uri_bytes {
+            return respond::problem(StatusCode::URI_TOO_LONG, "request target too long", true);
+        }
+        let route = match route::normalize(req.uri().path()) {
+            Ok(path) => snapshot.find(req.method(), &path),
+            Err(BadPath::DotSegment) => {
+                return respond::problem(StatusCode::BAD_REQUEST, "dot segments are not allowed in the path", close)
+            }
+            Err(BadPath::BadEscape) => {
+                return respond::problem(StatusCode::BAD_REQUEST, "malformed percent-escape in the path", close)
+            }
+        };
+
+        let admitted = match admit::admit(&snapshot, route, req.headers(), peer.ip()) {
+            Ok(admitted) => admitted,
+            Err(refusal) => return respond::refused(&refusal, close),
+        };
+        let guard = Guard { permits: admitted.permits, _in_flight: in_flight };
+
+        let upgrade = upstream::is_upgrade(&req);
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        upstream::prepare(&mut req, &snapshot.config.upstream, peer.ip(), upgrade);
+        let mut response = match tokio::time::timeout(route.timeout, self.client.request(req)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => {
+                tracing::debug!(route = &*route.name, error = %e, "upstream request failed");
+                return respond::problem(StatusCode::BAD_GATEWAY, "the service could not be reached", false);
+            }
+            Err(_) => {
+                return respond::problem(StatusCode::GATEWAY_TIMEOUT, "the service did not answer in time", false);
+            }
+        };
+
+        upstream::clean_response(&mut response);
+        let mut guard = Some(guard);
+        if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, response.status()) {
+            let upstream = hyper::upgrade::on(&mut response);
+            let guard = guard.take();
+            // The tunnel holds the request's slots for as long as it is open.
+            tokio::spawn(async move {
+                upstream::tunnel(client, upstream).await;
+                drop(guard);
+            });
+        }
+        response.map(|body| ProxyBody::Upstream { body, guard })
+    }
+}

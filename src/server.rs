@@ -1,0 +1,118 @@
+//! Wiring: bind the sockets, start the tasks, and take them down in order on a drain.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{self, Config, ConfigErrors};
+use crate::proxy::listener::{self, Phase};
+use crate::proxy::{Proxy, Tracker};
+use crate::snapshot::{self, Live, Snapshot};
+
+/// How often the config file is polled for changes.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often idle quota keys are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A running sluice.
+pub struct Running {
+    live: Arc<Live>,
+    tracker: Arc<Tracker>,
+    proxy_addr: SocketAddr,
+    config_path: Option<PathBuf>,
+    phase: watch::Sender<Phase>,
+    serving: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+}
+
+/// Binds the listeners of `config` and starts serving. With `config_path`, the file is
+/// watched and reloaded.
+pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, StartError> {
+    let addr = config.listen;
+    let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+    let proxy_addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+    let live = Live::new(config);
+    let tracker = Arc::new(Tracker::default());
+    let (phase, watching) = watch::channel(Phase::Serving);
+    let proxy = Proxy::new(live.clone(), tracker.clone());
+    let serving = tokio::spawn(listener::serve(listener, proxy, live.clone(), watching));
+    let mut background = vec![tokio::spawn(snapshot::sweep_keys(live.clone(), SWEEP_INTERVAL))];
+    if let Some(path) = &config_path {
+        background.push(tokio::spawn(config::reload::watch(path.clone(), live.clone(), WATCH_INTERVAL)));
+    }
+    tracing::info!(%proxy_addr, service = %live.load().config.service, "sluice is serving");
+    Ok(Running { live, tracker, proxy_addr, config_path, phase, serving, background })
+}
+
+impl Running {
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.live.load()
+    }
+
+    /// Reloads the config file, as SIGHUP does.
+    pub fn reload(&self) -> Result<Arc<Snapshot>, ConfigErrors> {
+        match &self.config_path {
+            Some(path) => config::reload::reload(path, &self.live, "sighup"),
+            None => Ok(self.live.load()),
+        }
+    }
+
+    /// Stops accepting, lets in-flight requests finish within the drain deadline, then
+    /// closes every connection.
+    pub async fn drain(self) {
+        let deadline = tokio::time::Instant::now() + self.live.load().config.limits.drain_timeout;
+        tracing::info!(in_flight = self.tracker.in_flight(), "draining");
+        self.live.start_draining();
+        let _ = self.phase.send(Phase::Draining);
+        if tokio::time::timeout_at(deadline, self.tracker.idle()).await.is_err() {
+            tracing::warn!(in_flight = self.tracker.in_flight(), "drain deadline passed with requests in flight");
+        }
+        // A request that raced the drain on an idle keep-alive connection gets a moment to
+        // arrive and be answered with `Connection: close`.
+        let grace = tokio::time::Instant::now() + Duration::from_millis(200);
+        tokio::time::sleep_until(grace.min(deadline)).await;
+        let _ = self.phase.send(Phase::Closing);
+        let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), self.serving).await;
+        for task in self.background {
+            task.abort();
+        }
+        tracing::info!("drained");
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, then drains. SIGHUP reloads the config file.
+pub async fn run_until_signalled(running: Running) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => { let _ = running.reload(); }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    running.drain().await;
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! The live config: a validated [`Config`] with the quota state built for it, swapped
+//! atomically. A request loads the snapshot once and finishes on it; a new snapshot
+//! takes over the limiter state of every quota that did not change, so a reload gives
+//! nobody a fresh burst and drops no in-flight count.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use governor::clock::DefaultClock;
+
+use crate::config::Config;
+use crate::quota::{Concurrency, ConcurrencySpec, Mode, RateLimit, RateSpec};
+use crate::route::Matcher;
+
+pub use crate::config::UNMATCHED;
+
+/// A rate quota in force: shared state plus the mode it is applied in.
+#[derive(Clone)]
+pub struct RateQuota {
+    pub limit: Arc<RateLimit>,
+    pub mode: Mode,
+}
+
+/// The quotas of one scope: a route, or the whole service.
+#[derive(Clone, Default)]
+pub struct Quotas {
+    pub rate: Option<RateQuota>,
+    pub concurrency: Option<Arc<Concurrency>>,
+}
+
+impl Quotas {
+    fn build(rate: Option<&RateSpec>, concurrency: Option<&ConcurrencySpec>, previous: Option<&Quotas>) -> Self {
+        let rate = rate.map(|spec| {
+            let kept = previous.and_then(|p| p.rate.as_ref()).filter(|q| q.limit.spec().same_limiter(spec));
+            RateQuota {
+                limit: kept.map_or_else(|| Arc::new(RateLimit::new(spec.clone(), DefaultClock::default())), |q| q.limit.clone()),
+                mode: spec.mode,
+            }
+        });
+        let concurrency = concurrency.map(|spec| {
+            match previous.and_then(|p| p.concurrency.as_ref()).filter(|c| c.adopt(spec)) {
+                Some(kept) => kept.clone(),
+                None => Concurrency::new(spec),
+            }
+        });
+        Self { rate, concurrency }
+    }
+}
+
+/// One route as the request path sees it.
+pub struct RouteState {
+    pub name: Arc<str>,
+    pub timeout: Duration,
+    pub quotas: Quotas,
+}
+
+pub struct Snapshot {
+    pub version: u64,
+    pub config: Arc<Config>,
+    pub matcher: Matcher,
+    /// In config order, so a match index is a route index.
+    pub routes: Vec<RouteState>,
+    pub unmatched: RouteState,
+    pub service: Quotas,
+}
+
+impl Snapshot {
+    /// Builds the state for `config`, adopting from `previous` what is still valid.
+    pub fn build(config: Config, version: u64, previous: Option<&Snapshot>) -> Self {
+        let matcher = Matcher::new(config.routes.iter().map(|r| (r.method.clone(), r.path.clone())).collect());
+        let routes = config
+            .routes
+            .iter()
+            .map(|route| {
+                let before = previous.and_then(|p| p.route(&route.name));
+                RouteState {
+                    name: route.name.as_str().into(),
+                    timeout: route.timeout,
+                    quotas: Quotas::build(route.quota.as_ref(), route.concurrency.as_ref(), before.map(|r| &r.quotas)),
+                }
+            })
+            .collect();
+        let unmatched = RouteState { name: UNMATCHED.into(), timeout: config.limits.timeout, quotas: Quotas::default() };
+        let service = Quotas::build(config.quota.as_ref(), config.concurrency.as_ref(), previous.map(|p| &p.service));
+        Self { version, config: Arc::new(config), matcher, routes, unmatched, service }
+    }
+
+    pub fn route(&self, name: &str) -> Option<&RouteState> {
+        self.routes.iter().find(|r| &*r.name == name)
+    }
+
+    /// The route of a request, `unmatched` when none matches.
+    #[inline]
+    pub fn find(&self, method: &http::Method, path: &str) -> &RouteState {
+        match self.matcher.find(method, path) {
+            Some(i) => &self.routes[i],
+            None => &self.unmatched,
+        }
+    }
+
+    /// Every rate quota in force, service-wide first.
+    pub fn rate_limits(&self) -> impl Iterator<Item = (&str, &Arc<RateLimit>)> {
+        let service = self.service.rate.as_ref().map(|q| ("service", &q.limit));
+        service.into_iter().chain(self.routes.iter().filter_map(|r| r.quotas.rate.as_ref().map(|q| (&*r.name, &q.limit))))
+    }
+
+    /// The routes whose config differs between two snapshots, for the reload log.
+    pub fn changed_routes(&self, previous: &Snapshot) -> Vec<String> {
+        let before = &previous.config.raw.routes;
+        let mut changed: Vec<String> = self
+            .config
+            .raw
+            .routes
+            .iter()
+            .filter(|r| !before.contains(r))
+            .map(|r| r.name.clone())
+            .collect();
+        changed.extend(before.iter().filter(|r| self.route(&r.name).is_none()).map(|r| format!("-{}", r.name)));
+        changed
+    }
+}
+
+/// The one live snapshot and the way to change it.
+pub struct Live {
+    current: ArcSwap<Snapshot>,
+    /// Serializes writers, so each new snapshot adopts from the one it replaces.
+    apply_lock: Mutex<()>,
+    next_version: AtomicU64,
+    /// Set by SIGTERM: responses tell HTTP/1 clients to close.
+    draining: AtomicBool,
+}
+
+impl Live {
+    pub fn new(config: Config) -> Arc<Self> {
+        Arc::new(Self {
+            current: ArcSwap::from_pointee(Snapshot::build(config, 1, None)),
+            apply_lock: Mutex::new(()),
+            next_version: AtomicU64::new(2),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    #[inline]
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Swaps `config` in and returns the snapshot now live.
+    pub fn apply(&self, config: Config) -> Arc<Snapshot> {
+        let _writer = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = self.current.load_full();
+        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+        let next = Arc::new(Snapshot::build(config, version, Some(&previous)));
+        self.current.store(next.clone());
+        next
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// Drops idle keys from the keyed rate quotas: every `interval`, and within a tick when a
+/// quota's table is full. Runs until the task is dropped.
+pub async fn sweep_keys(live: Arc<Live>, interval: Duration) {
+    let tick = Duration::from_millis(250).min(interval);
+    let mut last_full_sweep = Instant::now();
+    loop {
+        tokio::time::sleep(tick).await;
+        let snapshot = live.load();
+        let due = last_full_sweep.elapsed() >= interval;
+        for (route, limit) in snapshot.rate_limits() {
+            if due || limit.keys() >= limit.spec().max_keys.get() {
+                let evicted = limit.sweep();
+                if evicted > 0 {
+                    tracing::debug!(route, evicted, keys = limit.keys(), "evicted idle quota keys");
+                }
+            }
+        }
+        if due {
+            last_full_sweep = Instant::now();
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Proxying fidelity: what the client sends is what the service gets, and back.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Version};
+use http_body_util::BodyExt;
+use support::*;
+
+const ROUTES: &str = "routes:\n  - name: slow\n    match: { path: /slow }\n    timeout: 300ms\n  - name: all\n    match: { path: \"/*\" }\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn methods_targets_and_bodies_arrive_unchanged() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, ROUTES).await;
+    let client = client();
+    for method in [Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS] {
+        let body = format!("body of {method}");
+        let req = Request::builder()
+            .method(method.clone())
+            .uri(sluice.url("/a/b%20c?x=1&y=%2F"))
+            .header("x-custom", "value")
+            .header("x-multi", "1")
+            .header("cookie", "a=b")
+            .body(full(body.clone()))
+            .unwrap();
+        let (response, bytes) = send(&client, req).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(bytes, "hello from upstream");
+        let seen = upstream.last();
+        assert_eq!(seen.method, method);
+        assert_eq!(seen.uri.to_string(), "/a/b%20c?x=1&y=%2F");
+        assert_eq!(seen.headers["x-custom"], "value");
+        assert_eq!(seen.headers["cookie"], "a=b");
+        assert_eq!(seen.headers["host"], sluice.addr.to_string());
+        assert_eq!(seen.body, body);
+    }
+    // HEAD has no body either way.
+    let (response, bytes) = send(&client, Request::head(sluice.url("/h")).body(empty()).unwrap()).await;
+    assert_eq!((response.status().as_u16(), bytes.len()), (200, 0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chunked_and_sized_bodies_and_headers_in_and_out() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, ROUTES).await;
+    // Sized body over raw HTTP/1.1, with hop-by-hop headers that must not pass.
+    let request = "POST /sized HTTP/1.1\r\nHost: example.test\r\nContent-Length: 5\r\nConnection: keep-alive, x-hop\r\nx-hop: private\r\nKeep-Alive: timeout=5\r\nTE: gzip\r\nX-Forwarded-For: 10.9.8.7\r\n\r\nhelloGET /chunked HTTP/1.1\r\nHost: example.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n";
+    let answer = raw(sluice.addr, request.as_bytes(), Duration::from_secs(5));
+    assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 2, "{answer}");
+    // The upstream's own hop-by-hop headers do not reach the client.
+    assert!(answer.contains("x-upstream: yes"));
+    assert!(!answer.contains("x-upstream-private"), "{answer}");
+    assert!(!answer.to_lowercase().contains("keep-alive: timeout"), "{answer}");
+    let seen = upstream.seen();
+    let (sized, chunked) = (&seen[seen.len() - 2], &seen[seen.len() - 1]);
+    assert_eq!(sized.body, "hello");
+    assert_eq!(sized.headers["host"], "example.test");
+    assert_eq!(sized.headers["x-forwarded-for"], "10.9.8.7, 127.0.0.1");
+    assert_eq!(sized.headers["x-forwarded-proto"], "http");
+    for hop in ["x-hop", "keep-alive", "te", "connection"] {
+        assert!(!sized.headers.contains_key(hop), "{hop} passed: {:?}", sized.headers);
+    }
+    assert_eq!(chunked.body, "abcdefg");
+
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_stream_both_ways() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, ROUTES).await;
+    let client = client();
+    // Response: the first chunk arrives long before the last is sent.
+    let start = Instant::now();
+    let response = client
+        .request(Request::get(sluice.url("/stream?chunks=4&ms=300")).body(empty()).unwrap())
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "chunk 0\n");
+    assert!(start.elapsed() < Duration::from_millis(600), "first chunk took {:?}", start.elapsed());
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "chunk 1\nchunk 2\nchunk 3\n");
+
+    // Request: each chunk comes back through sluice before the next is sent.
+    let (mut tx, request_body) = http_body_util::channel::Channel::<Bytes, Box<dyn std::error::Error + Send + Sync>>::new(1);
+    let req = Request::post(sluice.url("/echo-body")).body(request_body.boxed()).unwrap();
+    let response = client.request(req).await.unwrap();
+    let mut echoed = response.into_body();
+    for i in 0..3 {
+        let chunk = Bytes::from(format!("part {i}"));
+        tx.send_data(chunk.clone()).await.unwrap();
+        let back = tokio::time::timeout(Duration::from_secs(5), echoed.frame()).await.expect("echo streamed");
+        assert_eq!(back.unwrap().unwrap().into_data().unwrap(), chunk);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h2c_prior_knowledge_on_the_same_listener() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, ROUTES).await;
+    let client = h2_client();
+    let req = Request::post(sluice.url("/over-h2?q=1")).header("x-h2", "yes").body(full("h2 body")).unwrap();
+    let (response, bytes) = send(&client, req).await;
+    assert_eq!(response.version(), Version::HTTP_2);
+    assert_eq!((response.status().as_u16(), &bytes[..]), (200, &b"hello from upstream"[..]));
+    let seen = upstream.last();
+    assert_eq!(seen.uri.to_string(), "/over-h2?q=1");
+    assert_eq!(seen.headers["x-h2"], "yes");
+    assert_eq!(seen.headers["host"], sluice.addr.to_string());
+    assert_eq!(seen.body, "h2 body");
+    // Many streams at once on one connection.
+    let all = (0..20).map(|i| {
+        let client = client.clone();
+        let url = sluice.url(&format!("/many/{i}"));
+        async move { get(&client, &url).await.0.status() }
+    });
+    for status in futures_join_all(all).await {
+        assert_eq!(status, 200);
+    }
+}
+
+async fn futures_join_all<F: std::future::Future + Send + 'static>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F::Output: Send,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_style_upgrade_passes_through() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, ROUTES).await;
+    let mut stream = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
+    stream
+        .write_all(b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    for message in [&b"ping"[..], b"over the tunnel"] {
+        stream.write_all(message).await.unwrap();
+        let mut back = vec![0u8; message.len()];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut back)).await.unwrap().unwrap();
+        assert_eq!(back, message);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timeout_is_504_and_unreachable_is_502_with_problem_json() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, ROUTES).await;
+    let client = client();
+    let start = Instant::now();
+    let (response, body) = get(&client, &sluice.url("/slow?delay=2000")).await;
+    assert_eq!(response.status(), 504);
+    assert!(start.elapsed() < Duration::from_millis(1500));
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(problem["status"], 504);
+
+    // Nothing listens on the upstream port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let text = format!("service: t\nlisten: 127.0.0.1:0\nupstream: http://127.0.0.1:{port}\n");
+    let running = sluice::server::start(sluice::config::parse(&text).unwrap(), None).await.unwrap();
+    let (response, body) = get(&client, &format!("http://{}/x", running.proxy_addr())).await;
+    assert_eq!(response.status(), 502);
+    let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(problem["status"], 502);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_heads_are_refused_and_the_connection_closed() {
+    let upstream = Upstream::start().await;
+    let rest = format!("limits: {{ max_header_bytes: 8192, max_uri_bytes: 1024, header_read_timeout: 500ms }}\n{ROUTES}");
+    let sluice = Sluice::start(&upstream, &rest).await;
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(2000));
+    let answer = raw(sluice.addr, long_uri.as_bytes(), Duration::from_secs(3));
+    assert!(answer.starts_with("HTTP/1.1 414"), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1").count(), 1, "the connection must close after a 414");
+
+    let big_header = format!("GET / HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n", "b".repeat(20_000));
+    let answer = raw(sluice.addr, big_header.as_bytes(), Duration::from_secs(3));
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(upstream.seen().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_and_silent_clients_are_cut_off() {
+    let upstream = Upstream::start().await;
+    let rest = format!("limits: {{ header_read_timeout: 300ms }}\n{ROUTES}");
+    let sluice = Sluice::start(&upstream, &rest).await;
+    // Connects and sends nothing: closed after the header timeout.
+    let start = Instant::now();
+    let answer = raw(sluice.addr, b"", Duration::from_secs(5));
+    assert!(answer.is_empty());
+    assert!(start.elapsed() < Duration::from_secs(2), "held for {:?}", start.elapsed());
+    // Sends half a request head and stalls.
+    let start = Instant::now();
+    let answer = raw(sluice.addr, b"GET / HTTP/1.1\r\nHost: x\r\n", Duration::from_secs(5));
+    assert!(start.elapsed() < Duration::from_secs(2), "held for {:?}", start.elapsed());
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(upstream.seen().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dot_segments_and_bad_escapes_are_refused() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, ROUTES).await;
+    for target in ["/a/../slow", "/a/%2e%2e/slow", "/bad%zz"] {
+        let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let answer = raw(sluice.addr, request.as_bytes(), Duration::from_secs(3));
+        assert!(answer.starts_with("HTTP/1.1 400"), "{target}: {answer}");
+    }
+    assert!(upstream.seen().is_empty());
+}

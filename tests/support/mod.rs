@@ -1,0 +1,328 @@
+//! Test support: a real upstream and the real sluice on 127.0.0.1:0, and clients.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|e| match e {}).boxed()
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|e| match e {}).boxed()
+}
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub version: http::Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A real HTTP server standing in for the service. What it does depends on the path:
+/// - `/stream?chunks=N&ms=M`: N chunks, M ms apart
+/// - `/echo-body`: streams the request body back as it arrives
+/// - `/sink`: reads the body and answers with its length (nothing recorded)
+/// - `/upgrade`: 101, then echoes bytes on the upgraded connection
+/// - anything else: records the request; `?status=N` and `?delay=MS` shape the answer
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub in_flight: Arc<AtomicUsize>,
+    pub hits: Arc<AtomicU64>,
+}
+
+impl Upstream {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upstream = Self {
+            addr,
+            seen: Default::default(),
+            in_flight: Default::default(),
+            hits: Default::default(),
+        };
+        let (seen, in_flight, hits) = (upstream.seen.clone(), upstream.in_flight.clone(), upstream.hits.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (seen, in_flight, hits) = (seen.clone(), in_flight.clone(), hits.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let (seen, in_flight, hits) = (seen.clone(), in_flight.clone(), hits.clone());
+                        async move {
+                            hits.fetch_add(1, Ordering::SeqCst);
+                            in_flight.fetch_add(1, Ordering::SeqCst);
+                            let response = answer(req, seen).await;
+                            in_flight.fetch_sub(1, Ordering::SeqCst);
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        upstream
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen().pop().expect("the upstream saw a request")
+    }
+}
+
+fn query(req: &Request<Incoming>, name: &str) -> Option<u64> {
+    req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+}
+
+async fn answer(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Response<Body> {
+    match req.uri().path() {
+        "/stream" => {
+            let (chunks, ms) = (query(&req, "chunks").unwrap_or(3), query(&req, "ms").unwrap_or(100));
+            let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(1);
+            tokio::spawn(async move {
+                for i in 0..chunks {
+                    if tx.send_data(Bytes::from(format!("chunk {i}\n"))).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+            });
+            Response::new(body.map_err(|e| match e {}).boxed())
+        }
+        "/echo-body" => Response::new(req.into_body().map_err(Into::into).boxed()),
+        "/sink" => {
+            let mut body = req.into_body();
+            let mut total = 0u64;
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.unwrap().into_data() {
+                    total += data.len() as u64;
+                }
+            }
+            Response::new(full(total.to_string()))
+        }
+        "/upgrade" => {
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let upgraded = on_upgrade.await.unwrap();
+                let mut io = TokioIo::new(upgraded);
+                let mut buf = [0u8; 1024];
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "upgrade")
+                .header("upgrade", "echo")
+                .body(empty())
+                .unwrap()
+        }
+        _ => {
+            let status = query(&req, "status").unwrap_or(200) as u16;
+            let delay = query(&req, "delay").unwrap_or(0);
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            seen.lock().unwrap().push(Seen {
+                method: parts.method,
+                uri: parts.uri,
+                version: parts.version,
+                headers: parts.headers,
+                body,
+            });
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            Response::builder()
+                .status(status)
+                .header("x-upstream", "yes")
+                .header("connection", "x-upstream-private")
+                .header("x-upstream-private", "secret")
+                .header("keep-alive", "timeout=5")
+                .body(full("hello from upstream"))
+                .unwrap()
+        }
+    }
+}
+
+/// Writes a config whose `upstream` and `listen` point at the test's servers.
+pub fn config_text(upstream: SocketAddr, rest: &str) -> String {
+    format!("service: test\nlisten: 127.0.0.1:0\nupstream: http://{upstream}\nadmin:\n  listen: 127.0.0.1:0\n{rest}")
+}
+
+/// The real sluice, in this process.
+pub struct Sluice {
+    pub addr: SocketAddr,
+    pub running: Option<sluice::server::Running>,
+}
+
+impl Sluice {
+    pub async fn start(upstream: &Upstream, rest: &str) -> Self {
+        let config = sluice::config::parse(&config_text(upstream.addr, rest)).expect("valid test config");
+        let running = sluice::server::start(config, None).await.unwrap();
+        Self { addr: running.proxy_addr(), running: Some(running) }
+    }
+
+    /// With a config file that is watched, as `sluice run` does.
+    pub async fn start_with_file(path: PathBuf) -> Self {
+        let config = sluice::config::load(&path).expect("valid test config");
+        let running = sluice::server::start(config, Some(path)).await.unwrap();
+        Self { addr: running.proxy_addr(), running: Some(running) }
+    }
+
+    pub fn running(&self) -> &sluice::server::Running {
+        self.running.as_ref().unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+pub type Client = HyperClient<hyper_util::client::legacy::connect::HttpConnector, Body>;
+
+pub fn client() -> Client {
+    HyperClient::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2_client() -> Client {
+    HyperClient::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+pub async fn get(client: &Client, url: &str) -> (Response<()>, Bytes) {
+    send(client, Request::get(url).body(empty()).unwrap()).await
+}
+
+pub async fn send(client: &Client, req: Request<Body>) -> (Response<()>, Bytes) {
+    let response = client.request(req).await.expect("response");
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.expect("body").to_bytes();
+    (Response::from_parts(parts, ()), bytes)
+}
+
+/// Sends raw bytes on a fresh connection and reads until the server closes it or
+/// `wait` passes; returns everything read.
+pub fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(wait)).unwrap();
+    stream.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-test-{name}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The sluice binary, started on a config file; its proxy address is read from its log.
+pub struct Process {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Process {
+    pub fn spawn(config: &std::path::Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(config)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if let Some(addr) = json["fields"]["proxy_addr"].as_str() {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                    }
+                }
+                LOG.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(10)).expect("sluice started");
+        Self { child, addr }
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; its exit code.
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Peak resident memory so far, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every log line of processes started by this test binary.
+pub static LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
