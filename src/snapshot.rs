@@ -49,11 +49,20 @@ impl Quotas {
     }
 }
 
+/// What the quotas of a route decided, counted since start. Kept across reloads.
+#[derive(Default)]
+pub struct Decisions {
+    pub allowed: AtomicU64,
+    pub limited: AtomicU64,
+    pub shadow_limited: AtomicU64,
+}
+
 /// One route as the request path sees it.
 pub struct RouteState {
     pub name: Arc<str>,
     pub timeout: Duration,
     pub quotas: Quotas,
+    pub decisions: Arc<Decisions>,
 }
 
 pub struct Snapshot {
@@ -79,10 +88,16 @@ impl Snapshot {
                     name: route.name.as_str().into(),
                     timeout: route.timeout,
                     quotas: Quotas::build(route.quota.as_ref(), route.concurrency.as_ref(), before.map(|r| &r.quotas)),
+                    decisions: before.map(|r| r.decisions.clone()).unwrap_or_default(),
                 }
             })
             .collect();
-        let unmatched = RouteState { name: UNMATCHED.into(), timeout: config.limits.timeout, quotas: Quotas::default() };
+        let unmatched = RouteState {
+            name: UNMATCHED.into(),
+            timeout: config.limits.timeout,
+            quotas: Quotas::default(),
+            decisions: previous.map(|p| p.unmatched.decisions.clone()).unwrap_or_default(),
+        };
         let service = Quotas::build(config.quota.as_ref(), config.concurrency.as_ref(), previous.map(|p| &p.service));
         Self { version, config: Arc::new(config), matcher, routes, unmatched, service }
     }

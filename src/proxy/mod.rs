@@ -17,6 +17,7 @@ pub mod respond;
 mod upstream;
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use http::header::{HeaderValue, CONNECTION};
@@ -76,8 +77,13 @@ impl Proxy {
 
         let admitted = match admit::admit(&snapshot, route, req.headers(), peer.ip()) {
             Ok(admitted) => admitted,
-            Err(refusal) => return respond::refused(&refusal, close),
+            Err(refusal) => {
+                route.decisions.limited.fetch_add(1, Relaxed);
+                return respond::refused(&refusal, close);
+            }
         };
+        let decision = if admitted.shadow_limited { &route.decisions.shadow_limited } else { &route.decisions.allowed };
+        decision.fetch_add(1, Relaxed);
         let guard = Guard { permits: admitted.permits, _in_flight: in_flight };
 
         let upgrade = upstream::is_upgrade(&req);
