@@ -123,12 +123,12 @@ struct Stats {
 async fn generate(proxy: SocketAddr, stats: Arc<Stats>) {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut rng = Rng::seeded();
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
     loop {
         tick.tick().await;
         let pick = rng.unit();
         let (method, path, consumer) = if pick < 0.4 {
-            // consumer-1 sends far more than its 10/s quota on submit-claim
+            // consumer-1 sends about 28/s, far over its 10/s quota on submit-claim
             let consumer = if rng.unit() < 0.7 { "consumer-1" } else { "consumer-2" };
             (Method::POST, "/claims/submit".to_string(), consumer)
         } else if pick < 0.85 {
