@@ -1,0 +1,155 @@
+//! The binary: `validate`, `run` (exit codes, SIGHUP, SIGTERM drain), `demo`, and a
+//! 1 GiB upload through the real process in bounded memory.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::BodyExt;
+use support::*;
+
+fn sluice() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+}
+
+#[test]
+fn validate_says_ok_or_lists_every_error_with_its_place() {
+    let ok = sluice().args(["validate", "--config", "config/sluice.yaml"]).output().unwrap();
+    assert_eq!(ok.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "ok");
+
+    let dir = temp_dir("validate");
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "service: s\nlisten: nowhere\nupstream: http://127.0.0.1:1\nroutes:\n  - name: a\n    match: { path: /a }\n    quota: { rate: 5, per: 1y }\n    sla: { availability: 120% }\n",
+    )
+    .unwrap();
+    let out = sluice().args(["validate", "--config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let file = bad.display().to_string();
+    assert_eq!(
+        lines,
+        [
+            format!("{file}:2:9: listen: `nowhere` is not an address: write IP:PORT, e.g. 0.0.0.0:8080"),
+            format!("{file}:7:28: routes[0].quota.per: `y` is not a duration unit: use ms, s, m, h or d"),
+            format!("{file}:8:26: routes[0].sla.availability: `120%` must lie strictly between 0% and 100%"),
+        ]
+    );
+}
+
+#[test]
+fn run_exits_64_on_a_bad_config() {
+    let dir = temp_dir("exit64");
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "service: s\nlisten: 127.0.0.1:0\nupstream: ftp://x\nbogus: 1\n").unwrap();
+    let out = sluice().args(["run", "--config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bogus"));
+    let missing = sluice().args(["run", "--config", "/nonexistent/sluice.yaml"]).output().unwrap();
+    assert_eq!(missing.status.code(), Some(64));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_file() {
+    let upstream = Upstream::start().await;
+    let dir = temp_dir("sighup");
+    let path = dir.join("sluice.yaml");
+    // Same length, same mtime: the file watcher cannot tell, so only SIGHUP applies it.
+    let tight = config_text(upstream.addr, "routes:\n  - name: r\n    match: { path: \"/*\" }\n    quota: { rate: 1, per: 1h, burst: 1 }\n");
+    let loose = tight.replace("burst: 1 ", "burst: 9 ");
+    assert_eq!(tight.len(), loose.len());
+    std::fs::write(&path, &tight).unwrap();
+    let process = Process::spawn(&path);
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let client = client();
+    let url = format!("http://{}/x", process.addr);
+    get(&client, &url).await;
+    assert_eq!(get(&client, &url).await.0.status(), 429);
+    std::fs::write(&path, &loose).unwrap();
+    std::fs::File::options().write(true).open(&path).unwrap().set_modified(mtime).unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(get(&client, &url).await.0.status(), 429, "the watcher must not have seen it");
+    process.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(&client, &url).await.0.status() != 200 {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_in_flight_requests_then_exits_0() {
+    let upstream = Upstream::start().await;
+    let dir = temp_dir("sigterm");
+    let path = dir.join("sluice.yaml");
+    std::fs::write(&path, config_text(upstream.addr, "limits: { drain_timeout: 10s }\n")).unwrap();
+    let mut process = Process::spawn(&path);
+    let addr = process.addr;
+    let client = client();
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move { get(&client, &format!("http://{addr}/slow?delay=1500")).await }
+    });
+    while upstream.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    process.signal("TERM");
+    // New connections are refused soon; the request in flight still completes.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while std::net::TcpStream::connect(addr).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (response, body) = slow.await.unwrap();
+    assert_eq!((response.status().as_u16(), &body[..]), (200, &b"hello from upstream"[..]));
+    assert_eq!(response.headers()["connection"], "close");
+    let code = tokio::task::spawn_blocking(move || process.wait(Duration::from_secs(10))).await.unwrap();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn demo_runs_on_its_own_and_shows_429s() {
+    let out = sluice().args(["demo", "--duration", "4s"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("proxy     http://127.0.0.1:"), "{stdout}");
+    let last = stdout.lines().last().unwrap();
+    let number = |label: &str| -> u64 {
+        let after = last.split(label).nth(1).unwrap();
+        after.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    assert!(number("sent") > 100, "{last}");
+    assert!(number("ok") > 100, "{last}");
+    assert!(number("429") > 0, "{last}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_1_gib_upload_streams_through_in_bounded_memory() {
+    const CHUNK: usize = 256 * 1024;
+    const TOTAL: usize = 1 << 30;
+    let upstream = Upstream::start().await;
+    let dir = temp_dir("upload");
+    let path = dir.join("sluice.yaml");
+    std::fs::write(&path, config_text(upstream.addr, "")).unwrap();
+    let process = Process::spawn(&path);
+    let before = process.peak_rss_kib();
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Box<dyn std::error::Error + Send + Sync>>::new(4);
+    tokio::spawn(async move {
+        let chunk = Bytes::from(vec![b'x'; CHUNK]);
+        for _ in 0..TOTAL / CHUNK {
+            tx.send_data(chunk.clone()).await.unwrap();
+        }
+    });
+    let req = Request::post(format!("http://{}/sink", process.addr)).body(body.boxed()).unwrap();
+    let response = client().request(req).await.unwrap();
+    let received = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(received, TOTAL.to_string());
+    let peak = process.peak_rss_kib();
+    assert!(peak < before + 32 * 1024, "peak RSS grew from {before} KiB to {peak} KiB for a 1 GiB body");
+}
