@@ -1,1 +1,57 @@
-fn main(){}
+//! The per-request decision: route match + quota check, with 1 and 100 routes and with
+//! 1 and 100k keys. Run: `cargo bench --bench decision`.
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, HeaderValue, Method};
+use sluice::proxy::admit::admit;
+use sluice::snapshot::Snapshot;
+
+/// `routes` routes with exact paths `/r0` … and a keyed quota that never refuses.
+fn snapshot(routes: usize) -> Snapshot {
+    let mut text = String::from("service: bench\nlisten: 127.0.0.1:0\nupstream: http://127.0.0.1:1\nroutes:\n");
+    for i in 0..routes {
+        text.push_str(&format!(
+            "  - name: r{i}\n    match: {{ method: GET, path: /r{i} }}\n    quota: {{ rate: 1000000000, per: 1s, burst: 1000000, key: header:x-consumer-id, max_keys: 200000 }}\n"
+        ));
+    }
+    Snapshot::build(sluice::config::parse(&text).unwrap(), 1, None)
+}
+
+fn headers(keys: usize) -> Vec<HeaderMap> {
+    (0..keys)
+        .map(|i| {
+            let mut h = HeaderMap::new();
+            h.insert("x-consumer-id", HeaderValue::from_str(&format!("consumer-{i:06}")).unwrap());
+            h
+        })
+        .collect()
+}
+
+fn decision(c: &mut Criterion) {
+    let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    for routes in [1, 100] {
+        let snapshot = snapshot(routes);
+        let path = format!("/r{}", routes - 1); // the last route: the whole list is scanned
+        for keys in [1, 100_000] {
+            let headers = headers(keys);
+            for h in &headers {
+                let route = snapshot.find(&Method::GET, &path);
+                admit(&snapshot, route, h, ip).map_err(|_| ()).unwrap();
+            }
+            let mut i = 0;
+            c.bench_function(&format!("decision/{routes}_routes/{keys}_keys"), |b| {
+                b.iter(|| {
+                    i = (i + 1) % keys;
+                    let route = snapshot.find(black_box(&Method::GET), black_box(&path));
+                    black_box(admit(&snapshot, route, &headers[i], ip).is_ok())
+                })
+            });
+        }
+    }
+}
+
+criterion_group!(benches, decision);
+criterion_main!(benches);

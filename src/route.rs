@@ -6,6 +6,7 @@
 //! `/*`. Matching sees the path after [`normalize`], never the query.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use http::Method;
 
@@ -89,23 +90,43 @@ impl PathPattern {
     }
 }
 
-/// An ordered list of (method, pattern) pairs.
+/// An ordered list of (method, pattern) pairs. Exact paths are found through a hash map,
+/// so a long list of exact routes costs one lookup; the other patterns are scanned, but
+/// only those that come before the exact candidate, which keeps first-match-wins.
 #[derive(Debug, Clone, Default)]
 pub struct Matcher {
     routes: Vec<(Option<Method>, PathPattern)>,
+    /// Exact path → indices of the routes with that path, in order.
+    exact: HashMap<Box<str>, Vec<usize>>,
+    /// Indices of the routes that are not exact, in order.
+    scanned: Vec<usize>,
 }
 
 impl Matcher {
     pub fn new(routes: Vec<(Option<Method>, PathPattern)>) -> Self {
-        Self { routes }
+        let mut exact: HashMap<Box<str>, Vec<usize>> = HashMap::new();
+        let mut scanned = Vec::new();
+        for (i, (_, pattern)) in routes.iter().enumerate() {
+            match &pattern.shape {
+                Shape::Exact(path) => exact.entry(path.clone()).or_default().push(i),
+                _ => scanned.push(i),
+            }
+        }
+        Self { routes, exact, scanned }
     }
 
     /// The index of the first route that matches, if any.
     #[inline]
     pub fn find(&self, method: &Method, path: &str) -> Option<usize> {
-        self.routes.iter().position(|(m, pattern)| {
-            m.as_ref().is_none_or(|m| m == method) && pattern.matches(path)
-        })
+        let method_ok = |i: usize| self.routes[i].0.as_ref().is_none_or(|m| m == method);
+        let exact = self.exact.get(path).and_then(|candidates| candidates.iter().copied().find(|&i| method_ok(i)));
+        let before = exact.unwrap_or(usize::MAX);
+        self.scanned
+            .iter()
+            .copied()
+            .take_while(|&i| i < before)
+            .find(|&i| method_ok(i) && self.routes[i].1.matches(path))
+            .or(exact)
     }
 }
 
@@ -216,6 +237,18 @@ mod tests {
         assert_eq!(m.find(&Method::GET, "/claims/submit"), Some(1));
         assert_eq!(m.find(&Method::GET, "/other"), Some(2));
         assert_eq!(Matcher::default().find(&Method::GET, "/"), None);
+        // An exact route after a pattern that also matches: the pattern comes first.
+        let m = Matcher::new(vec![
+            (None, pattern("/a/{x}")),
+            (Some(Method::GET), pattern("/a/b")),
+            (None, pattern("/a/b")),
+        ]);
+        assert_eq!(m.find(&Method::GET, "/a/b"), Some(0));
+        let m =
+            Matcher::new(vec![(Some(Method::GET), pattern("/a/b")), (None, pattern("/a/b")), (None, pattern("/*"))]);
+        assert_eq!(m.find(&Method::GET, "/a/b"), Some(0));
+        assert_eq!(m.find(&Method::POST, "/a/b"), Some(1));
+        assert_eq!(m.find(&Method::POST, "/a/c"), Some(2));
     }
 
     #[test]

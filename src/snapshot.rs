@@ -35,16 +35,18 @@ impl Quotas {
         let rate = rate.map(|spec| {
             let kept = previous.and_then(|p| p.rate.as_ref()).filter(|q| q.limit.spec().same_limiter(spec));
             RateQuota {
-                limit: kept.map_or_else(|| Arc::new(RateLimit::new(spec.clone(), DefaultClock::default())), |q| q.limit.clone()),
+                limit: kept.map_or_else(
+                    || Arc::new(RateLimit::new(spec.clone(), DefaultClock::default())),
+                    |q| q.limit.clone(),
+                ),
                 mode: spec.mode,
             }
         });
-        let concurrency = concurrency.map(|spec| {
-            match previous.and_then(|p| p.concurrency.as_ref()).filter(|c| c.adopt(spec)) {
+        let concurrency =
+            concurrency.map(|spec| match previous.and_then(|p| p.concurrency.as_ref()).filter(|c| c.adopt(spec)) {
                 Some(kept) => kept.clone(),
                 None => Concurrency::new(spec),
-            }
-        });
+            });
         Self { rate, concurrency }
     }
 }
@@ -118,20 +120,16 @@ impl Snapshot {
     /// Every rate quota in force, service-wide first.
     pub fn rate_limits(&self) -> impl Iterator<Item = (&str, &Arc<RateLimit>)> {
         let service = self.service.rate.as_ref().map(|q| ("service", &q.limit));
-        service.into_iter().chain(self.routes.iter().filter_map(|r| r.quotas.rate.as_ref().map(|q| (&*r.name, &q.limit))))
+        service
+            .into_iter()
+            .chain(self.routes.iter().filter_map(|r| r.quotas.rate.as_ref().map(|q| (&*r.name, &q.limit))))
     }
 
     /// The routes whose config differs between two snapshots, for the reload log.
     pub fn changed_routes(&self, previous: &Snapshot) -> Vec<String> {
         let before = &previous.config.raw.routes;
-        let mut changed: Vec<String> = self
-            .config
-            .raw
-            .routes
-            .iter()
-            .filter(|r| !before.contains(r))
-            .map(|r| r.name.clone())
-            .collect();
+        let mut changed: Vec<String> =
+            self.config.raw.routes.iter().filter(|r| !before.contains(r)).map(|r| r.name.clone()).collect();
         changed.extend(before.iter().filter(|r| self.route(&r.name).is_none()).map(|r| format!("-{}", r.name)));
         changed
     }

@@ -61,7 +61,10 @@ async fn sighup_reloads_the_file() {
     let dir = temp_dir("sighup");
     let path = dir.join("sluice.yaml");
     // Same length, same mtime: the file watcher cannot tell, so only SIGHUP applies it.
-    let tight = config_text(upstream.addr, "routes:\n  - name: r\n    match: { path: \"/*\" }\n    quota: { rate: 1, per: 1h, burst: 1 }\n");
+    let tight = config_text(
+        upstream.addr,
+        "routes:\n  - name: r\n    match: { path: \"/*\" }\n    quota: { rate: 1, per: 1h, burst: 1 }\n",
+    );
     let loose = tight.replace("burst: 1 ", "burst: 9 ");
     assert_eq!(tight.len(), loose.len());
     std::fs::write(&path, &tight).unwrap();

@@ -64,7 +64,6 @@ async fn chunked_and_sized_bodies_and_headers_in_and_out() {
         assert!(!sized.headers.contains_key(hop), "{hop} passed: {:?}", sized.headers);
     }
     assert_eq!(chunked.body, "abcdefg");
-
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -74,10 +73,8 @@ async fn bodies_stream_both_ways() {
     let client = client();
     // Response: the first chunk arrives long before the last is sent.
     let start = Instant::now();
-    let response = client
-        .request(Request::get(sluice.url("/stream?chunks=4&ms=300")).body(empty()).unwrap())
-        .await
-        .unwrap();
+    let response =
+        client.request(Request::get(sluice.url("/stream?chunks=4&ms=300")).body(empty()).unwrap()).await.unwrap();
     let mut body = response.into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(first, "chunk 0\n");
@@ -86,7 +83,8 @@ async fn bodies_stream_both_ways() {
     assert_eq!(rest, "chunk 1\nchunk 2\nchunk 3\n");
 
     // Request: each chunk comes back through sluice before the next is sent.
-    let (mut tx, request_body) = http_body_util::channel::Channel::<Bytes, Box<dyn std::error::Error + Send + Sync>>::new(1);
+    let (mut tx, request_body) =
+        http_body_util::channel::Channel::<Bytes, Box<dyn std::error::Error + Send + Sync>>::new(1);
     let req = Request::post(sluice.url("/echo-body")).body(request_body.boxed()).unwrap();
     let response = client.request(req).await.unwrap();
     let mut echoed = response.into_body();
@@ -190,7 +188,8 @@ async fn timeout_is_504_and_unreachable_is_502_with_problem_json() {
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_heads_are_refused_and_the_connection_closed() {
     let upstream = Upstream::start().await;
-    let rest = format!("limits: {{ max_header_bytes: 8192, max_uri_bytes: 1024, header_read_timeout: 500ms }}\n{ROUTES}");
+    let rest =
+        format!("limits: {{ max_header_bytes: 8192, max_uri_bytes: 1024, header_read_timeout: 500ms }}\n{ROUTES}");
     let sluice = Sluice::start(&upstream, &rest).await;
     let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(2000));
     let answer = raw(sluice.addr, long_uri.as_bytes(), Duration::from_secs(3));

@@ -16,7 +16,8 @@ fn status_of(answer: &str) -> &str {
 #[tokio::test(flavor = "multi_thread")]
 async fn rate_quota_refuses_past_the_burst_with_the_ratelimit_fields() {
     let upstream = Upstream::start().await;
-    let routes = "routes:\n  - name: limited\n    match: { path: \"/*\" }\n    quota: { rate: 60, per: 1m, burst: 3 }\n";
+    let routes =
+        "routes:\n  - name: limited\n    match: { path: \"/*\" }\n    quota: { rate: 60, per: 1m, burst: 3 }\n";
     let sluice = Sluice::start(&upstream, routes).await;
     let client = client();
     for _ in 0..3 {

@@ -91,7 +91,10 @@ async fn unchanged_quotas_keep_their_state_across_a_reload() {
     let after = "routes:\n  - name: kept\n    match: { path: /kept }\n    timeout: 10s\n    quota: { rate: 1, per: 1h, burst: 3 }\n    concurrency: { max: 1 }\n  - name: other\n    match: { path: \"/*\" }\n    quota: { rate: 5, per: 1s }\n";
     write(&path, upstream.addr, after);
     sluice.running().reload().unwrap();
-    assert_eq!(sluice.running().snapshot().route("other").unwrap().quotas.rate.as_ref().unwrap().limit.spec().burst.get(), 5);
+    assert_eq!(
+        sluice.running().snapshot().route("other").unwrap().quotas.rate.as_ref().unwrap().limit.spec().burst.get(),
+        5
+    );
     // The in-flight request still holds its slot: the third of the burst is refused by
     // concurrency (having spent its rate token).
     let (refused, _) = get(&client, &sluice.url("/kept")).await;

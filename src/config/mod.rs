@@ -152,9 +152,8 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
             message: e.into_inner().to_string(),
         }])
     })?;
-    validate::validate(raw).map_err(|errors| {
-        fail(errors.into_iter().map(|(path, message)| place(&node, path, message)).collect())
-    })
+    validate::validate(raw)
+        .map_err(|errors| fail(errors.into_iter().map(|(path, message)| place(&node, path, message)).collect()))
 }
 
 /// Reads, parses and validates a config file; errors name the file.
@@ -183,11 +182,11 @@ fn load_error(e: marked_yaml::LoadError) -> ConfigError {
     use marked_yaml::LoadError::*;
     let (mark, message) = match &e {
         TopLevelMustBeMapping(m) => (Some(*m), "the config must be a mapping".to_string()),
-        DuplicateKey(inner) => (
-            inner.key.span().start().copied(),
-            format!("duplicate key `{}`", inner.key.as_str()),
-        ),
-        ScanError(m, _) | UnexpectedAnchor(m) | MappingKeyMustBeScalar(m) | UnexpectedTag(m)
+        DuplicateKey(inner) => (inner.key.span().start().copied(), format!("duplicate key `{}`", inner.key.as_str())),
+        ScanError(m, _)
+        | UnexpectedAnchor(m)
+        | MappingKeyMustBeScalar(m)
+        | UnexpectedTag(m)
         | TopLevelMustBeSequence(m) => {
             // The display form starts with the marker; keep only the message.
             let text = e.to_string();
@@ -195,12 +194,7 @@ fn load_error(e: marked_yaml::LoadError) -> ConfigError {
             (Some(*m), message)
         }
     };
-    ConfigError {
-        path: String::new(),
-        line: mark.map(|m| m.line()),
-        column: mark.map(|m| m.column()),
-        message,
-    }
+    ConfigError { path: String::new(), line: mark.map(|m| m.line()), column: mark.map(|m| m.column()), message }
 }
 
 /// Finds where `path` (`routes[1].quota.per`) sits in the document. A field that is
@@ -304,7 +298,8 @@ routes:
 
     #[test]
     fn unknown_fields_are_refused_at_their_key() {
-        let text = format!("{HEAD}routes:\n  - name: a\n    match: {{ path: /x }}\n    qouta: {{ rate: 1, per: 1s }}\n");
+        let text =
+            format!("{HEAD}routes:\n  - name: a\n    match: {{ path: /x }}\n    qouta: {{ rate: 1, per: 1s }}\n");
         let errors = errors(&text);
         assert_eq!(errors.len(), 1);
         assert!(errors[0].starts_with("7:5: routes[0].qouta: Unknown field `qouta`"), "{errors:?}");
@@ -312,7 +307,8 @@ routes:
 
     #[test]
     fn type_and_syntax_errors_are_placed() {
-        let text = format!("{HEAD}routes:\n  - name: a\n    match: {{ path: /x }}\n    quota: {{ rate: lots, per: 1s }}\n");
+        let text =
+            format!("{HEAD}routes:\n  - name: a\n    match: {{ path: /x }}\n    quota: {{ rate: lots, per: 1s }}\n");
         assert_eq!(errors(&text)[0].split(": ").take(2).collect::<Vec<_>>(), ["7:20", "routes[0].quota.rate"]);
         let errors = errors("service: [unclosed\n");
         assert!(errors[0].starts_with("2:1: ") || errors[0].starts_with("1:"), "{errors:?}");

@@ -11,9 +11,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(|| format!("`{text}` has no unit: write e.g. `250ms`, `2s`, `1m`, `1h`, `30d`"))?;
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration: write e.g. `250ms`, `2s`, `1m`"))?;
+    let value: f64 =
+        number.parse().map_err(|_| format!("`{text}` is not a duration: write e.g. `250ms`, `2s`, `1m`"))?;
     let unit_secs = match unit {
         "ms" => 0.001,
         "s" => 1.0,
@@ -47,13 +46,9 @@ pub fn format_duration(d: Duration) -> String {
 /// an objective of 100% has no error budget, and 0% is no objective.
 pub fn parse_ratio(text: &str) -> Result<f64, String> {
     let text = text.trim();
-    let number = text
-        .strip_suffix('%')
-        .ok_or_else(|| format!("`{text}` is not a percentage: write e.g. `99.9%`"))?;
-    let percent: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{text}` is not a percentage: write e.g. `99.9%`"))?;
+    let number = text.strip_suffix('%').ok_or_else(|| format!("`{text}` is not a percentage: write e.g. `99.9%`"))?;
+    let percent: f64 =
+        number.trim().parse().map_err(|_| format!("`{text}` is not a percentage: write e.g. `99.9%`"))?;
     if !(percent > 0.0 && percent < 100.0) {
         return Err(format!("`{text}` must lie strictly between 0% and 100%"));
     }

@@ -79,13 +79,19 @@ impl Validator {
     }
 
     fn addr(&mut self, path: &str, text: &str) -> Option<SocketAddr> {
-        let parsed = text.parse::<SocketAddr>().map_err(|_| format!("`{text}` is not an address: write IP:PORT, e.g. 0.0.0.0:8080"));
+        let parsed = text
+            .parse::<SocketAddr>()
+            .map_err(|_| format!("`{text}` is not an address: write IP:PORT, e.g. 0.0.0.0:8080"));
         self.check(path, parsed)
     }
 
     fn duration(&mut self, path: &str, text: &str) -> Option<Duration> {
         let parsed = parse_duration(text).and_then(|d| {
-            if d.is_zero() { Err("must be longer than zero".to_string()) } else { Ok(d) }
+            if d.is_zero() {
+                Err("must be longer than zero".to_string())
+            } else {
+                Ok(d)
+            }
         });
         self.check(path, parsed)
     }
@@ -124,7 +130,10 @@ impl Validator {
                 self.error(format!("{at}.name"), format!("`{}` is already the name of another token", token.name));
             }
             if !matches!(token.role.as_str(), "viewer" | "operator" | "admin") {
-                self.error(format!("{at}.role"), format!("`{}` is not a role: use viewer, operator or admin", token.role));
+                self.error(
+                    format!("{at}.role"),
+                    format!("`{}` is not a role: use viewer, operator or admin", token.role),
+                );
             }
             let sources = [token.token_env.is_some(), token.token_file.is_some(), token.token.is_some()];
             if sources.iter().filter(|s| **s).count() != 1 {

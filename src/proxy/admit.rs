@@ -15,7 +15,12 @@ pub struct Admitted {
     pub shadow_limited: bool,
 }
 
-pub fn admit(snapshot: &Snapshot, route: &RouteState, headers: &HeaderMap, client_ip: IpAddr) -> Result<Admitted, Refusal> {
+pub fn admit(
+    snapshot: &Snapshot,
+    route: &RouteState,
+    headers: &HeaderMap,
+    client_ip: IpAddr,
+) -> Result<Admitted, Refusal> {
     let mut shadow_limited = false;
     for (scope, quotas) in [(&*route.name, &route.quotas), ("service", &snapshot.service)] {
         check_rate(scope, quotas, headers, client_ip, &mut shadow_limited)?;
@@ -50,14 +55,13 @@ fn acquire(scope: &str, quotas: &Quotas, headers: &HeaderMap, ip: IpAddr) -> Res
     }
 }
 
-
 /// The key of a request under `spec`. Only the first value of a repeated header counts.
 pub fn key(spec: &KeySpec, headers: &HeaderMap, client_ip: IpAddr) -> Key {
     match spec {
         KeySpec::None => Key::Absent,
         KeySpec::ClientIp => Key::Ip(client_ip),
         KeySpec::Header(name) => match headers.get(name) {
-            Some(value) => Key::Value(value.as_bytes().into()),
+            Some(value) => Key::value(value.as_bytes()),
             None => Key::Absent,
         },
     }

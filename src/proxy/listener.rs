@@ -56,7 +56,13 @@ pub async fn serve(listener: TcpListener, proxy: Proxy, live: Arc<Live>, phase: 
     connections.idle().await;
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, proxy: Proxy, limits: Limits, mut phase: watch::Receiver<Phase>) {
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    proxy: Proxy,
+    limits: Limits,
+    mut phase: watch::Receiver<Phase>,
+) {
     let _ = stream.set_nodelay(true);
     // hyper sets no timeout before it knows the protocol: a client that connects and
     // sends nothing would hold this task forever.

@@ -10,7 +10,7 @@
 //!
 //! [`listener`] accepts connections and serves HTTP/1.1 and h2c on them.
 
-mod admit;
+pub mod admit;
 mod body;
 pub mod listener;
 pub mod respond;

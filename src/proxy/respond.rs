@@ -121,7 +121,11 @@ mod tests {
     fn rate_refusal_headers() {
         let refusal = Refusal {
             scope: "submit".into(),
-            kind: RefusalKind::Rate { limit: 10, window: Duration::from_millis(1500), retry_after: Duration::from_millis(150) },
+            kind: RefusalKind::Rate {
+                limit: 10,
+                window: Duration::from_millis(1500),
+                retry_after: Duration::from_millis(150),
+            },
         };
         let response = refused(&refusal, true);
         let h = response.headers();

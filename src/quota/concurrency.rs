@@ -63,9 +63,7 @@ impl Concurrency {
     pub fn try_acquire(self: &Arc<Self>, key: &Key) -> Option<Permit> {
         let max = self.max();
         if !self.key.is_keyed() {
-            self.whole
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
-                .ok()?;
+            self.whole.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
             return Some(Permit { owner: self.clone(), key: None });
         }
         let mut count = self.keyed.entry(key.clone()).or_insert(0);
@@ -132,8 +130,8 @@ mod tests {
     #[test]
     fn keyed_counts_per_key_and_forgets_idle_keys() {
         let c = Concurrency::new(&spec(1, KeySpec::ClientIp));
-        let k1 = Key::Value(b"a".to_vec().into());
-        let k2 = Key::Value(b"b".to_vec().into());
+        let k1 = Key::value(b"a");
+        let k2 = Key::value(b"b");
         let p1 = c.try_acquire(&k1).unwrap();
         assert!(c.try_acquire(&k1).is_none());
         let p2 = c.try_acquire(&k2).unwrap();

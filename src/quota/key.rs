@@ -46,7 +46,28 @@ impl std::fmt::Display for KeySpec {
 pub enum Key {
     Absent,
     Ip(IpAddr),
-    Value(Box<[u8]>),
+    /// A header value of up to [`INLINE`] bytes, stored in place: no allocation on the
+    /// request path, and one cache miss less in the quota table. Unused bytes are zero.
+    Short {
+        len: u8,
+        bytes: [u8; INLINE],
+    },
+    Long(Box<[u8]>),
+}
+
+/// Header values up to this long are keys without an allocation.
+pub const INLINE: usize = 30;
+
+impl Key {
+    pub fn value(value: &[u8]) -> Self {
+        if value.len() <= INLINE {
+            let mut bytes = [0u8; INLINE];
+            bytes[..value.len()].copy_from_slice(value);
+            Self::Short { len: value.len() as u8, bytes }
+        } else {
+            Self::Long(value.into())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -58,11 +79,18 @@ mod tests {
         for text in ["none", "client_ip", "header:x-consumer-id"] {
             assert_eq!(KeySpec::parse(text).unwrap().to_string(), text);
         }
-        assert_eq!(
-            KeySpec::parse("header:X-Consumer-Id").unwrap().to_string(),
-            "header:x-consumer-id"
-        );
+        assert_eq!(KeySpec::parse("header:X-Consumer-Id").unwrap().to_string(), "header:x-consumer-id");
         assert!(KeySpec::parse("header:bad name").is_err());
         assert!(KeySpec::parse("cookie:x").is_err());
+    }
+
+    #[test]
+    fn short_and_long_values_are_distinct_keys() {
+        assert_eq!(Key::value(b"abc"), Key::value(b"abc"));
+        assert_ne!(Key::value(b"abc"), Key::value(b"abc\0"));
+        assert_ne!(Key::value(b"abc"), Key::value(b"abd"));
+        let long = [b'x'; 31];
+        assert!(matches!(Key::value(&long), Key::Long(_)));
+        assert_eq!(Key::value(&long), Key::value(&long));
     }
 }

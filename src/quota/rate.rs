@@ -224,7 +224,7 @@ mod tests {
     }
 
     fn key(n: u32) -> Key {
-        Key::Value(n.to_be_bytes().to_vec().into())
+        Key::value(&n.to_be_bytes())
     }
 
     #[test]

@@ -57,12 +57,7 @@ impl Upstream {
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let upstream = Self {
-            addr,
-            seen: Default::default(),
-            in_flight: Default::default(),
-            hits: Default::default(),
-        };
+        let upstream = Self { addr, seen: Default::default(), in_flight: Default::default(), hits: Default::default() };
         let (seen, in_flight, hits) = (upstream.seen.clone(), upstream.in_flight.clone(), upstream.hits.clone());
         tokio::spawn(async move {
             loop {
