@@ -54,4 +54,32 @@ fn decision(c: &mut Criterion) {
 }
 
 criterion_group!(benches, decision);
-criterion_main!(benches);
+
+/// The rate engine alone, keys already built: what the quota table costs by itself.
+fn rate_check(c: &mut Criterion) {
+    use sluice::quota::{Key, KeySpec, Mode, RateLimit, RateSpec};
+    use std::num::{NonZeroU32, NonZeroUsize};
+    let spec = RateSpec {
+        rate: NonZeroU32::new(1_000_000_000).unwrap(),
+        per: std::time::Duration::from_secs(1),
+        burst: NonZeroU32::new(1_000_000).unwrap(),
+        key: KeySpec::Header(http::HeaderName::from_static("x-consumer-id")),
+        mode: Mode::Enforce,
+        max_keys: NonZeroUsize::new(200_000).unwrap(),
+    };
+    for keys in [1, 100_000] {
+        let limit = RateLimit::new(spec.clone(), governor::clock::DefaultClock::default());
+        let keys: Vec<Key> = (0..keys).map(|i| Key::value(format!("consumer-{i:06}").as_bytes())).collect();
+        keys.iter().for_each(|k| drop(limit.check(k)));
+        let mut i = 0;
+        c.bench_function(&format!("rate_check/{}_keys", keys.len()), |b| {
+            b.iter(|| {
+                i = (i + 1) % keys.len();
+                black_box(limit.check(&keys[i]))
+            })
+        });
+    }
+}
+
+criterion_group!(engine, rate_check);
+criterion_main!(benches, engine);
