@@ -189,7 +189,14 @@ async fn a_flood_of_distinct_keys_stays_within_max_keys_and_is_swept() {
     // full buckets) or sent to the shared overflow bucket.
     let (overflowed, evicted) = (limit.overflowed(), limit.evicted());
     assert!(overflowed > 0 && overflowed + 50 + evicted >= 400, "overflowed {overflowed}, evicted {evicted}");
-    // Every bucket refills in 1 ms; a full table is swept within a tick.
+    // Fill the table up again: every bucket refills in 1 ms, and a full table is swept
+    // within a tick (a table with room only every 10 s).
+    let mut next = 400;
+    while limit.keys() < 50 {
+        let req = Request::get(sluice.url("/f")).header("x-k", format!("key-{next}")).body(empty()).unwrap();
+        send(&client, req).await;
+        next += 1;
+    }
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     while limit.keys() > 0 {
         assert!(std::time::Instant::now() < deadline, "not swept: {} keys", limit.keys());
