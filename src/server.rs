@@ -61,10 +61,6 @@ impl Running {
         self.proxy_addr
     }
 
-    pub fn live(&self) -> &Arc<Live> {
-        &self.live
-    }
-
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.live.load()
     }

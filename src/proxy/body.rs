@@ -23,10 +23,6 @@ impl ProxyBody {
     pub fn local(bytes: impl Into<Bytes>) -> Self {
         Self::Local(Some(bytes.into()))
     }
-
-    pub fn empty() -> Self {
-        Self::Local(None)
-    }
 }
 
 impl Body for ProxyBody {

@@ -24,9 +24,7 @@ use http::header::{HeaderValue, CONNECTION};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::{Body, Incoming};
 
-pub use admit::key;
 pub use body::{Guard, ProxyBody, Tracker};
-pub use respond::Origin;
 
 use crate::route::{self, BadPath};
 use crate::snapshot::Live;

@@ -9,31 +9,6 @@ use http::{Response, StatusCode};
 
 use super::body::ProxyBody;
 
-/// Where a response came from, for metrics and logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    Upstream,
-    Quota,
-    Concurrency,
-    Timeout,
-    UpstreamError,
-    /// sluice refused the request itself: a malformed or oversized request.
-    Invalid,
-}
-
-impl Origin {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Upstream => "upstream",
-            Self::Quota => "quota",
-            Self::Concurrency => "concurrency",
-            Self::Timeout => "timeout",
-            Self::UpstreamError => "upstream_error",
-            Self::Invalid => "invalid",
-        }
-    }
-}
-
 /// Why a request was refused by a quota.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
@@ -56,28 +31,23 @@ pub fn whole_seconds(d: Duration) -> u64 {
 }
 
 pub fn refused(refusal: &Refusal, close: bool) -> Response<ProxyBody> {
-    let (origin, retry_after, policy, detail) = match &refusal.kind {
+    let scope = &refusal.scope;
+    let (name, quota, window, retry_after, detail) = match &refusal.kind {
         RefusalKind::Rate { limit, window, retry_after } => (
-            Origin::Quota,
+            scope.clone(),
+            *limit,
+            whole_seconds(*window).max(1),
             whole_seconds(*retry_after).max(1),
-            format!("\"{}\";q={limit};w={}", refusal.scope, whole_seconds(*window).max(1)),
-            format!("rate quota of {} exceeded", refusal.scope),
+            format!("rate quota of {scope} exceeded"),
         ),
-        RefusalKind::Concurrency { max } => (
-            Origin::Concurrency,
-            1,
-            format!("\"{}-concurrency\";q={max};w=1", refusal.scope),
-            format!("{max} requests of {} are already in flight", refusal.scope),
-        ),
-    };
-    let name = match origin {
-        Origin::Concurrency => format!("{}-concurrency", refusal.scope),
-        _ => refusal.scope.clone(),
+        RefusalKind::Concurrency { max } => {
+            (format!("{scope}-concurrency"), *max, 1, 1, format!("{max} requests of {scope} are already in flight"))
+        }
     };
     let mut response = problem(StatusCode::TOO_MANY_REQUESTS, &detail, close);
     let headers = response.headers_mut();
     headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
-    headers.insert("ratelimit-policy", header(policy));
+    headers.insert("ratelimit-policy", header(format!("\"{name}\";q={quota};w={window}")));
     headers.insert("ratelimit", header(format!("\"{name}\";r=0;t={retry_after}")));
     response
 }
