@@ -4,7 +4,7 @@
 mod support;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
@@ -79,11 +79,7 @@ async fn sighup_reloads_the_file() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(get(&client, &url).await.0.status(), 429, "the watcher must not have seen it");
     process.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while get(&client, &url).await.0.status() != 200 {
-        assert!(Instant::now() < deadline, "SIGHUP did not reload");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("SIGHUP to reload", Duration::from_secs(5), async || get(&client, &url).await.0.status() == 200).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -99,16 +95,15 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
         let client = client.clone();
         async move { get(&client, &format!("http://{addr}/slow?delay=1500")).await }
     });
-    while upstream.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let in_flight = &upstream.in_flight;
+    eventually("the slow request", Duration::from_secs(5), async || {
+        in_flight.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
     process.signal("TERM");
     // New connections are refused soon; the request in flight still completes.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while std::net::TcpStream::connect(addr).is_ok() {
-        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the listener to close", Duration::from_secs(2), async || std::net::TcpStream::connect(addr).is_err())
+        .await;
     let (response, body) = slow.await.unwrap();
     assert_eq!((response.status().as_u16(), &body[..]), (200, &b"hello from upstream"[..]));
     assert_eq!(response.headers()["connection"], "close");

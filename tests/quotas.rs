@@ -134,9 +134,8 @@ async fn concurrency_is_exact_and_released_when_the_client_goes_away() {
         stream.write_all(b"GET /hold?delay=10000 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
         holders.push(stream);
     }
-    while upstream.in_flight.load(Ordering::SeqCst) < 2 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("both slow requests", Duration::from_secs(5), async || upstream.in_flight.load(Ordering::SeqCst) == 2)
+        .await;
     let client = client();
     let (refused, _) = get(&client, &sluice.url("/third")).await;
     assert_eq!(refused.status(), 429);
@@ -144,15 +143,10 @@ async fn concurrency_is_exact_and_released_when_the_client_goes_away() {
     assert_eq!(refused.headers()["retry-after"], "1");
     // One client hangs up: its slot comes back though the upstream is still busy.
     drop(holders.pop());
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    loop {
-        let status = get(&client, &sluice.url("/fast")).await.0.status();
-        if status == 200 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "slot not released after the client left");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the slot of the client that left", Duration::from_secs(3), async || {
+        get(&client, &sluice.url("/fast")).await.0.status() == 200
+    })
+    .await;
     let route = &sluice.running().snapshot().routes[0];
     assert_eq!(route.quotas.concurrency.as_ref().unwrap().in_flight(), 1);
 }
@@ -197,10 +191,6 @@ async fn a_flood_of_distinct_keys_stays_within_max_keys_and_is_swept() {
         send(&client, req).await;
         next += 1;
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while limit.keys() > 0 {
-        assert!(std::time::Instant::now() < deadline, "not swept: {} keys", limit.keys());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the full table to be swept", Duration::from_secs(3), async || limit.keys() == 0).await;
     assert!(limit.evicted() >= 50);
 }

@@ -5,20 +5,12 @@ mod support;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::*;
 
 fn write(path: &Path, upstream: std::net::SocketAddr, routes: &str) {
     std::fs::write(path, config_text(upstream, routes)).unwrap();
-}
-
-async fn until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 const TIGHT: &str = "routes:\n  - name: r\n    match: { path: \"/*\" }\n    quota: { rate: 1, per: 1h, burst: 1 }\n";
@@ -45,7 +37,7 @@ async fn a_changed_file_is_applied_and_a_bad_one_refused() {
 
     // A good file: picked up by the watcher, no signal needed.
     write(&path, upstream.addr, LOOSE);
-    until("the loose quota", || sluice.running().snapshot().version > 1).await;
+    eventually("the loose quota", Duration::from_secs(5), async || sluice.running().snapshot().version > 1).await;
     assert_eq!(get(&client, &sluice.url("/a")).await.0.status(), 200);
 }
 
@@ -66,7 +58,7 @@ async fn a_configmap_symlink_swap_is_seen() {
     assert_eq!(get(&client, &sluice.url("/a")).await.0.status(), 429);
     std::os::unix::fs::symlink("v2", dir.join("..data_tmp")).unwrap();
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
-    until("the swapped config", || sluice.running().snapshot().version > 1).await;
+    eventually("the swapped config", Duration::from_secs(5), async || sluice.running().snapshot().version > 1).await;
     assert_eq!(get(&client, &sluice.url("/a")).await.0.status(), 200);
 }
 
@@ -85,7 +77,8 @@ async fn unchanged_quotas_keep_their_state_across_a_reload() {
         let (client, url) = (client.clone(), sluice.url("/kept?delay=1500"));
         async move { get(&client, &url).await.0.status() }
     });
-    until("the slow request", || upstream.in_flight.load(Ordering::SeqCst) == 1).await;
+    eventually("the slow request", Duration::from_secs(5), async || upstream.in_flight.load(Ordering::SeqCst) == 1)
+        .await;
 
     // Change another route and the kept route's timeout; its quotas stay as they were.
     let after = "routes:\n  - name: kept\n    match: { path: /kept }\n    timeout: 10s\n    quota: { rate: 1, per: 1h, burst: 3 }\n    concurrency: { max: 1 }\n  - name: other\n    match: { path: \"/*\" }\n    quota: { rate: 5, per: 1s }\n";
@@ -118,7 +111,8 @@ async fn a_reload_drops_no_connection_and_in_flight_requests_keep_their_config()
         let (client, url) = (client.clone(), sluice.url("/slow?delay=800"));
         async move { get(&client, &url).await.0.status() }
     });
-    until("the slow request", || upstream.in_flight.load(Ordering::SeqCst) == 1).await;
+    eventually("the slow request", Duration::from_secs(5), async || upstream.in_flight.load(Ordering::SeqCst) == 1)
+        .await;
     write(&path, upstream.addr, "routes:\n  - name: r\n    match: { path: \"/*\" }\n    timeout: 200ms\n");
     sluice.running().reload().unwrap();
     assert_eq!(slow.await.unwrap(), 200, "started under a 5s timeout, finished under it");
