@@ -97,14 +97,14 @@ impl PathPattern {
 pub struct Matcher {
     routes: Vec<(Option<Method>, PathPattern)>,
     /// Exact path → indices of the routes with that path, in order.
-    exact: HashMap<Box<str>, Vec<usize>>,
+    exact: HashMap<Box<str>, Vec<usize>, foldhash::fast::RandomState>,
     /// Indices of the routes that are not exact, in order.
     scanned: Vec<usize>,
 }
 
 impl Matcher {
     pub fn new(routes: Vec<(Option<Method>, PathPattern)>) -> Self {
-        let mut exact: HashMap<Box<str>, Vec<usize>> = HashMap::new();
+        let mut exact: HashMap<Box<str>, Vec<usize>, _> = HashMap::default();
         let mut scanned = Vec::new();
         for (i, (_, pattern)) in routes.iter().enumerate() {
             match &pattern.shape {

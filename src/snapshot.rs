@@ -26,12 +26,19 @@ pub struct RateQuota {
 /// The quotas of one scope: a route, or the whole service.
 #[derive(Clone, Default)]
 pub struct Quotas {
+    /// The route's name or `service`: the policy name a refusal carries.
+    pub scope: Arc<str>,
     pub rate: Option<RateQuota>,
     pub concurrency: Option<Arc<Concurrency>>,
 }
 
 impl Quotas {
-    fn build(rate: Option<&RateSpec>, concurrency: Option<&ConcurrencySpec>, previous: Option<&Quotas>) -> Self {
+    fn build(
+        scope: Arc<str>,
+        rate: Option<&RateSpec>,
+        concurrency: Option<&ConcurrencySpec>,
+        previous: Option<&Quotas>,
+    ) -> Self {
         let rate = rate.map(|spec| {
             let kept = previous.and_then(|p| p.rate.as_ref()).filter(|q| q.limit.spec().same_limiter(spec));
             RateQuota {
@@ -47,7 +54,7 @@ impl Quotas {
                 Some(kept) => kept.clone(),
                 None => Concurrency::new(spec),
             });
-        Self { rate, concurrency }
+        Self { scope, rate, concurrency }
     }
 }
 
@@ -86,10 +93,12 @@ impl Snapshot {
             .iter()
             .map(|route| {
                 let before = previous.and_then(|p| p.route(&route.name));
+                let name: Arc<str> = route.name.as_str().into();
+                let quotas = before.map(|r| &r.quotas);
                 RouteState {
-                    name: route.name.as_str().into(),
+                    quotas: Quotas::build(name.clone(), route.quota.as_ref(), route.concurrency.as_ref(), quotas),
+                    name,
                     timeout: route.timeout,
-                    quotas: Quotas::build(route.quota.as_ref(), route.concurrency.as_ref(), before.map(|r| &r.quotas)),
                     decisions: before.map(|r| r.decisions.clone()).unwrap_or_default(),
                 }
             })
@@ -100,7 +109,9 @@ impl Snapshot {
             quotas: Quotas::default(),
             decisions: previous.map(|p| p.unmatched.decisions.clone()).unwrap_or_default(),
         };
-        let service = Quotas::build(config.quota.as_ref(), config.concurrency.as_ref(), previous.map(|p| &p.service));
+        let previous_service = previous.map(|p| &p.service);
+        let service =
+            Quotas::build("service".into(), config.quota.as_ref(), config.concurrency.as_ref(), previous_service);
         Self { version, config: Arc::new(config), matcher, routes, unmatched, service }
     }
 

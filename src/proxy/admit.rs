@@ -22,36 +22,39 @@ pub fn admit(
     client_ip: IpAddr,
 ) -> Result<Admitted, Refusal> {
     let mut shadow_limited = false;
-    for (scope, quotas) in [(&*route.name, &route.quotas), ("service", &snapshot.service)] {
-        check_rate(scope, quotas, headers, client_ip, &mut shadow_limited)?;
+    for quotas in [&route.quotas, &snapshot.service] {
+        shadow_limited |= check_rate(quotas, headers, client_ip)?;
     }
-    let route_slot = acquire(&route.name, &route.quotas, headers, client_ip)?;
-    let service_slot = acquire("service", &snapshot.service, headers, client_ip)?;
+    let route_slot = acquire(&route.quotas, headers, client_ip)?;
+    let service_slot = acquire(&snapshot.service, headers, client_ip)?;
     Ok(Admitted { permits: [route_slot, service_slot], shadow_limited })
 }
 
-fn check_rate(scope: &str, quotas: &Quotas, headers: &HeaderMap, ip: IpAddr, shadow: &mut bool) -> Result<(), Refusal> {
-    let Some(quota) = &quotas.rate else { return Ok(()) };
-    let spec = quota.limit.spec();
-    match quota.limit.check(&key(&spec.key, headers, ip)) {
-        RateDecision::Allowed { .. } => Ok(()),
-        RateDecision::Limited { .. } if quota.mode == Mode::Shadow => {
-            *shadow = true;
-            Ok(())
-        }
-        RateDecision::Limited { retry_after } => Err(Refusal {
-            scope: scope.to_string(),
-            kind: RefusalKind::Rate { limit: spec.burst.get(), window: spec.refill_time(), retry_after },
-        }),
+/// Takes from the rate quota of `quotas`; `Ok(true)` when a shadow quota would have refused.
+#[inline]
+fn check_rate(quotas: &Quotas, headers: &HeaderMap, ip: IpAddr) -> Result<bool, Refusal> {
+    let Some(quota) = &quotas.rate else { return Ok(false) };
+    match quota.limit.check(&key(&quota.limit.spec().key, headers, ip)) {
+        RateDecision::Allowed => Ok(false),
+        RateDecision::Limited { .. } if quota.mode == Mode::Shadow => Ok(true),
+        RateDecision::Limited { retry_after } => Err(rate_refusal(quotas, retry_after)),
     }
 }
 
-fn acquire(scope: &str, quotas: &Quotas, headers: &HeaderMap, ip: IpAddr) -> Result<Option<Permit>, Refusal> {
+#[cold]
+fn rate_refusal(quotas: &Quotas, retry_after: std::time::Duration) -> Refusal {
+    let spec = quotas.rate.as_ref().map(|q| q.limit.spec()).expect("only a rate quota refuses by rate");
+    Refusal {
+        scope: quotas.scope.clone(),
+        kind: RefusalKind::Rate { limit: spec.burst.get(), window: spec.refill_time(), retry_after },
+    }
+}
+
+fn acquire(quotas: &Quotas, headers: &HeaderMap, ip: IpAddr) -> Result<Option<Permit>, Refusal> {
     let Some(concurrency) = &quotas.concurrency else { return Ok(None) };
-    let key = key(concurrency.key_spec(), headers, ip);
-    match concurrency.try_acquire(&key) {
+    match concurrency.try_acquire(&key(concurrency.key_spec(), headers, ip)) {
         Some(permit) => Ok(Some(permit)),
-        None => Err(Refusal { scope: scope.to_string(), kind: RefusalKind::Concurrency { max: concurrency.max() } }),
+        None => Err(Refusal { scope: quotas.scope.clone(), kind: RefusalKind::Concurrency { max: concurrency.max() } }),
     }
 }
 

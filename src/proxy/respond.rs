@@ -2,6 +2,7 @@
 //! the `Retry-After`, `RateLimit-Policy` and `RateLimit` fields of the IETF httpapi
 //! ratelimit-headers draft.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
@@ -13,7 +14,7 @@ use super::body::ProxyBody;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
     /// `route name` or `service`; the policy name in the headers.
-    pub scope: String,
+    pub scope: Arc<str>,
     pub kind: RefusalKind,
 }
 
@@ -34,7 +35,7 @@ pub fn refused(refusal: &Refusal, close: bool) -> Response<ProxyBody> {
     let scope = &refusal.scope;
     let (name, quota, window, retry_after, detail) = match &refusal.kind {
         RefusalKind::Rate { limit, window, retry_after } => (
-            scope.clone(),
+            scope.to_string(),
             *limit,
             whole_seconds(*window).max(1),
             whole_seconds(*retry_after).max(1),

@@ -22,7 +22,7 @@ pub struct Concurrency {
     key: KeySpec,
     max: AtomicU32,
     whole: AtomicU32,
-    keyed: DashMap<Key, u32>,
+    keyed: DashMap<Key, u32, foldhash::fast::RandomState>,
 }
 
 /// One slot, given back on drop.
@@ -37,7 +37,7 @@ impl Concurrency {
             key: spec.key.clone(),
             max: AtomicU32::new(spec.max.get()),
             whole: AtomicU32::new(0),
-            keyed: DashMap::new(),
+            keyed: DashMap::default(),
         })
     }
 
