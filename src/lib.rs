@@ -16,4 +16,5 @@ pub mod proxy;
 pub mod quota;
 pub mod route;
 pub mod server;
+pub mod sla;
 pub mod snapshot;

@@ -316,6 +316,20 @@ routes:
     }
 
     #[test]
+    fn sla_objectives_and_window_are_checked() {
+        let text = format!(
+            "{HEAD}routes:\n  - name: a\n    match: {{ path: /x }}\n    sla: {{ availability: 100%, window: 30m }}\n"
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "7:26: routes[0].sla.availability: `100%` must lie strictly between 0% and 100%",
+                "7:40: routes[0].sla.window: `30m` is shorter than 1h",
+            ]
+        );
+    }
+
+    #[test]
     fn missing_required_fields_are_named() {
         let errors = errors("service: s\nlisten: 127.0.0.1:0\n");
         assert!(errors[0].contains("upstream"), "{errors:?}");

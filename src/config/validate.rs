@@ -264,7 +264,11 @@ impl Validator {
             None => Some(None),
         };
         let window = match &raw.window {
-            Some(w) => self.duration(&format!("{at}.window"), w),
+            Some(w) => self.duration(&format!("{at}.window"), w).and_then(|d| {
+                // The window is kept in 720 buckets: an hour gives 5 s each.
+                let long_enough = (d >= Duration::from_secs(3600)).then_some(d);
+                self.check(&format!("{at}.window"), long_enough.ok_or_else(|| format!("`{w}` is shorter than 1h")))
+            }),
             None => Some(Duration::from_secs(30 * 86400)),
         };
         let (latency, availability) = (latency?, availability?);
