@@ -17,7 +17,7 @@ fn snapshot(routes: usize) -> Snapshot {
             "  - name: r{i}\n    match: {{ method: GET, path: /r{i} }}\n    quota: {{ rate: 1000000000, per: 1s, burst: 1000000, key: header:x-consumer-id, max_keys: 200000 }}\n"
         ));
     }
-    Snapshot::build(sluice::config::parse(&text).unwrap(), 1, None)
+    Snapshot::build(sluice::config::parse(&text).unwrap(), 1, None, &sluice::metrics::Metrics::new())
 }
 
 /// The headers of request `i`, as hyper hands them over: just parsed, so in cache.

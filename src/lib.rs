@@ -6,12 +6,21 @@
 //! - [`route`]: matching a request to a route.
 //! - [`quota`]: the rate (GCRA) and concurrency engines; no HTTP in there.
 //! - [`config`]: YAML → validated [`config::Config`]; [`config::reload`] watches the file.
-//! - [`snapshot`]: the live config with its quota state, swapped atomically on reload.
+//! - [`snapshot`]: the live config with its quota, SLA and metric state, swapped
+//!   atomically on reload.
+//! - [`sla`]: SLIs over rolling windows, error budgets, burn rates, breach detection; no
+//!   HTTP in there. [`monitor`] ticks it every second and raises [`events`].
+//! - [`metrics`]: the Prometheus registry and the per-route handles the request path uses.
+//! - [`control`]: the admin listener (`/metrics`, `/healthz`, `/readyz`).
 //! - [`server`]: binds the sockets, starts the tasks, drains on SIGTERM.
 //! - [`demo`]: `sluice demo`, a built-in service with traffic.
 
 pub mod config;
+pub mod control;
 pub mod demo;
+pub mod events;
+pub mod metrics;
+pub mod monitor;
 pub mod proxy;
 pub mod quota;
 pub mod route;

@@ -10,9 +10,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{self, Config, ConfigErrors};
+use crate::events::{Events, Retry};
+use crate::metrics::Metrics;
 use crate::proxy::listener::{self, Phase};
 use crate::proxy::{Proxy, Tracker};
 use crate::snapshot::{self, Live, Snapshot};
+use crate::{control, monitor};
 
 /// How often the config file is polled for changes.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
@@ -26,11 +29,20 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
 }
 
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+    let local = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+    Ok((listener, local))
+}
+
 /// A running sluice.
 pub struct Running {
     live: Arc<Live>,
     tracker: Arc<Tracker>,
     proxy_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    events: Events,
     config_path: Option<PathBuf>,
     phase: watch::Sender<Phase>,
     serving: JoinHandle<()>,
@@ -40,25 +52,71 @@ pub struct Running {
 /// Binds the listeners of `config` and starts serving. With `config_path`, the file is
 /// watched and reloaded.
 pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, StartError> {
-    let addr = config.listen;
-    let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
-    let proxy_addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
-    let live = Live::new(config);
+    let (listener, proxy_addr) = bind(config.listen).await?;
+    let (admin, admin_addr) = bind(config.admin.listen).await?;
+    let metrics_listener = match config.admin.metrics_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
+    let mut background = Vec::new();
+    let events = match &config.webhook {
+        Some(url) => {
+            let (events, deliver) = Events::with_webhook(url.clone(), Retry::default());
+            background.push(tokio::spawn(deliver));
+            events
+        }
+        None => Events::new(),
+    };
+
+    let live = Live::new(config, Arc::new(Metrics::new()));
     let tracker = Arc::new(Tracker::default());
     let (phase, watching) = watch::channel(Phase::Serving);
     let proxy = Proxy::new(live.clone(), tracker.clone());
     let serving = tokio::spawn(listener::serve(listener, proxy, live.clone(), watching));
-    let mut background = vec![tokio::spawn(snapshot::sweep_keys(live.clone(), SWEEP_INTERVAL))];
+    background.push(tokio::spawn(snapshot::sweep_keys(live.clone(), SWEEP_INTERVAL)));
+    background.push(tokio::spawn(monitor::run(live.clone(), events.clone())));
+    for listener in std::iter::once(admin).chain(metrics_listener.map(|(l, _)| l)) {
+        let router = control::probes(live.clone());
+        background.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        }));
+    }
     if let Some(path) = &config_path {
         background.push(tokio::spawn(config::reload::watch(path.clone(), live.clone(), WATCH_INTERVAL)));
     }
-    tracing::info!(%proxy_addr, service = %live.load().config.service, "sluice is serving");
-    Ok(Running { live, tracker, proxy_addr, config_path, phase, serving, background })
+    tracing::info!(%proxy_addr, %admin_addr, metrics_addr = ?metrics_addr, service = %live.load().config.service, "sluice is serving");
+    Ok(Running { live, tracker, proxy_addr, admin_addr, metrics_addr, events, config_path, phase, serving, background })
 }
 
 impl Running {
     pub fn proxy_addr(&self) -> SocketAddr {
         self.proxy_addr
+    }
+
+    /// The admin listener: `/metrics`, `/healthz`, `/readyz`.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// `admin.metrics_listen`, when set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.live.metrics
+    }
+
+    /// Ticks the SLA monitor now, as its timer does every second.
+    pub fn tick(&self) {
+        monitor::tick(&self.live, &self.events);
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {

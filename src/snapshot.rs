@@ -11,8 +11,10 @@ use arc_swap::ArcSwap;
 use governor::clock::DefaultClock;
 
 use crate::config::Config;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::quota::{Concurrency, ConcurrencySpec, Mode, RateLimit, RateSpec};
 use crate::route::Matcher;
+use crate::sla::RouteSla;
 
 pub use crate::config::UNMATCHED;
 
@@ -58,20 +60,14 @@ impl Quotas {
     }
 }
 
-/// What the quotas of a route decided, counted since start. Kept across reloads.
-#[derive(Default)]
-pub struct Decisions {
-    pub allowed: AtomicU64,
-    pub limited: AtomicU64,
-    pub shadow_limited: AtomicU64,
-}
-
 /// One route as the request path sees it.
 pub struct RouteState {
     pub name: Arc<str>,
     pub timeout: Duration,
     pub quotas: Quotas,
-    pub decisions: Arc<Decisions>,
+    pub sla: RouteSla,
+    /// Resolved when the snapshot is built; kept across reloads by the registry.
+    pub metrics: Arc<RouteMetrics>,
 }
 
 pub struct Snapshot {
@@ -86,7 +82,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Builds the state for `config`, adopting from `previous` what is still valid.
-    pub fn build(config: Config, version: u64, previous: Option<&Snapshot>) -> Self {
+    pub fn build(config: Config, version: u64, previous: Option<&Snapshot>, metrics: &Metrics) -> Self {
         let matcher = Matcher::new(config.routes.iter().map(|r| (r.method.clone(), r.path.clone())).collect());
         let routes = config
             .routes
@@ -95,11 +91,13 @@ impl Snapshot {
                 let before = previous.and_then(|p| p.route(&route.name));
                 let name: Arc<str> = route.name.as_str().into();
                 let quotas = before.map(|r| &r.quotas);
+                let threshold = route.sla.as_ref().and_then(|s| s.latency.as_ref()).map(|l| l.threshold);
                 RouteState {
                     quotas: Quotas::build(name.clone(), route.quota.as_ref(), route.concurrency.as_ref(), quotas),
+                    sla: RouteSla::build(route.sla.as_ref(), before.map(|r| &r.sla)),
+                    metrics: metrics.route(&name, threshold),
                     name,
                     timeout: route.timeout,
-                    decisions: before.map(|r| r.decisions.clone()).unwrap_or_default(),
                 }
             })
             .collect();
@@ -107,8 +105,14 @@ impl Snapshot {
             name: UNMATCHED.into(),
             timeout: config.limits.timeout,
             quotas: Quotas::default(),
-            decisions: previous.map(|p| p.unmatched.decisions.clone()).unwrap_or_default(),
+            sla: RouteSla::default(),
+            metrics: metrics.route(UNMATCHED, None),
         };
+        let names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).chain([UNMATCHED]).collect();
+        metrics.retain_routes(&names);
+        for route in config.routes.iter().filter(|r| r.sla.is_none()) {
+            metrics.forget_sla(&route.name);
+        }
         let previous_service = previous.map(|p| &p.service);
         let service =
             Quotas::build("service".into(), config.quota.as_ref(), config.concurrency.as_ref(), previous_service);
@@ -122,10 +126,18 @@ impl Snapshot {
     /// The route of a request, `unmatched` when none matches.
     #[inline]
     pub fn find(&self, method: &http::Method, path: &str) -> &RouteState {
-        match self.matcher.find(method, path) {
-            Some(i) => &self.routes[i],
-            None => &self.unmatched,
-        }
+        self.route_at(self.find_index(method, path))
+    }
+
+    /// The index of a request's route; `routes.len()` stands for `unmatched`.
+    #[inline]
+    pub fn find_index(&self, method: &http::Method, path: &str) -> usize {
+        self.matcher.find(method, path).unwrap_or(self.routes.len())
+    }
+
+    #[inline]
+    pub fn route_at(&self, index: usize) -> &RouteState {
+        self.routes.get(index).unwrap_or(&self.unmatched)
     }
 
     /// Every rate quota in force, service-wide first.
@@ -154,16 +166,27 @@ pub struct Live {
     next_version: AtomicU64,
     /// Set by SIGTERM: responses tell HTTP/1 clients to close.
     draining: AtomicBool,
+    pub metrics: Arc<Metrics>,
+    /// The origin of the SLA engine's clock.
+    started: Instant,
 }
 
 impl Live {
-    pub fn new(config: Config) -> Arc<Self> {
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Arc<Self> {
+        metrics.config_version.set(1);
         Arc::new(Self {
-            current: ArcSwap::from_pointee(Snapshot::build(config, 1, None)),
+            current: ArcSwap::from_pointee(Snapshot::build(config, 1, None, &metrics)),
             apply_lock: Mutex::new(()),
             next_version: AtomicU64::new(2),
             draining: AtomicBool::new(false),
+            metrics,
+            started: Instant::now(),
         })
+    }
+
+    /// The SLA engine's `now`.
+    pub fn clock(&self) -> Duration {
+        self.started.elapsed()
     }
 
     #[inline]
@@ -176,8 +199,9 @@ impl Live {
         let _writer = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
         let previous = self.current.load_full();
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-        let next = Arc::new(Snapshot::build(config, version, Some(&previous)));
+        let next = Arc::new(Snapshot::build(config, version, Some(&previous), &self.metrics));
         self.current.store(next.clone());
+        self.metrics.reloaded(Some(version));
         next
     }
 

@@ -3,6 +3,7 @@
 
 mod support;
 
+use sluice::metrics::Decision;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -36,8 +37,8 @@ async fn rate_quota_refuses_past_the_burst_with_the_ratelimit_fields() {
     // Retry-After is honest: after it, the next request passes.
     tokio::time::sleep(Duration::from_millis(1050)).await;
     assert_eq!(get(&client, &sluice.url("/x")).await.0.status(), 200);
-    let decisions = &sluice.running().snapshot().routes[0].decisions;
-    assert_eq!((decisions.allowed.load(Ordering::SeqCst), decisions.limited.load(Ordering::SeqCst)), (4, 1));
+    let m = &sluice.running().snapshot().routes[0].metrics;
+    assert_eq!((m.decisions(Decision::Allowed), m.decisions(Decision::Limited)), (4, 1));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -93,10 +94,9 @@ async fn shadow_mode_counts_but_refuses_nothing() {
         assert_eq!(get(&client, &sluice.url("/s")).await.0.status(), 200);
     }
     assert_eq!(upstream.hits.load(Ordering::SeqCst), 5);
-    let decisions = &sluice.running().snapshot().routes[0].decisions;
-    assert_eq!(decisions.allowed.load(Ordering::SeqCst), 1);
-    assert_eq!(decisions.shadow_limited.load(Ordering::SeqCst), 4);
-    assert_eq!(decisions.limited.load(Ordering::SeqCst), 0);
+    let m = &sluice.running().snapshot().routes[0].metrics;
+    let decisions = [Decision::Allowed, Decision::ShadowLimited, Decision::Limited].map(|d| m.decisions(d));
+    assert_eq!(decisions, [1, 4, 0]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -36,6 +36,8 @@ pub struct Config {
     pub quota: Option<RateSpec>,
     pub concurrency: Option<ConcurrencySpec>,
     pub routes: Vec<Route>,
+    /// `events.webhook`: where events are POSTed, if anywhere.
+    pub webhook: Option<http::Uri>,
     /// What was written, for the control API to show and edit.
     pub raw: RawConfig,
 }

@@ -18,8 +18,18 @@ pub struct RawConfig {
     pub quota: Option<RawQuota>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<RawConcurrency>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<RawEvents>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvents {
+    /// `http://` URL that SLA and config events are POSTed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

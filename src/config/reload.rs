@@ -24,6 +24,7 @@ pub fn reload(path: &Path, live: &Live, trigger: &str) -> Result<Arc<Snapshot>, 
             Ok(snapshot)
         }
         Err(errors) => {
+            live.metrics.reloaded(None);
             for error in &errors.errors {
                 tracing::error!(trigger, %error, "config rejected; the previous config keeps serving");
             }

@@ -28,6 +28,15 @@ pub fn validate(raw: RawConfig) -> Result<Config, Errors> {
     let limits = v.limits(raw.limits.as_ref());
     let quota = raw.quota.as_ref().and_then(|q| v.quota("quota", q));
     let concurrency = raw.concurrency.as_ref().and_then(|c| v.concurrency("concurrency", c));
+    let webhook = raw.events.as_ref().and_then(|e| e.webhook.as_ref()).and_then(|url| {
+        let parsed = url.parse::<http::Uri>().map_err(|_| format!("`{url}` is not a URL")).and_then(|uri| {
+            match (uri.scheme_str(), uri.authority()) {
+                (Some("http"), Some(_)) => Ok(uri),
+                _ => Err("must be an http:// URL with a host".to_string()),
+            }
+        });
+        v.check("events.webhook", parsed)
+    });
     let mut names = HashSet::new();
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, route) in raw.routes.iter().enumerate() {
@@ -55,6 +64,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Errors> {
         quota,
         concurrency,
         routes,
+        webhook,
         raw,
     })
 }

@@ -1,27 +1,44 @@
 //! The response body sluice sends: a small local body, or the upstream's body streamed
-//! through with the request's [`Guard`], which ends when the last byte is sent or the
-//! client goes away.
+//! through. Either carries the request's [`Guard`], which ends when the last byte is sent
+//! or the client goes away: that is when the slots are given back and the request is
+//! measured.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::Notify;
 
+use crate::metrics::Origin;
 use crate::quota::Permit;
+use crate::snapshot::Snapshot;
 
-pub enum ProxyBody {
+pub struct ProxyBody {
+    inner: Inner,
+    guard: Option<Guard>,
+}
+
+enum Inner {
     Local(Option<Bytes>),
-    Upstream { body: Incoming, guard: Option<Guard> },
+    Upstream(Incoming),
 }
 
 impl ProxyBody {
     pub fn local(bytes: impl Into<Bytes>) -> Self {
-        Self::Local(Some(bytes.into()))
+        Self { inner: Inner::Local(Some(bytes.into())), guard: None }
+    }
+
+    pub fn upstream(body: Incoming, guard: Option<Guard>) -> Self {
+        Self { inner: Inner::Upstream(body), guard }
+    }
+
+    pub fn set_guard(&mut self, guard: Guard) {
+        self.guard = Some(guard);
     }
 }
 
@@ -30,39 +47,70 @@ impl Body for ProxyBody {
     type Error = hyper::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            Self::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Self::Upstream { body, guard } => {
-                let frame = ready!(Pin::new(body).poll_frame(cx));
-                if !matches!(frame, Some(Ok(_))) {
-                    // The end, or the upstream failed: the request is over either way.
-                    guard.take();
-                }
-                Poll::Ready(frame)
-            }
+        let this = self.get_mut();
+        let frame = match &mut this.inner {
+            Inner::Local(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
+            Inner::Upstream(body) => ready!(Pin::new(body).poll_frame(cx)),
+        };
+        if !matches!(frame, Some(Ok(_))) {
+            // The end, or the upstream failed: the request is over either way.
+            this.guard.take();
         }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Local(bytes) => bytes.is_none(),
-            Self::Upstream { body, .. } => body.is_end_stream(),
+        match &self.inner {
+            Inner::Local(bytes) => bytes.is_none(),
+            Inner::Upstream(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Local(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Self::Upstream { body, .. } => body.size_hint(),
+        match &self.inner {
+            Inner::Local(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Inner::Upstream(body) => body.size_hint(),
         }
     }
 }
 
-/// Everything a request holds until it is over: its concurrency slots and its place in
-/// the in-flight count that a drain waits for.
+/// Everything a request holds until it is over: its concurrency slots, its measurement
+/// and its place in the in-flight count that a drain waits for. Dropped in field order:
+/// the slots go back before the request is measured and counted out.
 pub struct Guard {
     pub permits: [Option<Permit>; 2],
+    pub measure: Option<Measure>,
     pub _in_flight: InFlight,
+}
+
+/// Measures one request when dropped: its duration, status and origin into the route's
+/// metrics and, if it reached the service, its SLIs.
+pub struct Measure {
+    snapshot: Arc<Snapshot>,
+    route: usize,
+    start: Instant,
+    pub status: u16,
+    pub origin: Origin,
+}
+
+impl Measure {
+    pub fn new(snapshot: Arc<Snapshot>, route: usize, start: Instant) -> Self {
+        snapshot.route_at(route).metrics.inflight.inc();
+        Self { snapshot, route, start, status: 0, origin: Origin::Upstream }
+    }
+}
+
+impl Drop for Measure {
+    fn drop(&mut self) {
+        let duration = self.start.elapsed();
+        let route = self.snapshot.route_at(self.route);
+        route.metrics.inflight.dec();
+        route.metrics.finished(self.origin, self.status, duration);
+        if self.origin.reached_service() {
+            let failed = self.origin != Origin::Upstream || self.status >= 500;
+            route.sla.record(duration, failed);
+        }
+    }
 }
 
 /// Counts requests in flight, so a drain knows when they are done.

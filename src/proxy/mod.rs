@@ -6,7 +6,8 @@
 //! 4. [`upstream::prepare`] rewrites the request for the service; the pooled client sends
 //!    it under the route's timeout (504) and maps failures to 502.
 //! 5. The response streams back in a [`ProxyBody`] that holds the request's [`Guard`]
-//!    (concurrency slots, in-flight count) until its last byte or the client leaving.
+//!    (concurrency slots, in-flight count, [`Measure`]) until its last byte or the client
+//!    leaving; then the request is counted in the route's metrics and SLIs.
 //!
 //! [`listener`] accepts connections and serves HTTP/1.1 and h2c on them.
 
@@ -17,16 +18,18 @@ pub mod respond;
 mod upstream;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::header::{HeaderValue, CONNECTION};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::{Body, Incoming};
 
-pub use body::{Guard, ProxyBody, Tracker};
+pub use body::{Guard, Measure, ProxyBody, Tracker};
 
+use crate::metrics::{Decision, Origin};
 use crate::route::{self, BadPath};
+use respond::RefusalKind;
 use crate::snapshot::Live;
 
 /// The request path, shared by every connection.
@@ -53,6 +56,7 @@ impl Proxy {
     }
 
     async fn serve(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let start = Instant::now();
         let in_flight = self.tracker.enter();
         let snapshot = self.live.load();
         let limits = &snapshot.config.limits;
@@ -60,29 +64,43 @@ impl Proxy {
         let close = req.version() <= Version::HTTP_11 && !req.body().is_end_stream();
 
         let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
-        if target_len > limits.max_uri_bytes {
-            return respond::problem(StatusCode::URI_TOO_LONG, "request target too long", true);
+        let path = if target_len > limits.max_uri_bytes {
+            Err((StatusCode::URI_TOO_LONG, "request target too long", true))
+        } else {
+            route::normalize(req.uri().path()).map_err(|bad| match bad {
+                BadPath::DotSegment => (StatusCode::BAD_REQUEST, "dot segments are not allowed in the path", close),
+                BadPath::BadEscape => (StatusCode::BAD_REQUEST, "malformed percent-escape in the path", close),
+            })
+        };
+        let index = match &path {
+            Ok(path) => snapshot.find_index(req.method(), path),
+            Err(_) => snapshot.routes.len(), // counted as `unmatched`
+        };
+        let mut guard = Guard {
+            permits: [None, None],
+            measure: Some(Measure::new(snapshot.clone(), index, start)),
+            _in_flight: in_flight,
+        };
+        if let Err((status, detail, close)) = path {
+            return local(respond::problem(status, detail, close), guard, Origin::Rejected);
         }
-        let route = match route::normalize(req.uri().path()) {
-            Ok(path) => snapshot.find(req.method(), &path),
-            Err(BadPath::DotSegment) => {
-                return respond::problem(StatusCode::BAD_REQUEST, "dot segments are not allowed in the path", close)
-            }
-            Err(BadPath::BadEscape) => {
-                return respond::problem(StatusCode::BAD_REQUEST, "malformed percent-escape in the path", close)
-            }
-        };
+        let route = snapshot.route_at(index);
 
-        let admitted = match admit::admit(&snapshot, route, req.headers(), peer.ip()) {
-            Ok(admitted) => admitted,
-            Err(refusal) => {
-                route.decisions.limited.fetch_add(1, Relaxed);
-                return respond::refused(&refusal, close);
+        match admit::admit(&snapshot, route, req.headers(), peer.ip()) {
+            Ok(admitted) => {
+                let shadow = admitted.shadow_limited;
+                route.metrics.decided(if shadow { Decision::ShadowLimited } else { Decision::Allowed });
+                guard.permits = admitted.permits;
             }
-        };
-        let decision = if admitted.shadow_limited { &route.decisions.shadow_limited } else { &route.decisions.allowed };
-        decision.fetch_add(1, Relaxed);
-        let guard = Guard { permits: admitted.permits, _in_flight: in_flight };
+            Err(refusal) => {
+                route.metrics.decided(Decision::Limited);
+                let origin = match refusal.kind {
+                    RefusalKind::Rate { .. } => Origin::Quota,
+                    RefusalKind::Concurrency { .. } => Origin::Concurrency,
+                };
+                return local(respond::refused(&refusal, close), guard, origin);
+            }
+        }
 
         let upgrade = upstream::is_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -91,24 +109,41 @@ impl Proxy {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
                 tracing::debug!(route = &*route.name, error = %e, "upstream request failed");
-                return respond::problem(StatusCode::BAD_GATEWAY, "the service could not be reached", false);
+                let response = respond::problem(StatusCode::BAD_GATEWAY, "the service could not be reached", false);
+                return local(response, guard, Origin::UpstreamError);
             }
             Err(_) => {
-                return respond::problem(StatusCode::GATEWAY_TIMEOUT, "the service did not answer in time", false);
+                let response = respond::problem(StatusCode::GATEWAY_TIMEOUT, "the service did not answer in time", false);
+                return local(response, guard, Origin::Timeout);
             }
         };
 
         upstream::clean_response(&mut response);
+        if let Some(measure) = &mut guard.measure {
+            measure.status = response.status().as_u16();
+        }
         let mut guard = Some(guard);
         if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, response.status()) {
             let upstream = hyper::upgrade::on(&mut response);
-            let guard = guard.take();
-            // The tunnel holds the request's slots for as long as it is open.
+            let mut guard = guard.take();
+            // The upgrade is measured as answered now; the tunnel holds the request's
+            // slots for as long as it is open.
+            guard.as_mut().and_then(|g| g.measure.take());
             tokio::spawn(async move {
                 upstream::tunnel(client, upstream).await;
                 drop(guard);
             });
         }
-        response.map(|body| ProxyBody::Upstream { body, guard })
+        response.map(|body| ProxyBody::upstream(body, guard))
     }
+}
+
+/// A response sluice made itself, measured with `origin` when its body is sent.
+fn local(mut response: Response<ProxyBody>, mut guard: Guard, origin: Origin) -> Response<ProxyBody> {
+    if let Some(measure) = &mut guard.measure {
+        measure.status = response.status().as_u16();
+        measure.origin = origin;
+    }
+    response.body_mut().set_guard(guard);
+    response
 }

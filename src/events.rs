@@ -1,0 +1,162 @@
+//! Events (`sla_breached`, `sla_recovered`, and the config events of the control API):
+//! broadcast to any number of in-process listeners (the event stream) and, when
+//! `events.webhook` is set, POSTed to it through a bounded queue. Sending never waits:
+//! a full queue drops the event and counts it, so no request is ever slowed.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Uri;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::sla::{Alert, Report, Window};
+
+/// One event, as JSON: `{"type": ..., "time": ..., ...fields}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event(Value);
+
+impl Event {
+    pub fn new(kind: &str, mut fields: Value) -> Self {
+        let time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        if let Value::Object(map) = &mut fields {
+            map.insert("type".into(), kind.into());
+            map.insert("time".into(), time.into());
+        }
+        Self(fields)
+    }
+
+    pub fn sla(service: &str, route: &str, alert: &Alert) -> Self {
+        let fields = |report: &Report| {
+            let burn: serde_json::Map<String, Value> =
+                Window::ALL.iter().zip(report.burn).map(|(w, b)| (w.as_str().to_string(), json!(b))).collect();
+            json!({
+                "service": service,
+                "route": route,
+                "sli": report.kind.as_str(),
+                "objective": report.objective,
+                "compliance": report.compliance,
+                "budget_remaining": report.budget_remaining,
+                "burn_rates": burn,
+            })
+        };
+        match alert {
+            Alert::Breached { severity, report } => {
+                let mut f = fields(report);
+                f["severity"] = severity.as_str().into();
+                Self::new("sla_breached", f)
+            }
+            Alert::Recovered { report } => Self::new("sla_recovered", fields(report)),
+        }
+    }
+
+    pub fn kind(&self) -> &str {
+        self.0["type"].as_str().unwrap_or("")
+    }
+
+    pub fn json(&self) -> &Value {
+        &self.0
+    }
+
+    pub fn to_json(&self) -> String {
+        self.0.to_string()
+    }
+}
+
+/// Where events go. Cheap to clone.
+#[derive(Clone)]
+pub struct Events {
+    bus: broadcast::Sender<Arc<Event>>,
+    webhook: Option<mpsc::Sender<Arc<Event>>>,
+    pub dropped: Arc<AtomicU64>,
+}
+
+/// Events waiting for the webhook; more are dropped.
+pub const WEBHOOK_QUEUE: usize = 1024;
+
+impl Events {
+    /// Without a webhook: the in-process stream only.
+    pub fn new() -> Self {
+        Self { bus: broadcast::channel(256).0, webhook: None, dropped: Arc::default() }
+    }
+
+    /// With a webhook, and the task that delivers to it (run it with `tokio::spawn`).
+    pub fn with_webhook(url: Uri, retry: Retry) -> (Self, impl std::future::Future<Output = ()>) {
+        let (tx, rx) = mpsc::channel(WEBHOOK_QUEUE);
+        let events = Self { webhook: Some(tx), ..Self::new() };
+        (events, deliver(url, rx, retry))
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.bus.subscribe()
+    }
+
+    pub fn send(&self, event: Event) {
+        let event = Arc::new(event);
+        let _ = self.bus.send(event.clone()); // no listener is fine
+        if let Some(webhook) = &self.webhook {
+            if webhook.try_send(event).is_err() {
+                self.dropped.fetch_add(1, Relaxed);
+                tracing::warn!("webhook queue full: event dropped");
+            }
+        }
+    }
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Retry with exponential backoff: `attempts` in all, waiting `first`, then twice that…
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    pub attempts: u32,
+    pub first: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self { attempts: 6, first: Duration::from_millis(500), timeout: Duration::from_secs(5) }
+    }
+}
+
+/// POSTs each event as JSON, in order, retrying 5xx answers and failures to connect.
+async fn deliver(url: Uri, mut queue: mpsc::Receiver<Arc<Event>>, retry: Retry) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    while let Some(event) = queue.recv().await {
+        let body = Bytes::from(event.to_json());
+        let mut wait = retry.first;
+        for attempt in 1..=retry.attempts {
+            let request = http::Request::post(url.clone())
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(body.clone()))
+                .expect("a valid request");
+            let outcome = tokio::time::timeout(retry.timeout, client.request(request)).await;
+            let error = match outcome {
+                Ok(Ok(response)) if !response.status().is_server_error() => {
+                    if !response.status().is_success() {
+                        tracing::warn!(status = %response.status(), kind = event.kind(), "webhook refused the event");
+                    }
+                    break;
+                }
+                Ok(Ok(response)) => format!("status {}", response.status()),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timed out".to_string(),
+            };
+            if attempt == retry.attempts {
+                tracing::warn!(error, kind = event.kind(), "webhook delivery failed: event dropped");
+            } else {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+        }
+    }
+}

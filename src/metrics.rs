@@ -1,0 +1,410 @@
+//! Prometheus metrics: one registry, and per-route handles resolved when a config is
+//! applied, so recording a request is a few atomic adds: no label lookup, no allocation,
+//! no lock. Label values are bounded: route names from the config and fixed enums.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::sla::{Report, Window};
+
+/// The buckets of `sluice_request_duration_seconds`, before each route's SLA threshold is
+/// added as an edge of its own.
+pub const DEFAULT_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Who made a response: the service, or sluice itself and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Upstream,
+    Quota,
+    Concurrency,
+    Timeout,
+    UpstreamError,
+    /// Refused before routing: a malformed or too long request target (400, 414).
+    Rejected,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Upstream => "upstream",
+            Self::Quota => "quota",
+            Self::Concurrency => "concurrency",
+            Self::Timeout => "timeout",
+            Self::UpstreamError => "upstream_error",
+            Self::Rejected => "rejected",
+        }
+    }
+
+    /// Whether the request reached the service: only those count in the SLIs and the
+    /// duration histogram. A refusal by a quota is sluice doing its job, not a failure.
+    pub fn reached_service(self) -> bool {
+        matches!(self, Self::Upstream | Self::Timeout | Self::UpstreamError)
+    }
+}
+
+/// The (origin, code class) pairs that can occur; one counter each, made up front.
+const OUTCOMES: [(Origin, &str); 10] = [
+    (Origin::Upstream, "1xx"),
+    (Origin::Upstream, "2xx"),
+    (Origin::Upstream, "3xx"),
+    (Origin::Upstream, "4xx"),
+    (Origin::Upstream, "5xx"),
+    (Origin::Quota, "4xx"),
+    (Origin::Concurrency, "4xx"),
+    (Origin::Timeout, "5xx"),
+    (Origin::UpstreamError, "5xx"),
+    (Origin::Rejected, "4xx"),
+];
+
+fn outcome(origin: Origin, status: u16) -> usize {
+    match origin {
+        Origin::Upstream => usize::from(status.clamp(100, 599) / 100 - 1),
+        Origin::Quota => 5,
+        Origin::Concurrency => 6,
+        Origin::Timeout => 7,
+        Origin::UpstreamError => 8,
+        Origin::Rejected => 9,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allowed,
+    Limited,
+    ShadowLimited,
+}
+
+const DECISIONS: [&str; 3] = ["allowed", "limited", "shadow_limited"];
+
+/// The handles of one route.
+pub struct RouteMetrics {
+    requests: [IntCounter; OUTCOMES.len()],
+    decisions: [IntCounter; 3],
+    pub inflight: IntGauge,
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    #[inline]
+    pub fn decided(&self, decision: Decision) {
+        self.decisions[decision as usize].inc();
+    }
+
+    /// Counts one finished request; requests that reached the service are timed too.
+    #[inline]
+    pub fn finished(&self, origin: Origin, status: u16, duration: Duration) {
+        self.requests[outcome(origin, status)].inc();
+        if origin.reached_service() {
+            self.duration.observe(duration.as_secs_f64());
+        }
+    }
+
+    pub fn requests(&self, origin: Origin, code_class: &str) -> u64 {
+        OUTCOMES.iter().position(|o| *o == (origin, code_class)).map_or(0, |i| self.requests[i].get())
+    }
+
+    pub fn decisions(&self, decision: Decision) -> u64 {
+        self.decisions[decision as usize].get()
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    decisions: IntCounterVec,
+    inflight: IntGaugeVec,
+    sla_objective: GaugeVec,
+    sla_compliance: GaugeVec,
+    sla_budget: GaugeVec,
+    sla_burn: GaugeVec,
+    pub config_version: IntGauge,
+    reloads: IntCounterVec,
+    last_reload_success: Gauge,
+    /// Per route: its histogram (a collector of its own, so its buckets can hold its SLA
+    /// threshold) and the buckets it was built with.
+    histograms: Mutex<HashMap<String, (Vec<f64>, Histogram)>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(vec.clone())).expect("registered once");
+            vec
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let vec = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(vec.clone())).expect("registered once");
+            vec
+        };
+        let requests = counter(
+            "sluice_requests_total",
+            "Requests answered, by route, status code class and who answered (origin).",
+            &["route", "code_class", "origin"],
+        );
+        let decisions = counter(
+            "sluice_quota_decisions_total",
+            "Rate and concurrency quota decisions by route: allowed, limited (refused) or shadow_limited (a shadow quota would have refused).",
+            &["route", "decision"],
+        );
+        let reloads = counter(
+            "sluice_config_reloads_total",
+            "Config loads after the first, from the file or SIGHUP, by result (success or failure).",
+            &["result"],
+        );
+        let inflight = IntGaugeVec::new(
+            Opts::new("sluice_inflight_requests", "Requests being served now, by route."),
+            &["route"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(inflight.clone())).expect("registered once");
+        let sli = ["route", "sli"];
+        let sla_objective = gauge("sluice_sla_objective_ratio", "The SLA objective of each route's SLI.", &sli);
+        let sla_compliance = gauge(
+            "sluice_sla_compliance_ratio",
+            "Good requests over all requests within the SLA window (1 without traffic).",
+            &sli,
+        );
+        let sla_budget = gauge(
+            "sluice_sla_error_budget_remaining_ratio",
+            "Share of the SLA window's error budget left: 1 untouched, 0 spent, below 0 overspent.",
+            &sli,
+        );
+        let sla_burn = gauge(
+            "sluice_sla_burn_rate",
+            "Error ratio over the window divided by the error budget ratio: 1 spends the budget exactly over the SLA window.",
+            &["route", "sli", "window"],
+        );
+        let config_version =
+            IntGauge::new("sluice_config_version", "Version of the config being served.").expect("valid metric");
+        let last_reload_success = Gauge::new(
+            "sluice_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last config applied.",
+        )
+        .expect("valid metric");
+        let build_info = IntGaugeVec::new(Opts::new("sluice_build_info", "The sluice build: always 1."), &["version"])
+            .expect("valid metric");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for c in [
+            Box::new(config_version.clone()) as Box<dyn Collector>,
+            Box::new(last_reload_success.clone()),
+            Box::new(build_info),
+            Box::new(Process::new()),
+        ] {
+            registry.register(c).expect("registered once");
+        }
+        for result in ["success", "failure"] {
+            reloads.with_label_values(&[result]);
+        }
+        last_reload_success.set(unix_now());
+        Self {
+            registry,
+            requests,
+            decisions,
+            inflight,
+            sla_objective,
+            sla_compliance,
+            sla_budget,
+            sla_burn,
+            config_version,
+            reloads,
+            last_reload_success,
+            histograms: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The handles of route `name`, whose SLA latency threshold (if any) becomes a bucket
+    /// edge. A route that keeps its name and buckets keeps its histogram across reloads.
+    pub fn route(&self, name: &str, threshold: Option<Duration>) -> Arc<RouteMetrics> {
+        let mut buckets = DEFAULT_BUCKETS.to_vec();
+        if let Some(t) = threshold {
+            buckets.push(t.as_secs_f64());
+            buckets.sort_by(f64::total_cmp);
+            buckets.dedup();
+        }
+        let mut histograms = self.histograms.lock().unwrap_or_else(|e| e.into_inner());
+        let duration = match histograms.get(name) {
+            Some((b, histogram)) if *b == buckets => histogram.clone(),
+            previous => {
+                if let Some((_, old)) = previous {
+                    let _ = self.registry.unregister(Box::new(old.clone()));
+                }
+                let opts = HistogramOpts::new(
+                    "sluice_request_duration_seconds",
+                    "Time from the request's head read to its response's last byte, for requests that reached the service; an edge at the route's SLA latency threshold.",
+                )
+                .const_label("route", name)
+                .buckets(buckets.clone());
+                let histogram = Histogram::with_opts(opts).expect("valid histogram");
+                self.registry.register(Box::new(histogram.clone())).expect("one histogram per route");
+                histograms.insert(name.to_string(), (buckets, histogram.clone()));
+                histogram
+            }
+        };
+        Arc::new(RouteMetrics {
+            requests: OUTCOMES.map(|(origin, class)| self.requests.with_label_values(&[name, class, origin.as_str()])),
+            decisions: DECISIONS.map(|d| self.decisions.with_label_values(&[name, d])),
+            inflight: self.inflight.with_label_values(&[name]),
+            duration,
+        })
+    }
+
+    /// Drops the series of routes that are gone from the config.
+    pub fn retain_routes(&self, keep: &[&str]) {
+        let mut histograms = self.histograms.lock().unwrap_or_else(|e| e.into_inner());
+        let gone: Vec<String> = histograms.keys().filter(|n| !keep.contains(&n.as_str())).cloned().collect();
+        for name in gone {
+            if let Some((_, h)) = histograms.remove(&name) {
+                let _ = self.registry.unregister(Box::new(h));
+            }
+            for (origin, class) in OUTCOMES {
+                let _ = self.requests.remove_label_values(&[&name, class, origin.as_str()]);
+            }
+            for d in DECISIONS {
+                let _ = self.decisions.remove_label_values(&[&name, d]);
+            }
+            let _ = self.inflight.remove_label_values(&[&name]);
+            self.forget_sla(&name);
+        }
+    }
+
+    /// Publishes one SLI's figures.
+    pub fn sla(&self, route: &str, report: &Report) {
+        let labels = [route, report.kind.as_str()];
+        self.sla_objective.with_label_values(&labels).set(report.objective);
+        self.sla_compliance.with_label_values(&labels).set(report.compliance);
+        self.sla_budget.with_label_values(&labels).set(report.budget_remaining);
+        for (window, burn) in Window::ALL.iter().zip(report.burn) {
+            self.sla_burn.with_label_values(&[route, report.kind.as_str(), window.as_str()]).set(burn);
+        }
+    }
+
+    /// Drops a route's SLA series (its SLA was removed, or the route was).
+    pub fn forget_sla(&self, route: &str) {
+        for sli in ["latency", "availability"] {
+            let labels = [route, sli];
+            let _ = self.sla_objective.remove_label_values(&labels);
+            let _ = self.sla_compliance.remove_label_values(&labels);
+            let _ = self.sla_budget.remove_label_values(&labels);
+            for window in Window::ALL {
+                let _ = self.sla_burn.remove_label_values(&[route, sli, window.as_str()]);
+            }
+        }
+    }
+
+    /// Counts a config load after the first.
+    pub fn reloaded(&self, version: Option<u64>) {
+        match version {
+            Some(version) => {
+                self.reloads.with_label_values(&["success"]).inc();
+                self.config_version.set(version as i64);
+                self.last_reload_success.set(unix_now());
+            }
+            None => self.reloads.with_label_values(&["failure"]).inc(),
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding of gathered metrics");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The standard `process_*` metrics, read from `/proc/self` at each scrape.
+struct Process {
+    descs: Vec<Desc>,
+    clock_ticks: f64,
+    page_size: f64,
+    boot_time: f64,
+}
+
+const PROCESS: [(&str, &str); 6] = [
+    ("process_cpu_seconds_total", "Total user and system CPU time spent in seconds."),
+    ("process_resident_memory_bytes", "Resident memory size in bytes."),
+    ("process_virtual_memory_bytes", "Virtual memory size in bytes."),
+    ("process_open_fds", "Number of open file descriptors."),
+    ("process_max_fds", "Maximum number of open file descriptors."),
+    ("process_start_time_seconds", "Start time of the process since unix epoch in seconds."),
+];
+
+impl Process {
+    fn new() -> Self {
+        let descs = PROCESS
+            .iter()
+            .map(|(name, help)| Desc::new(name.to_string(), help.to_string(), vec![], HashMap::new()))
+            .collect::<Result<_, _>>()
+            .expect("valid descriptors");
+        let boot_time = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok()))
+            .unwrap_or(0.0);
+        // Linux fixes USER_HZ at 100 and x86-64 and aarch64 pages at 4 KiB for user space.
+        Self { descs, clock_ticks: 100.0, page_size: 4096.0, boot_time }
+    }
+
+    fn read(&self) -> Option<[f64; 6]> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok());
+        let cpu = (field(14)? + field(15)?) / self.clock_ticks;
+        let start = self.boot_time + field(22)? / self.clock_ticks;
+        let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as f64;
+        let max_fds = std::fs::read_to_string("/proc/self/limits")
+            .ok()?
+            .lines()
+            .find(|l| l.starts_with("Max open files"))?
+            .split_whitespace()
+            .nth(3)?
+            .parse()
+            .ok()?;
+        Some([cpu, field(24)? * self.page_size, field(23)?, open_fds, max_fds, start])
+    }
+}
+
+impl Collector for Process {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Some(values) = self.read() else { return Vec::new() };
+        PROCESS
+            .iter()
+            .zip(values)
+            .flat_map(|((name, help), value)| {
+                let family: Box<dyn Collector> = if name.ends_with("_total") {
+                    let c = prometheus::Counter::new(*name, *help).expect("valid metric");
+                    c.inc_by(value);
+                    Box::new(c)
+                } else {
+                    let g = Gauge::new(*name, *help).expect("valid metric");
+                    g.set(value);
+                    Box::new(g)
+                };
+                family.collect()
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,50 @@
+//! The SLA monitor: once a second, moves every route's recorded requests into its SLA
+//! windows, publishes the figures as metrics, and turns breach changes into events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::events::{Event, Events};
+use crate::sla::Alert;
+use crate::snapshot::Live;
+
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// Runs until the task is dropped.
+pub async fn run(live: Arc<Live>, events: Events) {
+    let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        tick(&live, &events);
+    }
+}
+
+/// One tick over the live snapshot's SLIs.
+pub fn tick(live: &Live, events: &Events) {
+    let now = live.clock();
+    let snapshot = live.load();
+    for route in &snapshot.routes {
+        for sli in route.sla.slis() {
+            let Some(alert) = sli.tick(now) else { continue };
+            let event = Event::sla(&snapshot.config.service, &route.name, &alert);
+            match &alert {
+                Alert::Breached { .. } => tracing::warn!(event = %event.to_json(), "sla_breached"),
+                Alert::Recovered { .. } => tracing::info!(event = %event.to_json(), "sla_recovered"),
+            }
+            events.send(event);
+        }
+    }
+    publish(live);
+}
+
+/// Sets the SLA gauges from the windows as they are now.
+pub fn publish(live: &Live) {
+    let now = live.clock();
+    let snapshot = live.load();
+    for route in &snapshot.routes {
+        for sli in route.sla.slis() {
+            live.metrics.sla(&route.name, &sli.report(now));
+        }
+    }
+}
