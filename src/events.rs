@@ -160,3 +160,24 @@ async fn deliver(url: Uri, mut queue: mpsc::Receiver<Arc<Event>>, retry: Retry) 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_webhook_queue_drops_and_counts_without_waiting() {
+        // Nothing delivers: the queue fills, and every event after that is dropped at once.
+        let (events, _deliver) = Events::with_webhook("http://127.0.0.1:1/".parse().unwrap(), Retry::default());
+        let mut stream = events.subscribe();
+        let start = std::time::Instant::now();
+        for _ in 0..WEBHOOK_QUEUE + 10 {
+            events.send(Event::new("config_applied", json!({})));
+        }
+        assert!(start.elapsed() < Duration::from_secs(1));
+        assert_eq!(events.dropped.load(Relaxed), 10);
+        // A listener that did not keep up loses the oldest events; the sender never waited.
+        assert!(matches!(stream.try_recv(), Err(broadcast::error::TryRecvError::Lagged(_))));
+        assert_eq!(stream.try_recv().unwrap().kind(), "config_applied");
+    }
+}

@@ -167,11 +167,9 @@ impl Metrics {
             "Config loads after the first, from the file or SIGHUP, by result (success or failure).",
             &["result"],
         );
-        let inflight = IntGaugeVec::new(
-            Opts::new("sluice_inflight_requests", "Requests being served now, by route."),
-            &["route"],
-        )
-        .expect("valid metric");
+        let inflight =
+            IntGaugeVec::new(Opts::new("sluice_inflight_requests", "Requests being served now, by route."), &["route"])
+                .expect("valid metric");
         registry.register(Box::new(inflight.clone())).expect("registered once");
         let sli = ["route", "sli"];
         let sla_objective = gauge("sluice_sla_objective_ratio", "The SLA objective of each route's SLI.", &sli);
@@ -192,11 +190,9 @@ impl Metrics {
         );
         let config_version =
             IntGauge::new("sluice_config_version", "Version of the config being served.").expect("valid metric");
-        let last_reload_success = Gauge::new(
-            "sluice_config_last_reload_success_timestamp_seconds",
-            "Unix time of the last config applied.",
-        )
-        .expect("valid metric");
+        let last_reload_success =
+            Gauge::new("sluice_config_last_reload_success_timestamp_seconds", "Unix time of the last config applied.")
+                .expect("valid metric");
         let build_info = IntGaugeVec::new(Opts::new("sluice_build_info", "The sluice build: always 1."), &["version"])
             .expect("valid metric");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);

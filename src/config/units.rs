@@ -46,13 +46,21 @@ pub fn format_duration(d: Duration) -> String {
 /// an objective of 100% has no error budget, and 0% is no objective.
 pub fn parse_ratio(text: &str) -> Result<f64, String> {
     let text = text.trim();
-    let number = text.strip_suffix('%').ok_or_else(|| format!("`{text}` is not a percentage: write e.g. `99.9%`"))?;
-    let percent: f64 =
-        number.trim().parse().map_err(|_| format!("`{text}` is not a percentage: write e.g. `99.9%`"))?;
-    if !(percent > 0.0 && percent < 100.0) {
+    let invalid = || format!("`{text}` is not a percentage: write e.g. `99.9%`");
+    let number = text.strip_suffix('%').ok_or_else(invalid)?.trim();
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    if int.is_empty() || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    // Move the decimal point two places in the text, so `99.9%` is the double nearest
+    // 0.999, not 99.9 / 100 (0.9990000000000001).
+    let int = format!("00{int}");
+    let (whole, hundredths) = int.split_at(int.len() - 2);
+    let ratio: f64 = format!("{whole}.{hundredths}{frac}").parse().map_err(|_| invalid())?;
+    if !(ratio > 0.0 && ratio < 1.0) {
         return Err(format!("`{text}` must lie strictly between 0% and 100%"));
     }
-    Ok(percent / 100.0)
+    Ok(ratio)
 }
 
 #[cfg(test)]
@@ -83,7 +91,11 @@ mod tests {
     #[test]
     fn ratios() {
         assert_eq!(parse_ratio("99%"), Ok(0.99));
-        assert!((parse_ratio("99.9%").unwrap() - 0.999).abs() < 1e-12);
+        assert_eq!(parse_ratio("99.9%"), Ok(0.999));
+        assert_eq!(parse_ratio("99.95%"), Ok(0.9995));
+        assert_eq!(parse_ratio("5%"), Ok(0.05));
+        assert_eq!(parse_ratio("0.1%"), Ok(0.001));
+        assert!(parse_ratio("-1%").is_err() && parse_ratio("1e2%").is_err() && parse_ratio(".5%").is_err());
         assert!(parse_ratio("100%").is_err());
         assert!(parse_ratio("0%").is_err());
         assert!(parse_ratio("99.9").unwrap_err().contains("not a percentage"));

@@ -29,8 +29,8 @@ pub use body::{Guard, Measure, ProxyBody, Tracker};
 
 use crate::metrics::{Decision, Origin};
 use crate::route::{self, BadPath};
-use respond::RefusalKind;
 use crate::snapshot::Live;
+use respond::RefusalKind;
 
 /// The request path, shared by every connection.
 #[derive(Clone)]
@@ -113,7 +113,8 @@ impl Proxy {
                 return local(response, guard, Origin::UpstreamError);
             }
             Err(_) => {
-                let response = respond::problem(StatusCode::GATEWAY_TIMEOUT, "the service did not answer in time", false);
+                let response =
+                    respond::problem(StatusCode::GATEWAY_TIMEOUT, "the service did not answer in time", false);
                 return local(response, guard, Origin::Timeout);
             }
         };

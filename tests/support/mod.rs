@@ -199,6 +199,45 @@ impl Sluice {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running().admin_addr())
+    }
+
+    /// `GET /metrics` on the admin listener, as Prometheus scrapes it.
+    pub async fn scrape(&self) -> Metrics {
+        let (response, body) = get(&client(), &self.admin_url("/metrics")).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/plain; version=0.0.4; charset=utf-8");
+        Metrics(String::from_utf8(body.to_vec()).unwrap())
+    }
+}
+
+/// A scraped exposition.
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// The value of the sample `name{labels}`, labels written as in the exposition
+    /// (`route="a",sli="latency"`) in any order; `None` when there is no such sample.
+    pub fn get(&self, name: &str, labels: &str) -> Option<f64> {
+        let mut wanted: Vec<&str> = labels.split(',').filter(|l| !l.is_empty()).collect();
+        wanted.sort_unstable();
+        self.0.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (n, have) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            let mut have: Vec<&str> = have.split(',').filter(|l| !l.is_empty()).collect();
+            have.sort_unstable();
+            (n == name && have == wanted).then(|| value.parse().unwrap())
+        })
+    }
+
+    /// Like [`Metrics::get`], failing the test when the sample is missing.
+    pub fn value(&self, name: &str, labels: &str) -> f64 {
+        self.get(name, labels).unwrap_or_else(|| panic!("no sample {name}{{{labels}}} in:\n{}", self.0))
+    }
 }
 
 pub type Client = HyperClient<hyper_util::client::legacy::connect::HttpConnector, Body>;
