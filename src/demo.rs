@@ -42,11 +42,15 @@ pub async fn run(duration: Option<Duration>) -> Result<(), DemoError> {
     if std::net::TcpListener::bind(config.listen).is_err() {
         config.listen.set_port(0);
     }
+    if std::net::TcpListener::bind(config.admin.listen).is_err() {
+        config.admin.listen.set_port(0);
+    }
     let running = server::start(config, None).await?;
     let proxy = running.proxy_addr();
     println!("sluice demo");
     println!("  proxy     http://{proxy}/  (try: curl -i http://{proxy}/claims/42)");
     println!("  service   http://{service_addr}/  (the built-in upstream)");
+    println!("  metrics   http://{}/metrics  (Prometheus text: requests, latency, SLA)", running.admin_addr());
     println!("  traffic   POST /claims/submit, GET /claims/{{id}}, GET /search/*: watch the 429s below");
     println!("Ctrl-C stops.");
 

@@ -117,6 +117,7 @@ fn demo_runs_on_its_own_and_shows_429s() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("proxy     http://127.0.0.1:"), "{stdout}");
+    assert!(stdout.contains("metrics   http://127.0.0.1:"), "{stdout}");
     let last = stdout.lines().last().unwrap();
     let number = |label: &str| -> u64 {
         let after = last.split(label).nth(1).unwrap();
