@@ -31,8 +31,8 @@ impl Event {
         Self(fields)
     }
 
-    pub fn sla(service: &str, route: &str, alert: &Alert) -> Self {
-        let fields = |report: &Report| {
+    pub fn sla(service: &str, route: &str, report: &Report, alert: Alert) -> Self {
+        let fields = || {
             let burn: serde_json::Map<String, Value> =
                 Window::ALL.iter().zip(report.burn).map(|(w, b)| (w.as_str().to_string(), json!(b))).collect();
             json!({
@@ -46,12 +46,12 @@ impl Event {
             })
         };
         match alert {
-            Alert::Breached { severity, report } => {
-                let mut f = fields(report);
+            Alert::Breached(severity) => {
+                let mut f = fields();
                 f["severity"] = severity.as_str().into();
                 Self::new("sla_breached", f)
             }
-            Alert::Recovered { report } => Self::new("sla_recovered", fields(report)),
+            Alert::Recovered => Self::new("sla_recovered", fields()),
         }
     }
 

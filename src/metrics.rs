@@ -107,10 +107,6 @@ impl RouteMetrics {
         }
     }
 
-    pub fn requests(&self, origin: Origin, code_class: &str) -> u64 {
-        OUTCOMES.iter().position(|o| *o == (origin, code_class)).map_or(0, |i| self.requests[i].get())
-    }
-
     pub fn decisions(&self, decision: Decision) -> u64 {
         self.decisions[decision as usize].get()
     }

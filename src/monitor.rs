@@ -20,25 +20,26 @@ pub async fn run(live: Arc<Live>, events: Events) {
     }
 }
 
-/// One tick over the live snapshot's SLIs.
+/// One tick over the live snapshot's SLIs, publishing the figures it computed.
 pub fn tick(live: &Live, events: &Events) {
     let now = live.clock();
     let snapshot = live.load();
     for route in &snapshot.routes {
         for sli in route.sla.slis() {
-            let Some(alert) = sli.tick(now) else { continue };
-            let event = Event::sla(&snapshot.config.service, &route.name, &alert);
-            match &alert {
-                Alert::Breached { .. } => tracing::warn!(event = %event.to_json(), "sla_breached"),
-                Alert::Recovered { .. } => tracing::info!(event = %event.to_json(), "sla_recovered"),
+            let (report, alert) = sli.tick(now);
+            live.metrics.sla(&route.name, &report);
+            let Some(alert) = alert else { continue };
+            let event = Event::sla(&snapshot.config.service, &route.name, &report, alert);
+            match alert {
+                Alert::Breached(_) => tracing::warn!(event = %event.to_json(), "sla_breached"),
+                Alert::Recovered => tracing::info!(event = %event.to_json(), "sla_recovered"),
             }
             events.send(event);
         }
     }
-    publish(live);
 }
 
-/// Sets the SLA gauges from the windows as they are now.
+/// Sets the SLA gauges from the windows as they are now, between ticks (at a scrape).
 pub fn publish(live: &Live) {
     let now = live.clock();
     let snapshot = live.load();

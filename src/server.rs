@@ -110,10 +110,6 @@ impl Running {
         &self.events
     }
 
-    pub fn metrics(&self) -> &Metrics {
-        &self.live.metrics
-    }
-
     /// Ticks the SLA monitor now, as its timer does every second.
     pub fn tick(&self) {
         monitor::tick(&self.live, &self.events);

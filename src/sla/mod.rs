@@ -83,10 +83,10 @@ impl Report {
 /// A change of breach state, which the caller turns into an `sla_breached` or
 /// `sla_recovered` event: breached when a rule starts to fire (and again if a slow burn
 /// turns fast), recovered when none fires any more.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Alert {
-    Breached { severity: Severity, report: Report },
-    Recovered { report: Report },
+    Breached(Severity),
+    Recovered,
 }
 
 struct State {
@@ -120,14 +120,6 @@ impl Sli {
         }
     }
 
-    pub fn kind(&self) -> SliKind {
-        self.kind
-    }
-
-    pub fn threshold(&self) -> Option<Duration> {
-        self.threshold
-    }
-
     #[inline]
     pub fn record(&self, good: bool) {
         self.pending.fetch_add(ONE | u64::from(good), Relaxed);
@@ -148,9 +140,9 @@ impl Sli {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Moves what was recorded into the windows at `now`, and says whether the breach
-    /// state changed.
-    pub fn tick(&self, now: Duration) -> Option<Alert> {
+    /// Moves what was recorded into the windows at `now`; returns the figures then (as
+    /// judged before this tick's breach change) and whether the breach state changed.
+    pub fn tick(&self, now: Duration) -> (Report, Option<Alert>) {
         let pending = self.pending.swap(0, Relaxed);
         let mut state = self.lock();
         state.windows.add(now, Counts { good: pending & (ONE - 1), total: pending >> 32 });
@@ -159,13 +151,13 @@ impl Sli {
         let alert = match (state.breached, firing) {
             // A slow burn turning fast is a new, more urgent breach; the way back is not.
             (None | Some(Severity::Slow), Some(Severity::Fast)) | (None, Some(Severity::Slow)) => {
-                firing.map(|severity| Alert::Breached { severity, report })
+                firing.map(Alert::Breached)
             }
-            (Some(_), None) => Some(Alert::Recovered { report }),
+            (Some(_), None) => Some(Alert::Recovered),
             _ => None,
         };
         state.breached = firing;
-        alert
+        (report, alert)
     }
 
     pub fn report(&self, now: Duration) -> Report {

@@ -77,14 +77,14 @@ fn run(
     until: Duration,
     per_tick: u64,
     bad: impl Fn(Duration) -> u64,
-) -> Vec<(Duration, Alert)> {
+) -> Vec<(Duration, Alert, Report)> {
     let mut alerts = Vec::new();
     let mut now = Duration::ZERO;
     while now <= until {
         let b = bad(now);
         record(sli, per_tick - b, b);
-        if let Some(alert) = sli.tick(now) {
-            alerts.push((now, alert));
+        if let (report, Some(alert)) = sli.tick(now) {
+            alerts.push((now, alert, report));
         }
         now += step;
     }
@@ -98,11 +98,11 @@ fn a_fast_burn_raises_one_breach_and_one_recovery() {
     let (start, end) = (3 * DAY, 3 * DAY + 10 * MIN);
     let alerts = run(&sli, Duration::from_secs(10), 4 * DAY, 100, |t| if t >= start && t < end { 10 } else { 0 });
     assert_eq!(alerts.len(), 2, "{alerts:?}");
-    let (at, Alert::Breached { severity: Severity::Fast, report }) = &alerts[0] else { panic!("{alerts:?}") };
+    let (at, Alert::Breached(Severity::Fast), report) = &alerts[0] else { panic!("{alerts:?}") };
     // 14.4× over 1 h takes 14.4 / 100 h ≈ 8.6 min of burning.
     assert!(*at > start + 8 * MIN && *at < start + 9 * MIN, "{at:?}");
     assert!(report.burn(Window::M5) > 14.4 && report.budget_remaining < 1.0);
-    let (at, Alert::Recovered { report }) = &alerts[1] else { panic!("{alerts:?}") };
+    let (at, Alert::Recovered, report) = &alerts[1] else { panic!("{alerts:?}") };
     // Recovered once the 5 m window is clean again.
     assert!(*at >= end + 4 * MIN && *at <= end + 5 * MIN, "{at:?}");
     assert_eq!(report.breached, Some(Severity::Fast), "the report is of the moment before it cleared");
@@ -117,9 +117,9 @@ fn a_slow_burn_that_turns_fast_is_raised_again() {
     let alerts = run(&sli, Duration::from_secs(10), DAY, 100, |t| if t >= start && t < end { 10 } else { 0 });
     let kinds: Vec<_> = alerts
         .iter()
-        .map(|(_, a)| match a {
-            Alert::Breached { severity, .. } => severity.as_str(),
-            Alert::Recovered { .. } => "recovered",
+        .map(|(_, a, _)| match a {
+            Alert::Breached(severity) => severity.as_str(),
+            Alert::Recovered => "recovered",
         })
         .collect();
     assert_eq!(kinds, ["slow", "fast", "recovered"], "{alerts:?}");
@@ -134,10 +134,10 @@ fn a_slow_burn_raises_one_breach_and_one_recovery() {
     let (start, end) = (3 * DAY, 3 * DAY + 36 * HOUR);
     let alerts = run(&sli, MIN, 7 * DAY, 1000, |t| if t >= start && t < end { 5 } else { 0 });
     assert_eq!(alerts.len(), 2, "{alerts:?}");
-    let (at, Alert::Breached { severity: Severity::Slow, .. }) = &alerts[0] else { panic!("{alerts:?}") };
+    let (at, Alert::Breached(Severity::Slow), _) = &alerts[0] else { panic!("{alerts:?}") };
     // 3× over 1 d (and 1× over 3 d) takes 3/5 of a day of burning: 14.4 h.
     assert!(*at > start + 14 * HOUR && *at < start + 15 * HOUR, "{at:?}");
-    let (at, Alert::Recovered { .. }) = &alerts[1] else { panic!("{alerts:?}") };
+    let (at, Alert::Recovered, _) = &alerts[1] else { panic!("{alerts:?}") };
     // The 2 h window drops below 3× after 48 min; the 6 h one below 1× after 4.8 h.
     assert!(*at > end + 4 * HOUR && *at <= end + 5 * HOUR, "{at:?}");
 }
