@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use governor::clock::DefaultClock;
 
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteMetrics};
@@ -44,10 +43,7 @@ impl Quotas {
         let rate = rate.map(|spec| {
             let kept = previous.and_then(|p| p.rate.as_ref()).filter(|q| q.limit.spec().same_limiter(spec));
             RateQuota {
-                limit: kept.map_or_else(
-                    || Arc::new(RateLimit::new(spec.clone(), DefaultClock::default())),
-                    |q| q.limit.clone(),
-                ),
+                limit: kept.map_or_else(|| Arc::new(RateLimit::new(spec.clone())), |q| q.limit.clone()),
                 mode: spec.mode,
             }
         });
@@ -184,9 +180,16 @@ impl Live {
         })
     }
 
-    /// The SLA engine's `now`.
+    /// The engines' `now`: the time since start. Quota state outlives snapshots, so
+    /// every snapshot shares this origin.
     pub fn clock(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// `instant` on the engines' clock.
+    #[inline]
+    pub fn at(&self, instant: Instant) -> Duration {
+        instant.saturating_duration_since(self.started)
     }
 
     #[inline]
@@ -226,7 +229,7 @@ pub async fn sweep_keys(live: Arc<Live>, interval: Duration) {
         let due = last_full_sweep.elapsed() >= interval;
         for (route, limit) in snapshot.rate_limits() {
             if due || limit.keys() >= limit.spec().max_keys.get() {
-                let evicted = limit.sweep();
+                let evicted = limit.sweep(live.clock());
                 if evicted > 0 {
                     tracing::debug!(route, evicted, keys = limit.keys(), "evicted idle quota keys");
                 }

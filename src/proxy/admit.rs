@@ -2,11 +2,12 @@
 //! refused by its route never reaches (so never spends) the service-wide budget.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use http::HeaderMap;
 
 use super::respond::{Refusal, RefusalKind};
-use crate::quota::{Key, KeySpec, Mode, Permit, RateDecision};
+use crate::quota::{KeySpec, Mode, Permit, RateDecision};
 use crate::snapshot::{Quotas, RouteState, Snapshot};
 
 /// The slots an admitted request holds, and whether a shadow quota would have refused it.
@@ -15,15 +16,17 @@ pub struct Admitted {
     pub shadow_limited: bool,
 }
 
+/// `now` is the request's arrival on the clock of [`crate::snapshot::Live::clock`].
 pub fn admit(
     snapshot: &Snapshot,
     route: &RouteState,
     headers: &HeaderMap,
     client_ip: IpAddr,
+    now: Duration,
 ) -> Result<Admitted, Refusal> {
     let mut shadow_limited = false;
     for quotas in [&route.quotas, &snapshot.service] {
-        shadow_limited |= check_rate(quotas, headers, client_ip)?;
+        shadow_limited |= check_rate(quotas, headers, client_ip, now)?;
     }
     let route_slot = acquire(&route.quotas, headers, client_ip)?;
     let service_slot = acquire(&snapshot.service, headers, client_ip)?;
@@ -32,9 +35,9 @@ pub fn admit(
 
 /// Takes from the rate quota of `quotas`; `Ok(true)` when a shadow quota would have refused.
 #[inline]
-fn check_rate(quotas: &Quotas, headers: &HeaderMap, ip: IpAddr) -> Result<bool, Refusal> {
+fn check_rate(quotas: &Quotas, headers: &HeaderMap, ip: IpAddr, now: Duration) -> Result<bool, Refusal> {
     let Some(quota) = &quotas.rate else { return Ok(false) };
-    match quota.limit.check(&key(&quota.limit.spec().key, headers, ip)) {
+    match with_key(&quota.limit.spec().key, headers, ip, |key| quota.limit.check(key, now)) {
         RateDecision::Allowed => Ok(false),
         RateDecision::Limited { .. } if quota.mode == Mode::Shadow => Ok(true),
         RateDecision::Limited { retry_after } => Err(rate_refusal(quotas, retry_after)),
@@ -52,20 +55,23 @@ fn rate_refusal(quotas: &Quotas, retry_after: std::time::Duration) -> Refusal {
 
 fn acquire(quotas: &Quotas, headers: &HeaderMap, ip: IpAddr) -> Result<Option<Permit>, Refusal> {
     let Some(concurrency) = &quotas.concurrency else { return Ok(None) };
-    match concurrency.try_acquire(&key(concurrency.key_spec(), headers, ip)) {
+    match with_key(concurrency.key_spec(), headers, ip, |key| concurrency.try_acquire(key)) {
         Some(permit) => Ok(Some(permit)),
         None => Err(Refusal { scope: quotas.scope.clone(), kind: RefusalKind::Concurrency { max: concurrency.max() } }),
     }
 }
 
-/// The key of a request under `spec`. Only the first value of a repeated header counts.
-pub fn key(spec: &KeySpec, headers: &HeaderMap, client_ip: IpAddr) -> Key {
+/// Calls `f` with the key of a request under `spec`, borrowed from the request: the
+/// first value of the header (empty when absent), or the client address (an IPv4 client
+/// seen through an IPv6 socket is its IPv4 address).
+#[inline]
+pub fn with_key<R>(spec: &KeySpec, headers: &HeaderMap, client_ip: IpAddr, f: impl FnOnce(&[u8]) -> R) -> R {
     match spec {
-        KeySpec::None => Key::Absent,
-        KeySpec::ClientIp => Key::Ip(client_ip),
-        KeySpec::Header(name) => match headers.get(name) {
-            Some(value) => Key::value(value.as_bytes()),
-            None => Key::Absent,
+        KeySpec::None => f(b""),
+        KeySpec::ClientIp => match client_ip.to_canonical() {
+            IpAddr::V4(ip) => f(&ip.octets()),
+            IpAddr::V6(ip) => f(&ip.octets()),
         },
+        KeySpec::Header(name) => f(headers.get(name).map_or(&b""[..], |v| v.as_bytes())),
     }
 }

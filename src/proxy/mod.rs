@@ -86,7 +86,7 @@ impl Proxy {
         }
         let route = snapshot.route_at(index);
 
-        match admit::admit(&snapshot, route, req.headers(), peer.ip()) {
+        match admit::admit(&snapshot, route, req.headers(), peer.ip(), self.live.at(start)) {
             Ok(admitted) => {
                 let shadow = admitted.shadow_limited;
                 route.metrics.decided(if shadow { Decision::ShadowLimited } else { Decision::Allowed });

@@ -60,19 +60,20 @@ impl Concurrency {
     }
 
     /// Takes a slot for `key`, or `None` when `max` are in flight.
-    pub fn try_acquire(self: &Arc<Self>, key: &Key) -> Option<Permit> {
+    pub fn try_acquire(self: &Arc<Self>, key: &[u8]) -> Option<Permit> {
         let max = self.max();
         if !self.key.is_keyed() {
             self.whole.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
             return Some(Permit { owner: self.clone(), key: None });
         }
+        let key = Key::new(key);
         let mut count = self.keyed.entry(key.clone()).or_insert(0);
         if *count >= max {
             return None;
         }
         *count += 1;
         drop(count);
-        Some(Permit { owner: self.clone(), key: Some(key.clone()) })
+        Some(Permit { owner: self.clone(), key: Some(key) })
     }
 
     /// Requests in flight, in all keys.
@@ -117,12 +118,12 @@ mod tests {
     #[test]
     fn whole_route_is_exact() {
         let c = Concurrency::new(&spec(2, KeySpec::None));
-        let a = c.try_acquire(&Key::Absent).unwrap();
-        let b = c.try_acquire(&Key::Absent).unwrap();
-        assert!(c.try_acquire(&Key::Absent).is_none());
+        let a = c.try_acquire(b"").unwrap();
+        let b = c.try_acquire(b"").unwrap();
+        assert!(c.try_acquire(b"").is_none());
         drop(a);
-        let _c = c.try_acquire(&Key::Absent).unwrap();
-        assert!(c.try_acquire(&Key::Absent).is_none());
+        let _c = c.try_acquire(b"").unwrap();
+        assert!(c.try_acquire(b"").is_none());
         drop(b);
         assert_eq!(c.in_flight(), 1);
     }
@@ -130,11 +131,9 @@ mod tests {
     #[test]
     fn keyed_counts_per_key_and_forgets_idle_keys() {
         let c = Concurrency::new(&spec(1, KeySpec::ClientIp));
-        let k1 = Key::value(b"a");
-        let k2 = Key::value(b"b");
-        let p1 = c.try_acquire(&k1).unwrap();
-        assert!(c.try_acquire(&k1).is_none());
-        let p2 = c.try_acquire(&k2).unwrap();
+        let p1 = c.try_acquire(b"a").unwrap();
+        assert!(c.try_acquire(b"a").is_none());
+        let p2 = c.try_acquire(b"b").unwrap();
         assert_eq!((c.in_flight(), c.keys()), (2, 2));
         drop(p1);
         drop(p2);
@@ -144,10 +143,10 @@ mod tests {
     #[test]
     fn adopt_changes_max_in_place() {
         let c = Concurrency::new(&spec(1, KeySpec::None));
-        let _p = c.try_acquire(&Key::Absent).unwrap();
+        let _p = c.try_acquire(b"").unwrap();
         assert!(c.adopt(&spec(2, KeySpec::None)));
-        let _q = c.try_acquire(&Key::Absent).unwrap();
-        assert!(c.try_acquire(&Key::Absent).is_none());
+        let _q = c.try_acquire(b"").unwrap();
+        assert!(c.try_acquire(b"").is_none());
         assert!(!c.adopt(&spec(2, KeySpec::ClientIp)));
     }
 
@@ -160,7 +159,7 @@ mod tests {
                 let (c, peak) = (c.clone(), peak.clone());
                 s.spawn(move || {
                     for _ in 0..10_000 {
-                        if let Some(p) = c.try_acquire(&Key::Absent) {
+                        if let Some(p) = c.try_acquire(b"") {
                             peak.fetch_max(c.in_flight(), Ordering::Relaxed);
                             drop(p);
                         }

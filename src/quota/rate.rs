@@ -1,4 +1,4 @@
-//! The rate quota: GCRA through governor, per key, in bounded memory.
+//! The rate quota: GCRA (the generic cell rate algorithm), per key, in bounded memory.
 //!
 //! Memory: at most `max_keys` keys are tracked. Keys whose bucket is full again are
 //! indistinguishable from new ones, so [`RateLimit::sweep`] drops them without granting
@@ -8,15 +8,9 @@
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock, Reference};
-use governor::middleware::NoOpMiddleware;
-use governor::nanos::Nanos;
-use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
-use governor::state::{InMemoryState, NotKeyed, StateStore};
-use governor::{Quota, RateLimiter};
+use dashmap::DashMap;
 
 use super::{Key, KeySpec};
 
@@ -86,112 +80,103 @@ pub enum RateDecision {
     },
 }
 
-/// The keyed state store with a cap and an overflow bucket.
+/// One rate quota's live state: a GCRA cell per key.
 ///
-/// The table hashes with foldhash, seeded at random per table: SipHash was a third of a
-/// check. Keys come from clients, but a table holds at most `cap` of them, so a chosen
-/// collision set can slow one route's lookups, never grow memory.
-struct BoundedStore {
-    map: DashMapStateStore<Key, foldhash::fast::RandomState>,
-    overflow: InMemoryState,
-    cap: usize,
-    /// Shared with [`RateLimit`]: governor keeps its store private.
-    overflowed: Arc<AtomicU64>,
-}
-
-impl StateStore for BoundedStore {
-    type Key = Key;
-
-    fn measure_and_replace<T, F, E>(&self, key: &Key, f: F) -> Result<T, E>
-    where
-        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
-    {
-        if let Some(state) = self.map.get(key) {
-            return state.measure_and_replace(&NotKeyed::NonKey, f);
-        }
-        // A new key. `len` visits every shard, but only on this path.
-        if self.map.len() >= self.cap {
-            self.overflowed.fetch_add(1, Relaxed);
-            return self.overflow.measure_and_replace(&NotKeyed::NonKey, f);
-        }
-        let state = self.map.entry(key.clone()).or_default();
-        state.measure_and_replace(&NotKeyed::NonKey, f)
-    }
-}
-
-impl ShrinkableKeyedStateStore<Key> for BoundedStore {
-    fn retain_recent(&self, drop_below: Nanos) {
-        self.map.retain_recent(drop_below);
-    }
-
-    fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
-    fn shrink_to_fit(&self) {
-        self.map.shrink_to_fit();
-    }
-}
-
-/// One rate quota's live state.
-pub struct RateLimit<C: Clock = DefaultClock> {
+/// Each cell holds the key's theoretical arrival time (TAT), in nanoseconds since the
+/// origin of the `now` the caller passes: the request path reads the clock once per
+/// request, and tests pass any time they like. The table hashes with foldhash, seeded at
+/// random per table: SipHash was a third of a check. Keys come from clients, but a table
+/// holds at most `max_keys`, so a chosen collision set can slow one route, never grow
+/// memory.
+pub struct RateLimit {
     spec: RateSpec,
-    limiter: RateLimiter<Key, BoundedStore, C, NoOpMiddleware<C::Instant>>,
+    /// Nanoseconds one request's worth of quota takes to come back.
+    interval: u64,
+    /// How far ahead of `now` a TAT may run: `interval × burst`.
+    tolerance: u64,
+    /// The one cell of an unkeyed quota.
+    whole: AtomicU64,
+    keys: DashMap<Key, AtomicU64, foldhash::fast::RandomState>,
+    /// Shared by the new keys that find the table full.
+    overflow: AtomicU64,
     evicted: AtomicU64,
-    overflowed: Arc<AtomicU64>,
+    overflowed: AtomicU64,
 }
 
-impl<C: Clock> RateLimit<C>
-where
-    C::Instant: Reference,
-{
-    pub fn new(spec: RateSpec, clock: C) -> Self {
-        let quota = Quota::with_period(spec.emission_interval())
-            .expect("validation keeps the emission interval above zero")
-            .allow_burst(spec.burst);
-        let overflowed = Arc::new(AtomicU64::new(0));
-        let store = BoundedStore {
-            map: DashMapStateStore::with_hasher(foldhash::fast::RandomState::default()),
-            overflow: InMemoryState::default(),
-            cap: spec.max_keys.get(),
-            overflowed: overflowed.clone(),
-        };
-        let limiter = RateLimiter::new(quota, store, clock);
-        Self { spec, limiter, evicted: AtomicU64::new(0), overflowed }
+impl RateLimit {
+    pub fn new(spec: RateSpec) -> Self {
+        let interval = nanos(spec.emission_interval()).max(1);
+        Self {
+            tolerance: interval.saturating_mul(spec.burst.get().into()),
+            interval,
+            spec,
+            whole: AtomicU64::new(0),
+            keys: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+            overflow: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+            overflowed: AtomicU64::new(0),
+        }
     }
 
     pub fn spec(&self) -> &RateSpec {
         &self.spec
     }
 
-    /// Takes one request's worth of quota for `key`, if there is any.
+    /// Takes one request's worth of quota for `key` at `now`, if there is any.
     #[inline]
-    pub fn check(&self, key: &Key) -> RateDecision {
-        match self.limiter.check_key(key) {
-            Ok(()) => RateDecision::Allowed,
-            Err(not_until) => {
-                let retry_after = not_until.wait_time_from(self.limiter.clock().now());
-                RateDecision::Limited { retry_after }
+    pub fn check(&self, key: &[u8], now: Duration) -> RateDecision {
+        let now = nanos(now);
+        if !self.spec.key.is_keyed() {
+            return self.take(&self.whole, now);
+        }
+        if let Some(cell) = self.keys.get(key) {
+            return self.take(&cell, now);
+        }
+        self.check_new(key, now)
+    }
+
+    /// A key not in the table. `len` visits every shard, but only on this path.
+    #[cold]
+    fn check_new(&self, key: &[u8], now: u64) -> RateDecision {
+        if self.keys.len() >= self.spec.max_keys.get() {
+            self.overflowed.fetch_add(1, Relaxed);
+            return self.take(&self.overflow, now);
+        }
+        let cell = self.keys.entry(Key::new(key)).or_insert_with(|| AtomicU64::new(0));
+        self.take(&cell, now)
+    }
+
+    /// GCRA: admit when the TAT pushed one interval on stays within `tolerance` of now.
+    #[inline]
+    fn take(&self, cell: &AtomicU64, now: u64) -> RateDecision {
+        let mut tat = cell.load(Relaxed);
+        loop {
+            let next = tat.max(now).saturating_add(self.interval);
+            let limit = now.saturating_add(self.tolerance);
+            if next > limit {
+                return RateDecision::Limited { retry_after: Duration::from_nanos(next - limit) };
+            }
+            match cell.compare_exchange_weak(tat, next, Relaxed, Relaxed) {
+                Ok(_) => return RateDecision::Allowed,
+                Err(current) => tat = current,
             }
         }
     }
 
-    /// Drops the keys whose bucket is full again; returns how many went.
-    pub fn sweep(&self) -> usize {
-        let before = self.limiter.len();
-        self.limiter.retain_recent();
-        let evicted = before.saturating_sub(self.limiter.len());
+    /// Drops the keys whose bucket is full again at `now` (TAT not after it): such a key
+    /// starts over exactly where it was. Returns how many went.
+    pub fn sweep(&self, now: Duration) -> usize {
+        let now = nanos(now);
+        let before = self.keys.len();
+        self.keys.retain(|_, tat| *tat.get_mut() > now);
+        let evicted = before.saturating_sub(self.keys.len());
         self.evicted.fetch_add(evicted as u64, Relaxed);
         evicted
     }
 
     /// Keys tracked now.
     pub fn keys(&self) -> usize {
-        self.limiter.len()
+        self.keys.len()
     }
 
     /// Keys dropped by sweeps so far.
@@ -205,9 +190,13 @@ where
     }
 }
 
+/// Nanoseconds, saturating: u64 nanoseconds last 584 years.
+fn nanos(d: Duration) -> u64 {
+    d.as_nanos().try_into().unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
-    use governor::clock::FakeRelativeClock;
     use proptest::prelude::*;
 
     use super::*;
@@ -223,79 +212,71 @@ mod tests {
         }
     }
 
-    fn key(n: u32) -> Key {
-        Key::value(&n.to_be_bytes())
+    fn key(n: u32) -> [u8; 4] {
+        n.to_be_bytes()
     }
 
-    /// How many requests `key` gets through right now, back to back.
-    fn admitted_at_once<C: Clock>(limit: &RateLimit<C>, key: &Key) -> usize
-    where
-        C::Instant: Reference,
-    {
-        std::iter::from_fn(|| (limit.check(key) == RateDecision::Allowed).then_some(())).count()
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// How many requests `key` gets through at `now`, back to back.
+    fn admitted_at_once(limit: &RateLimit, key: &[u8], now: Duration) -> usize {
+        std::iter::from_fn(|| (limit.check(key, now) == RateDecision::Allowed).then_some(())).count()
     }
 
     #[test]
     fn burst_then_one_per_interval() {
         // 60 per minute, burst 3: one request back every second.
-        let clock = FakeRelativeClock::default();
-        let limit = RateLimit::new(spec(60, Duration::from_secs(60), 3, 10), clock.clone());
-        let k = Key::Absent;
+        let limit = RateLimit::new(spec(60, Duration::from_secs(60), 3, 10));
+        let k = b"";
         for _ in 0..3 {
-            assert_eq!(limit.check(&k), RateDecision::Allowed);
+            assert_eq!(limit.check(k, ms(0)), RateDecision::Allowed);
         }
-        assert_eq!(limit.check(&k), RateDecision::Limited { retry_after: Duration::from_secs(1) });
-        clock.advance(Duration::from_millis(400));
-        assert_eq!(limit.check(&k), RateDecision::Limited { retry_after: Duration::from_millis(600) });
-        clock.advance(Duration::from_millis(600));
-        assert_eq!(limit.check(&k), RateDecision::Allowed);
-        assert!(matches!(limit.check(&k), RateDecision::Limited { .. }));
+        assert_eq!(limit.check(k, ms(0)), RateDecision::Limited { retry_after: ms(1000) });
+        assert_eq!(limit.check(k, ms(400)), RateDecision::Limited { retry_after: ms(600) });
+        assert_eq!(limit.check(k, ms(1000)), RateDecision::Allowed);
+        assert!(matches!(limit.check(k, ms(1000)), RateDecision::Limited { .. }));
         // After the whole refill time the full burst is back, and no more.
-        clock.advance(Duration::from_secs(3));
-        assert_eq!(admitted_at_once(&limit, &k), 3);
+        assert_eq!(admitted_at_once(&limit, k, ms(4000)), 3);
+    }
+
+    #[test]
+    fn unkeyed_quota_is_one_bucket() {
+        let limit = RateLimit::new(RateSpec { key: KeySpec::None, ..spec(1, Duration::from_secs(1), 2, 10) });
+        assert_eq!(limit.check(b"a", ms(0)), RateDecision::Allowed);
+        assert_eq!(limit.check(b"b", ms(0)), RateDecision::Allowed);
+        assert!(matches!(limit.check(b"c", ms(0)), RateDecision::Limited { .. }));
+        assert_eq!(limit.keys(), 0);
     }
 
     #[test]
     fn keys_are_independent() {
-        let clock = FakeRelativeClock::default();
-        let limit = RateLimit::new(spec(1, Duration::from_secs(1), 1, 10), clock);
-        assert!(matches!(limit.check(&key(1)), RateDecision::Allowed));
-        assert!(matches!(limit.check(&key(1)), RateDecision::Limited { .. }));
-        assert!(matches!(limit.check(&key(2)), RateDecision::Allowed));
+        let limit = RateLimit::new(spec(1, Duration::from_secs(1), 1, 10));
+        assert!(matches!(limit.check(&key(1), ms(0)), RateDecision::Allowed));
+        assert!(matches!(limit.check(&key(1), ms(0)), RateDecision::Limited { .. }));
+        assert!(matches!(limit.check(&key(2), ms(0)), RateDecision::Allowed));
         assert_eq!(limit.keys(), 2);
     }
 
     #[test]
     fn sweep_evicts_only_full_buckets() {
-        let clock = FakeRelativeClock::default();
-        let limit = RateLimit::new(spec(1, Duration::from_secs(1), 2, 10), clock.clone());
-        limit.check(&key(1));
-        limit.check(&key(1)); // bucket empty: 2 s to fill
-        clock.advance(Duration::from_millis(1500));
-        limit.check(&key(2)); // 1 s to fill from now
-        assert_eq!(limit.sweep(), 0);
-        clock.advance(Duration::from_millis(500));
-        // key 1 is full just now; governor keeps a key one interval past that, which
-        // errs on the safe side (an early eviction would be a fresh burst)
-        assert_eq!(limit.sweep(), 0);
-        clock.advance(Duration::from_millis(1000));
-        // key 1 has been full for an interval; key 2 only for half of one
-        assert_eq!(limit.sweep(), 1);
+        let limit = RateLimit::new(spec(1, Duration::from_secs(1), 2, 10));
+        limit.check(&key(1), ms(0));
+        limit.check(&key(1), ms(0)); // bucket empty: full again at 2 s
+        limit.check(&key(2), ms(1500)); // full again at 2.5 s
+        assert_eq!(limit.sweep(ms(1999)), 0);
+        assert_eq!(limit.sweep(ms(2000)), 1);
         assert_eq!((limit.keys(), limit.evicted()), (1, 1));
-        // the evicted key starts fresh, exactly as if it had stayed
-        assert_eq!(admitted_at_once(&limit, &key(1)), 2);
+        // the evicted key starts over exactly where it was: a full bucket, no more
+        assert_eq!(admitted_at_once(&limit, &key(1), ms(2000)), 2);
+        assert_eq!(admitted_at_once(&limit, &key(2), ms(2000)), 1);
     }
 
     #[test]
     fn key_flood_is_bounded_and_shares_the_overflow_bucket() {
-        let clock = FakeRelativeClock::default();
-        let limit = RateLimit::new(spec(1, Duration::from_secs(60), 1, 100), clock);
-        let mut allowed = 0;
-        for n in 0..10_000 {
-            if matches!(limit.check(&key(n)), RateDecision::Allowed) {
-                allowed += 1;
-            }
-        }
+        let limit = RateLimit::new(spec(1, Duration::from_secs(60), 1, 100));
+        let allowed = (0..10_000).filter(|&n| limit.check(&key(n), ms(0)) == RateDecision::Allowed).count();
         assert_eq!(limit.keys(), 100);
         // 100 tracked keys, then one shared bucket for the other 9,900.
         assert_eq!(allowed, 101);
@@ -310,9 +291,28 @@ mod tests {
         assert!(!a.same_limiter(&RateSpec { key: KeySpec::None, ..a.clone() }));
     }
 
+    #[test]
+    fn exact_under_threads() {
+        // burst 1000 at one instant: four threads racing take exactly 1000
+        let limit = RateLimit::new(spec(1, Duration::from_secs(3600), 1000, 10));
+        let allowed = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..1000 {
+                        if limit.check(b"k", ms(5)) == RateDecision::Allowed {
+                            allowed.fetch_add(1, Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(allowed.into_inner(), 1000);
+    }
+
     proptest! {
         /// Over any schedule of requests, what is admitted never exceeds
-        /// `burst + rate × elapsed`, and a full bucket admits exactly `burst` at once.
+        /// `burst + rate × elapsed`, and a refusal's wait is at most one interval and not too short.
         #[test]
         fn admitted_never_exceeds_the_quota(
             rate in 1u32..1000,
@@ -323,18 +323,20 @@ mod tests {
             let per = Duration::from_millis(per_ms);
             let s = spec(rate, per, burst, 10);
             prop_assume!(s.emission_interval() > Duration::ZERO);
-            let clock = FakeRelativeClock::default();
-            let limit = RateLimit::new(s.clone(), clock.clone());
+            let limit = RateLimit::new(s.clone());
             let mut elapsed = Duration::ZERO;
             let mut admitted = 0u64;
             for gap in gaps {
-                clock.advance(Duration::from_nanos(gap));
                 elapsed += Duration::from_nanos(gap);
-                match limit.check(&Key::Absent) {
+                match limit.check(b"", elapsed) {
                     RateDecision::Allowed => admitted += 1,
                     RateDecision::Limited { retry_after } => {
                         prop_assert!(retry_after > Duration::ZERO);
                         prop_assert!(retry_after <= s.emission_interval());
+                        // and it is not too short: a nanosecond before it, still refused
+                        let early = elapsed + retry_after - Duration::from_nanos(1);
+                        let refused = matches!(limit.check(b"", early), RateDecision::Limited { .. });
+                        prop_assert!(refused, "passed 1 ns before its retry_after of {retry_after:?}");
                     }
                 }
                 let bound = burst as f64 + elapsed.as_secs_f64() / s.emission_interval().as_secs_f64();
