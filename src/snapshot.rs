@@ -219,7 +219,8 @@ impl Live {
 }
 
 /// Drops idle keys from the keyed rate quotas: every `interval`, and within a tick when a
-/// quota's table is full. Runs until the task is dropped.
+/// quota's table is full; and turns their offenders' interval over. Runs until the task is
+/// dropped.
 pub async fn sweep_keys(live: Arc<Live>, interval: Duration) {
     let tick = Duration::from_millis(250).min(interval);
     let mut last_full_sweep = Instant::now();
@@ -228,6 +229,9 @@ pub async fn sweep_keys(live: Arc<Live>, interval: Duration) {
         let snapshot = live.load();
         let due = last_full_sweep.elapsed() >= interval;
         for (route, limit) in snapshot.rate_limits() {
+            if let Some(offenders) = limit.offenders() {
+                offenders.roll(live.clock());
+            }
             if due || limit.keys() >= limit.spec().max_keys.get() {
                 let evicted = limit.sweep(live.clock());
                 if evicted > 0 {

@@ -5,8 +5,10 @@
 
 mod concurrency;
 mod key;
+mod offenders;
 mod rate;
 
 pub use concurrency::{Concurrency, ConcurrencySpec, Permit};
 pub use key::{Key, KeySpec, INLINE};
+pub use offenders::{Offender, Offenders};
 pub use rate::{Mode, RateDecision, RateLimit, RateSpec, DEFAULT_MAX_KEYS};

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-use super::{Key, KeySpec};
+use super::{Key, KeySpec, Offenders};
 
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
 
@@ -99,6 +99,8 @@ pub struct RateLimit {
     keys: DashMap<Key, AtomicU64, foldhash::fast::RandomState>,
     /// Shared by the new keys that find the table full.
     overflow: AtomicU64,
+    /// The heaviest keys, when the quota is keyed.
+    offenders: Option<Offenders>,
     evicted: AtomicU64,
     overflowed: AtomicU64,
 }
@@ -106,6 +108,7 @@ pub struct RateLimit {
 impl RateLimit {
     pub fn new(spec: RateSpec) -> Self {
         let interval = nanos(spec.emission_interval()).max(1);
+        let offenders = spec.key.is_keyed().then(Offenders::default);
         Self {
             tolerance: interval.saturating_mul(spec.burst.get().into()),
             interval,
@@ -113,6 +116,7 @@ impl RateLimit {
             whole: AtomicU64::new(0),
             keys: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             overflow: AtomicU64::new(0),
+            offenders,
             evicted: AtomicU64::new(0),
             overflowed: AtomicU64::new(0),
         }
@@ -126,9 +130,8 @@ impl RateLimit {
     #[inline]
     pub fn check(&self, key: &[u8], now: Duration) -> RateDecision {
         let now = nanos(now);
-        if !self.spec.key.is_keyed() {
-            return self.take(&self.whole, now);
-        }
+        let Some(offenders) = &self.offenders else { return self.take(&self.whole, now) };
+        offenders.observe(key);
         if let Some(cell) = self.keys.get(key) {
             return self.take(&cell, now);
         }
@@ -172,6 +175,11 @@ impl RateLimit {
         let evicted = before.saturating_sub(self.keys.len());
         self.evicted.fetch_add(evicted as u64, Relaxed);
         evicted
+    }
+
+    /// The heaviest keys of a keyed quota.
+    pub fn offenders(&self) -> Option<&Offenders> {
+        self.offenders.as_ref()
     }
 
     /// Keys tracked now.
