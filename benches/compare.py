@@ -1,0 +1,266 @@
+#!/usr/bin/env python3
+"""Side-by-side load comparison: sluice against nginx and HAProxy on one machine.
+
+Run through benches/compare.sh, which installs the tools and builds sluice. Every target
+proxies to the same tiny backend (an nginx `return 200`). The load generator (wrk, one
+thread) runs on CPU 0; the proxy under test and the backend share CPU 1, each proxy with one
+worker. After a warm-up, the targets run in interleaved rounds (A B C ... repeated), and the
+report gives, per target, the median and min-max of the rounds, and ratios to nginx and to
+direct, all from this one run. Any socket error or unexpected status voids the run.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+CONNECTIONS = 50
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port, proc, name, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"compare: {name} exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"compare: {name} did not listen on {port} within {timeout}s")
+
+
+@dataclass
+class Target:
+    name: str
+    port: int
+    # the status every response must have
+    status: int = 200
+    rates: list = field(default_factory=list)
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.dir = tempfile.mkdtemp(prefix="sluice-compare-")
+        self.procs = []
+        two_cpus = len(os.sched_getaffinity(0)) >= 2
+        if not two_cpus:
+            print("compare: fewer than 2 CPUs: running unpinned, figures are not comparable", file=sys.stderr)
+        self.load_cpu = ["taskset", "-c", "0"] if two_cpus else []
+        self.server_cpu = ["taskset", "-c", "1"] if two_cpus else []
+
+    def write(self, name, text):
+        path = os.path.join(self.dir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def start(self, name, argv, port, env=None):
+        log = open(os.path.join(self.dir, f"{name}.log"), "w")
+        proc = subprocess.Popen(self.server_cpu + argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.procs.append(proc)
+        wait_listening(port, proc, name)
+
+    def stop(self):
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if not os.environ.get("COMPARE_KEEP"):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def nginx(self, name, server_block):
+        prefix = os.path.join(self.dir, name)
+        os.makedirs(os.path.join(prefix, "logs"), exist_ok=True)
+        conf = self.write(
+            f"{name}.conf",
+            f"""daemon off;
+master_process off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    keepalive_requests 1000000;
+    {server_block}
+}}
+""",
+        )
+        return ["nginx", "-p", prefix, "-c", conf]
+
+    def setup(self):
+        backend = free_port()
+        self.start(
+            "backend",
+            self.nginx(
+                "backend",
+                f'server {{ listen 127.0.0.1:{backend}; location / {{ return 200 "ok\\n"; }} }}',
+            ),
+            backend,
+        )
+        targets = [Target("direct", backend)]
+
+        port = free_port()
+        self.start(
+            "nginx",
+            self.nginx(
+                "nginx",
+                f"""upstream backend {{ server 127.0.0.1:{backend}; keepalive 64; }}
+    server {{ listen 127.0.0.1:{port};
+        location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""",
+            ),
+            port,
+        )
+        targets.append(Target("nginx", port))
+
+        port = free_port()
+        conf = self.write(
+            "haproxy.cfg",
+            f"""global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    http-reuse always
+frontend in
+    bind 127.0.0.1:{port}
+    default_backend out
+backend out
+    server backend 127.0.0.1:{backend}
+""",
+        )
+        self.start("haproxy", ["haproxy", "-db", "-f", conf], port)
+        targets.append(Target("haproxy", port))
+
+        sluice_configs = {
+            # no quotas, no SLA: the proxy alone (route metrics are always counted)
+            "sluice": "",
+            # a keyed rate quota and a concurrency quota that never refuse, SLA, metrics
+            "sluice-full": """routes:
+  - name: all
+    match: { path: "/*" }
+    quota: { rate: 1000000000, per: 1s, burst: 1000000, key: client_ip }
+    concurrency: { max: 100000 }
+    sla:
+      latency: { threshold: 100ms, objective: 99% }
+      availability: 99.9%
+""",
+            # every request refused: the 429 path
+            "sluice-429": """routes:
+  - name: all
+    match: { path: "/*" }
+    quota: { rate: 1, per: 1h, burst: 1 }
+""",
+        }
+        for name, routes in sluice_configs.items():
+            port = free_port()
+            conf = self.write(
+                f"{name}.yaml",
+                f"""service: bench
+listen: 127.0.0.1:{port}
+upstream: http://127.0.0.1:{backend}
+admin:
+  listen: 127.0.0.1:0
+{routes}""",
+            )
+            env = dict(os.environ, SLUICE_LOG="warn")
+            self.start(name, [self.args.sluice, "run", "--config", conf], port, env)
+            targets.append(Target(name, port, status=429 if name == "sluice-429" else 200))
+        return targets
+
+    def wrk(self, target, seconds):
+        out = subprocess.run(
+            self.load_cpu
+            + ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", f"http://127.0.0.1:{target.port}/bench"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        requests = int(re.search(r"(\d+) requests in", out).group(1))
+        rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        errors = re.search(r"Socket errors: (.*)", out)
+        bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        non2xx = int(bad.group(1)) if bad else 0
+        # the refusing quota lets its burst of 1 through once, in the warm-up
+        expected_non2xx = requests if target.status != 200 else 0
+        if errors or not 0 <= expected_non2xx - non2xx <= (target.status != 200) or requests == 0:
+            sys.exit(f"compare: {target.name}: run void (errors: {errors and errors.group(1)}, "
+                     f"non-2xx {non2xx} of {requests}, expected {expected_non2xx})\n{out}")
+        return rate
+
+
+def report(targets, args):
+    by_name = {t.name: statistics.median(t.rates) for t in targets}
+    lines = [
+        f"Closed loop: wrk -t1 -c{CONNECTIONS}, {args.seconds}s per run, {args.rounds} interleaved rounds, "
+        "load on CPU 0, proxy and backend on CPU 1.",
+        "",
+        "| target | req/s median | min-max | vs nginx | vs direct |",
+        "|---|---|---|---|---|",
+    ]
+    for t in targets:
+        median = by_name[t.name]
+        lines.append(
+            f"| {t.name} | {median:,.0f} | {min(t.rates):,.0f}-{max(t.rates):,.0f} "
+            f"| {median / by_name['nginx']:.2f} | {median / by_name['direct']:.2f} |"
+        )
+    full, bare = by_name["sluice-full"], by_name["sluice"]
+    lines += [
+        "",
+        f"Quota + SLA cost (sluice-full vs sluice): {full / bare:.3f}x throughput "
+        f"({100 * (1 - full / bare):.1f}% cost; negative: full was faster, within noise)",
+        f"429 path vs proxied path (sluice-429 vs sluice-full): {by_name['sluice-429'] / full:.2f}x",
+    ]
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sluice", required=True, help="the sluice binary to measure")
+    parser.add_argument("--quick", action="store_true", help="every target briefly: proves the harness works")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=10)
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.seconds = 1, 1
+    bench = Bench(args)
+    try:
+        targets = bench.setup()
+        for t in targets:  # warm-up: pools filled, code paged in
+            bench.wrk(t, 1 if args.quick else 3)
+        for _ in range(args.rounds):
+            for t in targets:
+                t.rates.append(bench.wrk(t, args.seconds))
+        print(report(targets, args))
+    finally:
+        bench.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# sluice against nginx and HAProxy on this machine: see BENCHMARKS.md.
+#   benches/compare.sh            the full comparison (5 rounds of 10 s per target)
+#   benches/compare.sh --quick    every target briefly: proves the harness works
+# Options after these go to benches/compare.py (--rounds N, --seconds N, --sluice PATH).
+# Installs what it needs (Debian nginx-light, haproxy, wrk) when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v nginx >/dev/null || missing+=(nginx-light)
+command -v haproxy >/dev/null || missing+=(haproxy)
+command -v wrk >/dev/null || missing+=(wrk)
+if ((${#missing[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
+        || { apt-get update >/dev/null && apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
+fi
+for tool in nginx haproxy wrk taskset python3; do
+    command -v "$tool" >/dev/null || { echo "compare: $tool is missing and could not be installed" >&2; exit 1; }
+done
+
+if [[ " $* " != *" --sluice "* ]]; then
+    cargo build --release --locked --quiet
+    set -- --sluice target/release/sluice "$@"
+fi
+exec python3 benches/compare.py "$@"
