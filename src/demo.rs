@@ -45,6 +45,8 @@ pub async fn run(duration: Option<Duration>) -> Result<(), DemoError> {
     if std::net::TcpListener::bind(config.admin.listen).is_err() {
         config.admin.listen.set_port(0);
     }
+    // A state directory of its own: what is pushed to one demo stays with that demo.
+    config.admin.state_dir = std::env::temp_dir().join(format!("sluice-demo-{}", std::process::id()));
     let running = server::start(config, None).await?;
     let proxy = running.proxy_addr();
     println!("sluice demo");

@@ -35,12 +35,24 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// The audit log of the control API.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// A built-in service with sluice in front of it and traffic that hits the quotas.
     Demo {
         /// Stop after this long (e.g. `30s`); runs until Ctrl-C by default.
         #[arg(long, value_parser = sluice::config::parse_duration)]
         duration: Option<Duration>,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of an audit log (`<state_dir>/audit.jsonl`): prints `ok` and
+    /// the record count (exit 0), or the first broken line (exit 1).
+    Verify { path: PathBuf },
 }
 
 /// sysexits' EX_USAGE: the config given at start is not usable.
@@ -74,6 +86,16 @@ fn main() -> ExitCode {
                 Ok(())
             }))
         }
+        Command::Audit { command: AuditCommand::Verify { path } } => match sluice::control::audit::verify(&path) {
+            Ok(records) => {
+                println!("ok: {records} records");
+                ExitCode::SUCCESS
+            }
+            Err((line, why)) => {
+                eprintln!("{}:{line}: {why}", path.display());
+                ExitCode::from(1)
+            }
+        },
         Command::Demo { duration } => exit(runtime().block_on(async { Ok(sluice::demo::run(duration).await?) })),
     }
 }

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::config::overlay::Overlay;
 use crate::config::{self, Config, ConfigErrors};
 use crate::events::{Events, Retry};
 use crate::metrics::Metrics;
@@ -44,14 +45,27 @@ pub struct Running {
     metrics_addr: Option<SocketAddr>,
     events: Events,
     config_path: Option<PathBuf>,
+    overlay: Option<Arc<Overlay>>,
     phase: watch::Sender<Phase>,
     serving: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
 }
 
 /// Binds the listeners of `config` and starts serving. With `config_path`, the file is
-/// watched and reloaded.
+/// watched and reloaded. A config pushed through the control API over this same file
+/// (kept in `admin.state_dir`) is restored in place of the file's.
 pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, StartError> {
+    let overlay = match Overlay::open(&config.admin.state_dir) {
+        Ok(overlay) => Some(Arc::new(overlay)),
+        Err(e) => {
+            tracing::error!(error = %e, dir = %config.admin.state_dir.display(), "admin.state_dir is not writable: the control API will refuse changes");
+            None
+        }
+    };
+    let config = match &overlay {
+        Some(overlay) => restore(overlay, config, config_path.as_deref()),
+        None => config,
+    };
     let (listener, proxy_addr) = bind(config.listen).await?;
     let (admin, admin_addr) = bind(config.admin.listen).await?;
     let metrics_listener = match config.admin.metrics_listen {
@@ -76,19 +90,50 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     let serving = tokio::spawn(listener::serve(listener, proxy, live.clone(), watching));
     background.push(tokio::spawn(snapshot::sweep_keys(live.clone(), SWEEP_INTERVAL)));
     background.push(tokio::spawn(monitor::run(live.clone(), events.clone())));
-    for listener in std::iter::once(admin).chain(metrics_listener.map(|(l, _)| l)) {
-        let router = control::probes(live.clone());
+    let routers = [
+        control::router(control::Control::new(live.clone(), events.clone(), overlay.clone())),
+        control::probes(live.clone()),
+    ];
+    for (listener, router) in std::iter::once(admin).chain(metrics_listener.map(|(l, _)| l)).zip(routers) {
         background.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(e) = axum::serve(listener, service).await {
                 tracing::error!(error = %e, "admin listener failed");
             }
         }));
     }
     if let Some(path) = &config_path {
-        background.push(tokio::spawn(config::reload::watch(path.clone(), live.clone(), WATCH_INTERVAL)));
+        let watch = config::reload::watch(path.clone(), live.clone(), WATCH_INTERVAL, overlay.clone());
+        background.push(tokio::spawn(watch));
     }
     tracing::info!(%proxy_addr, %admin_addr, metrics_addr = ?metrics_addr, service = %live.load().config.service, "sluice is serving");
-    Ok(Running { live, tracker, proxy_addr, admin_addr, metrics_addr, events, config_path, phase, serving, background })
+    Ok(Running {
+        live,
+        tracker,
+        proxy_addr,
+        admin_addr,
+        metrics_addr,
+        events,
+        config_path,
+        overlay,
+        phase,
+        serving,
+        background,
+    })
+}
+
+/// The config to start with: the one pushed over the file as it is now, if any, else the
+/// file's. The `admin` section is always the file's.
+fn restore(overlay: &Overlay, file: Config, path: Option<&std::path::Path>) -> Config {
+    let text = path.and_then(|p| std::fs::read_to_string(p).ok());
+    let Some(pushed) = overlay.start(text.as_deref()) else { return file };
+    match config::from_raw(config::RawConfig { admin: file.raw.admin.clone(), ..pushed }) {
+        Ok(config) => config,
+        Err(errors) => {
+            tracing::error!(%errors, "the pushed config is no longer valid: using the file");
+            file
+        }
+    }
 }
 
 impl Running {
@@ -122,7 +167,7 @@ impl Running {
     /// Reloads the config file, as SIGHUP does.
     pub fn reload(&self) -> Result<Arc<Snapshot>, ConfigErrors> {
         match &self.config_path {
-            Some(path) => config::reload::reload(path, &self.live, "sighup"),
+            Some(path) => config::reload::reload(path, &self.live, "sighup", self.overlay.as_deref()),
             None => Ok(self.live.load()),
         }
     }

@@ -30,7 +30,7 @@ async fn a_changed_file_is_applied_and_a_bad_one_refused() {
     // A bad file: refused with its place; the tight quota still holds.
     std::fs::write(&path, config_text(upstream.addr, "routes:\n  - name: r\n    match: { path: nope }\n")).unwrap();
     let err = sluice.running().reload().err().expect("a bad config is refused");
-    assert!(err.to_string().contains("sluice.yaml:8:20: routes[0].match.path"), "{err}");
+    assert!(err.to_string().contains("sluice.yaml:9:20: routes[0].match.path"), "{err}");
     tokio::time::sleep(Duration::from_millis(1500)).await; // the watcher has seen it too
     assert_eq!(sluice.running().snapshot().version, 1);
     assert_eq!(get(&client, &sluice.url("/a")).await.0.status(), 429);

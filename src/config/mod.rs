@@ -2,6 +2,7 @@
 //! (validated, typed), with every error placed at its line, column and field path.
 //! [`reload`] watches the file and SIGHUP, and swaps the live [`crate::snapshot`].
 
+pub mod overlay;
 mod raw;
 pub mod reload;
 mod units;
@@ -46,7 +47,11 @@ pub struct Config {
 pub struct Admin {
     pub listen: SocketAddr,
     pub metrics_listen: Option<SocketAddr>,
+    pub state_dir: std::path::PathBuf,
 }
+
+/// Where pushed config and the audit log are kept when `admin.state_dir` is not set.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/sluice";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -142,10 +147,16 @@ impl std::error::Error for ConfigErrors {}
 
 /// Parses and validates config text.
 pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    parse_with(text, |_| {})
+}
+
+/// Parses config text, lets `adjust` change it (the control API puts in the live `admin`
+/// section), then validates it; errors are placed in `text`.
+pub fn parse_with(text: &str, adjust: impl FnOnce(&mut RawConfig)) -> Result<Config, ConfigErrors> {
     let fail = |errors| ConfigErrors { source: None, errors };
     let options = marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true);
     let node = marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| fail(vec![load_error(e)]))?;
-    let raw: RawConfig = marked_yaml::from_node(&node).map_err(|e| {
+    let mut raw: RawConfig = marked_yaml::from_node(&node).map_err(|e| {
         let mark = e.start_mark();
         fail(vec![ConfigError {
             path: e.path().unwrap_or_default().to_string(),
@@ -154,18 +165,23 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
             message: e.into_inner().to_string(),
         }])
     })?;
+    adjust(&mut raw);
     validate::validate(raw)
         .map_err(|errors| fail(errors.into_iter().map(|(path, message)| place(&node, path, message)).collect()))
 }
 
 /// Reads, parses and validates a config file; errors name the file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let source = Some(path.display().to_string());
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
-        source: source.clone(),
+    let text = read(path)?;
+    parse(&text).map_err(|e| ConfigErrors { source: Some(path.display().to_string()), ..e })
+}
+
+/// Reads a config file's text; the error names the file.
+pub fn read(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        source: Some(path.display().to_string()),
         errors: vec![ConfigError { path: String::new(), line: None, column: None, message: e.to_string() }],
-    })?;
-    parse(&text).map_err(|e| ConfigErrors { source, ..e })
+    })
 }
 
 /// Validates an already parsed config, as the control API receives it. Errors carry the

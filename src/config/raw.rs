@@ -41,6 +41,9 @@ pub struct RawAdmin {
     pub metrics_listen: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tokens: Vec<RawToken>,
+    /// Where pushed config and the audit log are kept (default `/var/lib/sluice`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,14 +7,40 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::{load, ConfigErrors};
+use super::overlay::Overlay;
+use super::{from_raw, parse, read, ConfigErrors};
 use crate::snapshot::{Live, Snapshot};
 
-/// Loads `path` and makes it live, or logs why not and keeps the current config.
-pub fn reload(path: &Path, live: &Live, trigger: &str) -> Result<Arc<Snapshot>, ConfigErrors> {
+/// Loads `path` and makes it live, or logs why not and keeps the current config. With an
+/// overlay holding a push made over this same file content, the pushed config is
+/// re-applied instead (token files are re-read either way).
+pub fn reload(
+    path: &Path,
+    live: &Live,
+    trigger: &str,
+    overlay: Option<&Overlay>,
+) -> Result<Arc<Snapshot>, ConfigErrors> {
     let previous = live.load();
-    match load(path) {
+    let text = read(path);
+    let keep_push = match (&text, overlay) {
+        (Ok(text), Some(overlay)) => !overlay.is_new(text) && overlay.has_push(),
+        _ => false,
+    };
+    let config = if keep_push {
+        tracing::info!(trigger, "config file unchanged since the last push: the pushed config stays");
+        from_raw(previous.config.raw.clone())
+    } else {
+        text.as_deref()
+            .map_err(Clone::clone)
+            .and_then(|text| parse(text).map_err(|e| ConfigErrors { source: Some(path.display().to_string()), ..e }))
+    };
+    match config {
         Ok(config) => {
+            if let (Some(overlay), Ok(text), false) = (overlay, &text, keep_push) {
+                if let Err(e) = overlay.file_applied(text) {
+                    tracing::error!(error = %e, "could not drop the pushed config: it may come back at the next restart");
+                }
+            }
             if config.listen != previous.config.listen || config.admin.listen != previous.config.admin.listen {
                 tracing::warn!("listen addresses changed: they take effect at the next restart");
             }
@@ -54,7 +80,7 @@ fn stamp(path: &Path) -> Option<Stamp> {
 /// Polls `path` every `interval` and reloads once a change has held still for one more
 /// interval (an editor's save or a ConfigMap update is several writes). Content that did
 /// not change (a touch) is not reapplied.
-pub async fn watch(path: PathBuf, live: Arc<Live>, interval: Duration) {
+pub async fn watch(path: PathBuf, live: Arc<Live>, interval: Duration, overlay: Option<Arc<Overlay>>) {
     let mut applied = stamp(&path);
     let mut applied_text = std::fs::read(&path).ok();
     let mut pending: Option<Stamp> = None;
@@ -76,6 +102,6 @@ pub async fn watch(path: PathBuf, live: Arc<Live>, interval: Duration) {
             continue;
         }
         applied_text = text;
-        let _ = reload(&path, &live, "file");
+        let _ = reload(&path, &live, "file", overlay.as_deref());
     }
 }

@@ -121,7 +121,7 @@ impl Validator {
     }
 
     fn admin(&mut self, raw: Option<&RawAdmin>) -> Option<Admin> {
-        let default = RawAdmin { listen: None, metrics_listen: None, tokens: Vec::new() };
+        let default = RawAdmin { listen: None, metrics_listen: None, tokens: Vec::new(), state_dir: None };
         let raw = raw.unwrap_or(&default);
         let listen = match &raw.listen {
             Some(text) => self.addr("admin.listen", text),
@@ -150,7 +150,15 @@ impl Validator {
                 self.error(at, "give exactly one of token_env, token_file or token");
             }
         }
-        Some(Admin { listen: listen?, metrics_listen: metrics_listen? })
+        let state_dir = match raw.state_dir.as_deref() {
+            Some("") => {
+                self.error("admin.state_dir", "must not be empty");
+                None
+            }
+            Some(dir) => Some(dir.into()),
+            None => Some(super::DEFAULT_STATE_DIR.into()),
+        };
+        Some(Admin { listen: listen?, metrics_listen: metrics_listen?, state_dir: state_dir? })
     }
 
     fn limits(&mut self, raw: Option<&RawLimits>) -> Limits {

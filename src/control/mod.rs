@@ -1,15 +1,136 @@
-//! The admin listener: `/metrics`, `/healthz` and `/readyz` (also on `admin.metrics_listen`).
-//! The authenticated control API joins this router with issue 4.
+//! The admin listener: the control API (`/v1`, bearer tokens with roles), and `/metrics`,
+//! `/healthz`, `/readyz`, which need no token (also on `admin.metrics_listen`).
+//!
+//! Every mutating call goes through [`Control::change`]: one writer at a time checks
+//! `If-Match`, validates the whole new config, persists it ([`Overlay`]) and swaps it in
+//! with the same guarantees as a reload. The [`audit_calls`] layer records every mutating
+//! call, accepted or refused, whatever refused it.
 
-use std::sync::Arc;
+mod api;
+pub mod audit;
+mod auth;
+mod problem;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::snapshot::Live;
+pub use audit::Audit;
+pub use auth::{Caller, Role};
+pub use problem::Problem;
+
+use crate::config::overlay::Overlay;
+use crate::config::Config;
+use crate::events::{Event, Events};
+use crate::snapshot::{Live, Snapshot};
+
+/// Request bodies larger than this get 413.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// The control plane's view of a running sluice.
+pub struct Control {
+    pub live: Arc<Live>,
+    pub events: Events,
+    tokens: auth::Tokens,
+    /// Where accepted changes persist; without it, changes are refused (503).
+    overlay: Option<Arc<Overlay>>,
+    audit: Option<Audit>,
+    /// One writer at a time: `If-Match` is checked and the change applied under it.
+    writer: Mutex<()>,
+}
+
+/// What a mutating handler tells the audit layer: who, and the versions around the change.
+#[derive(Clone)]
+struct Audited {
+    principal: String,
+    before: u64,
+    after: u64,
+}
+
+impl Control {
+    pub fn new(live: Arc<Live>, events: Events, overlay: Option<Arc<Overlay>>) -> Arc<Self> {
+        let audit = overlay.as_ref().and_then(|o| match Audit::open(o.dir()) {
+            Ok(audit) => Some(audit),
+            Err(e) => {
+                tracing::error!(error = %e, dir = %o.dir().display(), "cannot open the audit log: changes will be refused");
+                None
+            }
+        });
+        Arc::new(Self { live, events, tokens: auth::Tokens::default(), overlay, audit, writer: Mutex::new(()) })
+    }
+
+    /// The caller of a request, if it has at least `needed`.
+    pub fn caller(&self, headers: &HeaderMap, needed: Role) -> Result<Caller, Problem> {
+        let snapshot = self.live.load();
+        let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+        let caller = self.tokens.authenticate(&snapshot.config, snapshot.version, authorization)?;
+        caller.require(needed)?;
+        Ok(caller)
+    }
+
+    /// Applies the config `build` makes from the live snapshot, if `if_match` (an ETag) is
+    /// the live version's; `required` makes `If-Match` mandatory (428 without it). The
+    /// `admin` section always stays as the file has it. Returns the new snapshot once it
+    /// is persisted and live.
+    fn change(
+        &self,
+        caller: &Caller,
+        if_match: Option<&str>,
+        required: bool,
+        build: impl FnOnce(&Snapshot) -> Result<Config, Problem>,
+    ) -> Result<(Arc<Snapshot>, Audited), Problem> {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.live.load();
+        match if_match {
+            None if required => {
+                return Err(Problem::new(
+                    StatusCode::PRECONDITION_REQUIRED,
+                    "send `If-Match` with the ETag of GET /v1/config",
+                ))
+            }
+            Some(tag) if tag.trim() != etag(current.version) && tag.trim() != "*" => {
+                return Err(Problem::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    format!("the config is at version {}: read it again and retry", current.version),
+                ))
+            }
+            _ => {}
+        }
+        let (Some(overlay), Some(_)) = (&self.overlay, &self.audit) else {
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "admin.state_dir is not writable: a change could not survive a restart, so none is accepted",
+            ));
+        };
+        let config = build(&current)?;
+        if let Err(e) = overlay.push(&config.raw) {
+            tracing::error!(error = %e, "could not persist a change: refused");
+            return Err(Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the change could not be persisted: nothing changed",
+            ));
+        }
+        let next = self.live.apply(config);
+        tracing::info!(principal = %caller.name, version = next.version, changed = ?next.changed_routes(&current), "config applied from the control API");
+        self.events.send(Event::new(
+            "config_applied",
+            serde_json::json!({ "service": next.config.service, "version": next.version, "trigger": "api", "principal": caller.name }),
+        ));
+        let audited = Audited { principal: caller.name.clone(), before: current.version, after: next.version };
+        Ok((next, audited))
+    }
+}
+
+/// The ETag of a config version.
+pub fn etag(version: u64) -> String {
+    format!("\"{version}\"")
+}
 
 /// The endpoints that need no token: for Prometheus and the kubelet's probes.
 pub fn probes(live: Arc<Live>) -> Router {
@@ -18,6 +139,15 @@ pub fn probes(live: Arc<Live>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(live)
+}
+
+/// The whole admin listener: the control API and the probes.
+pub fn router(control: Arc<Control>) -> Router {
+    let api = api::routes()
+        .layer(axum::middleware::from_fn_with_state(control.clone(), audit_calls))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(control.clone());
+    api.merge(probes(control.live.clone()))
 }
 
 async fn metrics(State(live): State<Arc<Live>>) -> impl IntoResponse {
@@ -34,4 +164,38 @@ async fn ready(State(live): State<Arc<Live>>) -> (StatusCode, &'static str) {
     } else {
         (StatusCode::OK, "ready\n")
     }
+}
+
+/// Records every mutating call in the audit log, whatever answered it (the handler, or an
+/// extractor refusing a body), and never a token.
+async fn audit_calls(State(control): State<Arc<Control>>, request: Request, next: Next) -> Response {
+    if matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        || request.uri().path().ends_with("/validate")
+    {
+        return next.run(request).await;
+    }
+    let action = format!("{} {}", request.method(), request.uri().path());
+    let remote = request.extensions().get::<ConnectInfo<SocketAddr>>().map_or_else(String::new, |c| c.0.to_string());
+    let named = control.caller(request.headers(), Role::Viewer).ok().map(|c| c.name);
+    let version = control.live.load().version;
+    let response = next.run(request).await;
+    let audited = response.extensions().get::<Audited>().cloned();
+    let (principal, before, after) = match &audited {
+        Some(a) => (Some(a.principal.as_str()), a.before, a.after),
+        None => (named.as_deref(), version, version),
+    };
+    if let Some(audit) = &control.audit {
+        let record = audit::Record {
+            principal,
+            remote,
+            action,
+            version_before: before,
+            version_after: after,
+            status: response.status().as_u16(),
+        };
+        if let Err(e) = audit.append(record) {
+            tracing::error!(error = %e, "could not append to the audit log");
+        }
+    }
+    response
 }

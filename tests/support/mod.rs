@@ -167,9 +167,14 @@ async fn answer(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Resp
     }
 }
 
-/// Writes a config whose `upstream` and `listen` point at the test's servers.
+/// Writes a config whose `upstream` and `listen` point at the test's servers, with a state
+/// directory of its own. `rest` may continue the `admin:` block.
 pub fn config_text(upstream: SocketAddr, rest: &str) -> String {
-    format!("service: test\nlisten: 127.0.0.1:0\nupstream: http://{upstream}\nadmin:\n  listen: 127.0.0.1:0\n{rest}")
+    let state = temp_dir("state");
+    format!(
+        "service: test\nlisten: 127.0.0.1:0\nupstream: http://{upstream}\nadmin:\n  listen: 127.0.0.1:0\n  state_dir: {}\n{rest}",
+        state.display()
+    )
 }
 
 /// The real sluice, in this process.

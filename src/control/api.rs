@@ -1,0 +1,308 @@
+//! The `/v1` endpoints. Handlers authenticate, then read the live snapshot or hand a change
+//! to [`Control::change`]; bodies are JSON, errors problem+json.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::{etag, Audited, Control, Problem, Role};
+use crate::config::{self, Config, ConfigError, ConfigErrors};
+use crate::events::Event;
+use crate::metrics::Decision;
+use crate::sla::{Report, Window};
+use crate::snapshot::Snapshot;
+
+type Ctl = State<Arc<Control>>;
+
+pub fn routes() -> Router<Arc<Control>> {
+    Router::new()
+        .route("/v1/config", get(get_config).put(put_config))
+        .route("/v1/config/validate", post(validate))
+        .route("/v1/routes", get(list_routes))
+        .route("/v1/routes/{name}/quota", put(put_route_quota).delete(delete_route_quota))
+        .route("/v1/routes/{name}/sla", put(put_route_sla).delete(delete_route_sla))
+        .route("/v1/quota", put(put_service_quota).delete(delete_service_quota))
+        .route("/v1/status", get(status))
+        .route("/v1/audit", get(audit))
+}
+
+/// A JSON body, or 400 saying where it stops being JSON.
+fn json_body(body: &[u8]) -> Result<Value, Problem> {
+    serde_json::from_slice(body).map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))
+}
+
+fn if_match(headers: &HeaderMap) -> Option<String> {
+    headers.get(header::IF_MATCH).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+/// Runs [`Control::change`] off the async workers: it syncs files to disk.
+async fn change(
+    ctl: &Arc<Control>,
+    caller: super::Caller,
+    if_match: Option<String>,
+    required: bool,
+    build: impl FnOnce(&Snapshot) -> Result<Config, Problem> + Send + 'static,
+) -> Result<(Arc<Snapshot>, Audited), Problem> {
+    let ctl = ctl.clone();
+    tokio::task::spawn_blocking(move || ctl.change(&caller, if_match.as_deref(), required, build))
+        .await
+        .map_err(|_| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "the change was interrupted: nothing changed"))?
+}
+
+/// A response to an accepted change: the new version, as body and ETag, and what the audit
+/// layer records.
+fn changed(snapshot: &Snapshot, audited: Audited) -> Response {
+    let mut response = Json(json!({ "version": snapshot.version })).into_response();
+    response.headers_mut().insert(header::ETAG, HeaderValue::from_str(&etag(snapshot.version)).expect("digits"));
+    response.extensions_mut().insert(audited);
+    response
+}
+
+async fn get_config(State(ctl): Ctl, headers: HeaderMap) -> Result<Response, Problem> {
+    ctl.caller(&headers, Role::Viewer)?;
+    let snapshot = ctl.live.load();
+    let mut response = Json(json!({ "version": snapshot.version, "config": snapshot.config.raw })).into_response();
+    response.headers_mut().insert(header::ETAG, HeaderValue::from_str(&etag(snapshot.version)).expect("digits"));
+    Ok(response)
+}
+
+/// Parses a whole config sent as JSON (JSON is YAML, so errors are placed in the body with
+/// line, column and field path), keeping the live `admin` section.
+fn whole_config(body: &[u8], current: &Snapshot) -> Result<Config, Problem> {
+    let value = json_body(body)?;
+    let text = std::str::from_utf8(body).expect("JSON is UTF-8");
+    if let Some(admin) = value.get("admin") {
+        let live = serde_json::to_value(&current.config.raw.admin).unwrap_or(Value::Null);
+        if *admin != live {
+            return Err(Problem::invalid(one_error(
+                "admin",
+                "the admin section is set in the config file only: leave it out, or send it as GET /v1/config shows it",
+            )));
+        }
+    }
+    parse_with_live_admin(text, current).map_err(Problem::invalid)
+}
+
+/// Parses a config, its `admin` section replaced with the live one.
+fn parse_with_live_admin(text: &str, current: &Snapshot) -> Result<Config, ConfigErrors> {
+    config::parse_with(text, |raw| raw.admin = current.config.raw.admin.clone())
+}
+
+fn one_error(path: &str, message: &str) -> ConfigErrors {
+    ConfigErrors {
+        source: None,
+        errors: vec![ConfigError { path: path.into(), line: None, column: None, message: message.into() }],
+    }
+}
+
+async fn put_config(State(ctl): Ctl, headers: HeaderMap, body: Bytes) -> Result<Response, Problem> {
+    let caller = ctl.caller(&headers, Role::Admin)?;
+    let (snapshot, audited) =
+        change(&ctl, caller, if_match(&headers), true, move |current| whole_config(&body, current)).await?;
+    Ok(changed(&snapshot, audited))
+}
+
+async fn validate(State(ctl): Ctl, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, Problem> {
+    ctl.caller(&headers, Role::Viewer)?;
+    whole_config(&body, &ctl.live.load())?;
+    Ok(Json(json!({ "valid": true })))
+}
+
+async fn list_routes(State(ctl): Ctl, headers: HeaderMap) -> Result<Json<Value>, Problem> {
+    ctl.caller(&headers, Role::Viewer)?;
+    let snapshot = ctl.live.load();
+    Ok(Json(json!({ "version": snapshot.version, "routes": snapshot.config.raw.routes })))
+}
+
+/// Which part of the config a call changes.
+#[derive(Clone, Copy)]
+enum Part {
+    RouteQuota,
+    RouteSla,
+    ServiceQuota,
+}
+
+impl Part {
+    fn field(self) -> &'static str {
+        match self {
+            Self::RouteQuota | Self::ServiceQuota => "quota",
+            Self::RouteSla => "sla",
+        }
+    }
+}
+
+/// Sets (`Some`) or removes (`None`) one part of the config, validating the whole result.
+/// Errors name the field path in the config (`routes[2].quota.per`).
+async fn set_part(
+    ctl: Arc<Control>,
+    headers: HeaderMap,
+    route: Option<String>,
+    part: Part,
+    body: Option<Bytes>,
+) -> Result<Response, Problem> {
+    let caller = ctl.caller(&headers, Role::Operator)?;
+    let value = body.as_deref().map(json_body).transpose()?;
+    let scope = route.clone();
+    let sent = value.clone();
+    let build = move |current: &Snapshot| {
+        let mut raw = serde_json::to_value(&current.config.raw).expect("a config serializes");
+        let target = match &route {
+            Some(name) => {
+                let index = current.config.raw.routes.iter().position(|r| &r.name == name);
+                let index =
+                    index.ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, format!("no route is named `{name}`")))?;
+                &mut raw["routes"][index]
+            }
+            None => &mut raw,
+        };
+        let object = target.as_object_mut().expect("a route or the config is an object");
+        match sent {
+            Some(value) => object.insert(part.field().into(), value),
+            None => object.remove(part.field()),
+        };
+        // Serialized, the admin section has lost its literal tokens: the live one goes back in.
+        raw.as_object_mut().expect("the config is an object").remove("admin");
+        // Through the YAML loader, so every error is found and named by its path; lines and
+        // columns would point into this generated text, so they go.
+        parse_with_live_admin(&raw.to_string(), current).map_err(|e| {
+            let errors = e.errors.into_iter().map(|e| ConfigError { line: None, column: None, ..e }).collect();
+            Problem::invalid(ConfigErrors { source: None, errors })
+        })
+    };
+    let (snapshot, audited) = change(&ctl, caller, if_match(&headers), false, build).await?;
+    if matches!(part, Part::RouteQuota | Part::ServiceQuota) {
+        let scope = scope.as_deref().unwrap_or("service");
+        ctl.events.send(Event::new(
+            "quota_updated",
+            json!({ "service": snapshot.config.service, "route": scope, "quota": value, "version": snapshot.version, "principal": audited.principal }),
+        ));
+    }
+    Ok(changed(&snapshot, audited))
+}
+
+async fn put_route_quota(
+    State(ctl): Ctl,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    set_part(ctl, headers, Some(name), Part::RouteQuota, Some(body)).await
+}
+
+async fn delete_route_quota(
+    State(ctl): Ctl,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    set_part(ctl, headers, Some(name), Part::RouteQuota, None).await
+}
+
+async fn put_route_sla(
+    State(ctl): Ctl,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    set_part(ctl, headers, Some(name), Part::RouteSla, Some(body)).await
+}
+
+async fn delete_route_sla(State(ctl): Ctl, Path(name): Path<String>, headers: HeaderMap) -> Result<Response, Problem> {
+    set_part(ctl, headers, Some(name), Part::RouteSla, None).await
+}
+
+async fn put_service_quota(State(ctl): Ctl, headers: HeaderMap, body: Bytes) -> Result<Response, Problem> {
+    set_part(ctl, headers, None, Part::ServiceQuota, Some(body)).await
+}
+
+async fn delete_service_quota(State(ctl): Ctl, headers: HeaderMap) -> Result<Response, Problem> {
+    set_part(ctl, headers, None, Part::ServiceQuota, None).await
+}
+
+fn report(report: &Report) -> Value {
+    let burn: serde_json::Map<String, Value> =
+        Window::ALL.iter().zip(report.burn).map(|(w, b)| (w.as_str().to_string(), json!(b))).collect();
+    json!({
+        "objective": report.objective,
+        "compliance": report.compliance,
+        "budget_remaining": report.budget_remaining,
+        "burn_rates": burn,
+        "good": report.counts.good,
+        "total": report.counts.total,
+        "breached": report.breached.map(|s| s.as_str()),
+    })
+}
+
+async fn status(State(ctl): Ctl, headers: HeaderMap) -> Result<Json<Value>, Problem> {
+    ctl.caller(&headers, Role::Viewer)?;
+    let snapshot = ctl.live.load();
+    let now = ctl.live.clock();
+    let routes: Vec<Value> = snapshot
+        .routes
+        .iter()
+        .chain([&snapshot.unmatched])
+        .map(|route| {
+            let decisions = json!({
+                "allowed": route.metrics.decisions(Decision::Allowed),
+                "limited": route.metrics.decisions(Decision::Limited),
+                "shadow_limited": route.metrics.decisions(Decision::ShadowLimited),
+            });
+            let rate = route.quotas.rate.as_ref().map(|q| {
+                let limit = &q.limit;
+                let offenders: Vec<Value> = limit
+                    .offenders()
+                    .map(|o| o.top(now))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|o| json!({ "key": o.key, "rate": o.rate }))
+                    .collect();
+                json!({
+                    "rate": limit.spec().rate.get(),
+                    "per_seconds": limit.spec().per.as_secs_f64(),
+                    "burst": limit.spec().burst.get(),
+                    "key": limit.spec().key.to_string(),
+                    "mode": q.mode.as_str(),
+                    "keys": limit.keys(),
+                    "top_offenders": offenders,
+                })
+            });
+            let concurrency =
+                route.quotas.concurrency.as_ref().map(|c| json!({ "max": c.max(), "in_flight": c.in_flight() }));
+            let mut sla = serde_json::Map::new();
+            for sli in route.sla.slis() {
+                let r = sli.report(now);
+                sla.insert(r.kind.as_str().into(), report(&r));
+            }
+            json!({
+                "name": &*route.name,
+                "in_flight": route.metrics.inflight.get(),
+                "decisions": decisions,
+                "rate_quota": rate,
+                "concurrency": concurrency,
+                "sla": sla,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "service": snapshot.config.service, "version": snapshot.version, "routes": routes })))
+}
+
+#[derive(serde::Deserialize)]
+struct AuditQuery {
+    limit: Option<usize>,
+}
+
+async fn audit(State(ctl): Ctl, headers: HeaderMap, Query(query): Query<AuditQuery>) -> Result<Json<Value>, Problem> {
+    ctl.caller(&headers, Role::Viewer)?;
+    let Some(audit) = &ctl.audit else {
+        return Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "no audit log: admin.state_dir is not writable"));
+    };
+    let records = audit
+        .tail(query.limit.unwrap_or(100).min(10_000))
+        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the audit log: {e}")))?;
+    Ok(Json(json!({ "records": records })))
+}

@@ -1,0 +1,374 @@
+//! The control API over the real admin listener: tokens and roles, ETag / If-Match, every
+//! refusal's status with nothing changed, concurrent writers, pushes that are live when
+//! their response returns, persistence across a restart, the audit log and its chain.
+
+mod support;
+
+use std::time::Duration;
+
+use http::{Method, Request, StatusCode};
+use serde_json::{json, Value};
+use support::*;
+
+const ADMIN: &str = "admin-token-1234";
+const OPERATOR: &str = "operator-token-1234";
+const VIEWER: &str = "viewer-token-1234";
+
+/// Continues the `admin:` block, then two routes.
+const REST: &str = r#"  tokens:
+    - { name: cp, role: admin, token: admin-token-1234 }
+    - { name: ops, role: operator, token: operator-token-1234 }
+    - { name: graf, role: viewer, token: viewer-token-1234 }
+routes:
+  - name: a
+    match: { path: /a }
+  - name: b
+    match: { path: /b }
+    quota: { rate: 1, per: 1h, burst: 1 }
+"#;
+
+struct Api {
+    client: Client,
+    base: String,
+}
+
+struct Reply {
+    status: StatusCode,
+    etag: Option<String>,
+    headers: http::HeaderMap,
+    json: Value,
+}
+
+impl Api {
+    fn new(sluice: &Sluice) -> Self {
+        Self { client: client(), base: sluice.admin_url("") }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        if_match: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Reply {
+        let mut req = Request::builder().method(method).uri(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        if let Some(tag) = if_match {
+            req = req.header("if-match", tag);
+        }
+        let req = req.header("content-type", "application/json").body(body.map_or_else(empty, full)).unwrap();
+        let (response, bytes) = send(&self.client, req).await;
+        Reply {
+            status: response.status(),
+            etag: response.headers().get("etag").map(|v| v.to_str().unwrap().to_string()),
+            headers: response.headers().clone(),
+            json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    async fn get(&self, path: &str, token: &str) -> Reply {
+        self.call(Method::GET, path, Some(token), None, None).await
+    }
+
+    async fn put(&self, path: &str, token: &str, if_match: Option<&str>, body: &Value) -> Reply {
+        self.call(Method::PUT, path, Some(token), if_match, Some(body.to_string().into_bytes())).await
+    }
+
+    async fn version(&self) -> u64 {
+        self.get("/v1/config", VIEWER).await.json["version"].as_u64().unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_and_roles() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, REST).await;
+    let api = Api::new(&sluice);
+    let quota = json!({ "rate": 10, "per": "1s" });
+
+    // No token, an unknown one, a malformed header: 401 with a challenge.
+    for token in [None, Some("nope"), Some("")] {
+        let reply = api.call(Method::GET, "/v1/config", token, None, None).await;
+        assert_eq!(reply.status, 401, "{token:?}");
+        assert_eq!(reply.headers["www-authenticate"], "Bearer");
+        assert_eq!(reply.headers["content-type"], "application/problem+json");
+    }
+    // viewer < operator < admin
+    for (token, read, quota_put, config_put) in
+        [(VIEWER, 200, 403, 403), (OPERATOR, 200, 200, 403), (ADMIN, 200, 200, 428)]
+    {
+        assert_eq!(api.get("/v1/status", token).await.status, read, "{token} status");
+        assert_eq!(api.put("/v1/routes/a/quota", token, None, &quota).await.status, quota_put, "{token} quota");
+        assert_eq!(api.put("/v1/config", token, None, &json!({})).await.status, config_put, "{token} config");
+    }
+    // The probes and the metrics need no token.
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        assert_eq!(api.call(Method::GET, path, None, None, None).await.status, 200, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etag_flow_and_a_push_is_live_when_it_returns() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, REST).await;
+    let api = Api::new(&sluice);
+    let client = client();
+
+    let current = api.get("/v1/config", ADMIN).await;
+    assert_eq!((current.status, current.etag.as_deref()), (StatusCode::OK, Some("\"1\"")));
+    assert_eq!(current.json["version"], 1);
+    // literal tokens are never echoed
+    assert!(!current.json.to_string().contains(ADMIN));
+
+    let mut config = current.json["config"].clone();
+    config["routes"][0]["quota"] = json!({ "rate": 1, "per": "1h", "burst": 2 });
+    assert_eq!(api.put("/v1/config", ADMIN, None, &config).await.status, 428);
+    assert_eq!(api.put("/v1/config", ADMIN, Some("\"7\""), &config).await.status, 412);
+    assert_eq!(api.version().await, 1, "refusals change nothing");
+
+    let reply = api.put("/v1/config", ADMIN, Some("\"1\""), &config).await;
+    assert_eq!(reply.status, 200, "{}", reply.json);
+    assert_eq!((reply.json["version"].as_u64(), reply.etag.as_deref()), (Some(2), Some("\"2\"")));
+    // live now: the new quota admits its burst of 2, then refuses
+    let statuses: Vec<u16> = futures_lite(&client, &sluice.url("/a"), 3).await;
+    assert_eq!(statuses, [200, 200, 429]);
+    // the old ETag is stale now
+    assert_eq!(api.put("/v1/config", ADMIN, Some("\"1\""), &config).await.status, 412);
+}
+
+/// `n` GETs in a row; their statuses.
+async fn futures_lite(client: &Client, url: &str, n: usize) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for _ in 0..n {
+        statuses.push(get(client, url).await.0.status().as_u16());
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_calls_get_their_status_and_change_nothing() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, REST).await;
+    let api = Api::new(&sluice);
+
+    // malformed JSON: 400
+    let reply = api.call(Method::PUT, "/v1/routes/a/quota", Some(OPERATOR), None, Some(b"{rate: ".to_vec())).await;
+    assert_eq!(reply.status, 400);
+    assert!(reply.json["detail"].as_str().unwrap().contains("malformed JSON"), "{}", reply.json);
+
+    // every error, with its field path: 422
+    let reply = api.put("/v1/routes/a/quota", OPERATOR, None, &json!({ "rate": 0, "per": "1y", "typo": 1 })).await;
+    assert_eq!(reply.status, 422, "{}", reply.json);
+    let paths: Vec<&str> =
+        reply.json["errors"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["routes[0].quota.typo"], "unknown fields are found first, as in a file");
+    let reply = api.put("/v1/routes/a/quota", OPERATOR, None, &json!({ "rate": 0, "per": "1y" })).await;
+    let paths: Vec<&str> =
+        reply.json["errors"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["routes[0].quota.rate", "routes[0].quota.per"]);
+
+    // a whole config: errors placed in the body, by line and column
+    let current = api.get("/v1/config", ADMIN).await.json["config"].clone();
+    let mut bad = current.clone();
+    bad["routes"][1]["match"]["path"] = json!("nope");
+    let body = serde_json::to_string_pretty(&bad).unwrap();
+    let reply = api.call(Method::PUT, "/v1/config", Some(ADMIN), Some("\"1\""), Some(body.into_bytes())).await;
+    assert_eq!(reply.status, 422);
+    let error = &reply.json["errors"][0];
+    assert_eq!(error["path"], "routes[1].match.path");
+    assert!(error["line"].as_u64().unwrap() > 1 && error["column"].as_u64().unwrap() > 1, "{error}");
+    // the admin section is the file's
+    let mut admin = current.clone();
+    admin["admin"]["listen"] = json!("0.0.0.0:9999");
+    let reply = api.put("/v1/config", ADMIN, Some("\"1\""), &admin).await;
+    assert_eq!((reply.status.as_u16(), reply.json["errors"][0]["path"].as_str()), (422, Some("admin")));
+    // a dry run says the same, and changes nothing either
+    let reply =
+        api.call(Method::POST, "/v1/config/validate", Some(VIEWER), None, Some(bad.to_string().into_bytes())).await;
+    assert_eq!(reply.status, 422);
+    let reply =
+        api.call(Method::POST, "/v1/config/validate", Some(VIEWER), None, Some(current.to_string().into_bytes())).await;
+    assert_eq!((reply.status.as_u16(), &reply.json), (200, &json!({ "valid": true })));
+
+    // over 1 MiB: 413
+    let huge = vec![b' '; (1 << 20) + 1];
+    assert_eq!(api.call(Method::PUT, "/v1/quota", Some(OPERATOR), None, Some(huge)).await.status, 413);
+    // unknown route: 404; unknown path: 404; wrong method: 405
+    assert_eq!(api.put("/v1/routes/zzz/quota", OPERATOR, None, &json!({ "rate": 1, "per": "1s" })).await.status, 404);
+    assert_eq!(api.get("/v1/nothing", ADMIN).await.status, 404);
+    assert_eq!(api.call(Method::POST, "/v1/config", Some(ADMIN), None, None).await.status, 405);
+    // stale If-Match on a route change: 412
+    assert_eq!(
+        api.put("/v1/routes/a/quota", OPERATOR, Some("\"9\""), &json!({ "rate": 1, "per": "1s" })).await.status,
+        412
+    );
+
+    assert_eq!(api.version().await, 1, "nothing changed");
+    let routes = sluice::config::parse(&config_text(upstream.addr, REST)).unwrap().raw.routes;
+    assert_eq!(sluice.running().snapshot().config.raw.routes, routes);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn of_two_concurrent_writers_exactly_one_wins() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, REST).await;
+    let api = Api::new(&sluice);
+    for round in 0..5 {
+        let tag = format!("\"{}\"", api.version().await);
+        let (first, second) = (json!({ "rate": 10 + round, "per": "1s" }), json!({ "rate": 20 + round, "per": "1s" }));
+        let (one, two) = tokio::join!(
+            api.put("/v1/routes/a/quota", OPERATOR, Some(&tag), &first),
+            api.put("/v1/routes/a/quota", OPERATOR, Some(&tag), &second),
+        );
+        let mut statuses = [one.status.as_u16(), two.status.as_u16()];
+        statuses.sort();
+        assert_eq!(statuses, [200, 412], "round {round}");
+    }
+    assert_eq!(api.version().await, 6);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_push_keeps_the_state_of_quotas_it_did_not_change() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, REST).await;
+    let api = Api::new(&sluice);
+    let client = client();
+    assert_eq!(futures_lite(&client, &sluice.url("/b"), 2).await, [200, 429]);
+
+    let mut events = sluice.running().events().subscribe();
+    let reply = api.put("/v1/routes/a/quota", OPERATOR, None, &json!({ "rate": 1, "per": "1h", "burst": 1 })).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(futures_lite(&client, &sluice.url("/a"), 2).await, [200, 429]);
+    // route b's bucket was not refilled by the push
+    assert_eq!(futures_lite(&client, &sluice.url("/b"), 1).await, [429]);
+    let kinds: Vec<String> =
+        [events.recv().await.unwrap(), events.recv().await.unwrap()].iter().map(|e| e.kind().to_string()).collect();
+    assert_eq!(kinds, ["config_applied", "quota_updated"]);
+
+    // removing it lifts it
+    let reply = api.call(Method::DELETE, "/v1/routes/a/quota", Some(OPERATOR), None, None).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(futures_lite(&client, &sluice.url("/a"), 3).await, [200, 200, 200]);
+    // an SLA and the service-wide quota go the same way
+    let sla = json!({ "latency": { "threshold": "250ms", "objective": "99%" }, "availability": "99.9%" });
+    assert_eq!(api.put("/v1/routes/a/sla", OPERATOR, None, &sla).await.status, 200);
+    assert_eq!(api.put("/v1/quota", OPERATOR, None, &json!({ "rate": 1, "per": "1h", "burst": 1 })).await.status, 200);
+    assert_eq!(futures_lite(&client, &sluice.url("/a"), 2).await, [200, 429]);
+    let routes = api.get("/v1/routes", VIEWER).await.json;
+    assert_eq!(routes["routes"][0]["sla"]["latency"]["threshold"], "250ms");
+    let status = api.get("/v1/status", VIEWER).await.json;
+    assert_eq!(status["routes"][0]["sla"]["latency"]["objective"], 0.99);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_shows_decisions_and_top_offenders() {
+    let upstream = Upstream::start().await;
+    let rest = REST.replace(
+        "quota: { rate: 1, per: 1h, burst: 1 }",
+        "quota: { rate: 1, per: 1h, burst: 3, key: header:x-consumer }",
+    );
+    let sluice = Sluice::start(&upstream, &rest).await;
+    let api = Api::new(&sluice);
+    let client = client();
+    for (consumer, n) in [("heavy", 8), ("light", 1)] {
+        for _ in 0..n {
+            send(&client, Request::get(sluice.url("/b")).header("x-consumer", consumer).body(empty()).unwrap()).await;
+        }
+    }
+    let status = api.get("/v1/status", VIEWER).await.json;
+    let b = &status["routes"][1];
+    assert_eq!(b["name"], "b");
+    assert_eq!(b["decisions"], json!({ "allowed": 4, "limited": 5, "shadow_limited": 0 }));
+    let offenders = b["rate_quota"]["top_offenders"].as_array().unwrap();
+    assert_eq!(offenders[0]["key"], "heavy", "{offenders:?}");
+    assert_eq!(offenders[1]["key"], "light");
+    assert!(offenders[0]["rate"].as_f64().unwrap() > offenders[1]["rate"].as_f64().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_mutating_call_is_audited_without_its_token() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, REST).await;
+    let api = Api::new(&sluice);
+    let quota = json!({ "rate": 5, "per": "1s" });
+    api.put("/v1/routes/a/quota", OPERATOR, None, &quota).await; // accepted
+    api.put("/v1/routes/a/quota", VIEWER, None, &quota).await; // 403
+    api.call(Method::PUT, "/v1/routes/a/quota", Some("stolen"), None, None).await; // 401
+    api.call(Method::PUT, "/v1/quota", Some(OPERATOR), None, Some(b"{".to_vec())).await; // 400
+    api.get("/v1/status", VIEWER).await; // a read: not audited
+
+    let records = api.get("/v1/audit", VIEWER).await.json["records"].as_array().unwrap().clone();
+    let summary: Vec<(Value, u64, u64, u64)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["principal"].clone(),
+                r["status"].as_u64().unwrap(),
+                r["version_before"].as_u64().unwrap(),
+                r["version_after"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [(json!("ops"), 200, 1, 2), (json!("graf"), 403, 2, 2), (Value::Null, 401, 2, 2), (json!("ops"), 400, 2, 2)]
+    );
+    assert_eq!(records[0]["action"], "PUT /v1/routes/a/quota");
+    assert_eq!(records[0]["result"], "accepted");
+    assert!(records[0]["remote"].as_str().unwrap().starts_with("127.0.0.1:"));
+
+    let state_dir = sluice.running().snapshot().config.admin.state_dir.clone();
+    let log = state_dir.join("audit.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    for secret in [ADMIN, OPERATOR, VIEWER, "stolen"] {
+        assert!(!text.contains(secret), "a token in the audit log");
+    }
+    let verify = |path: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice")).args(["audit", "verify"]).arg(path).output().unwrap()
+    };
+    let ok = verify(&log);
+    assert!(ok.status.success());
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "ok: 4 records\n");
+    std::fs::write(&log, text.replacen("\"status\":403", "\"status\":200", 1)).unwrap();
+    let broken = verify(&log);
+    assert_eq!(broken.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&broken.stderr).contains("audit.jsonl:3: "), "{broken:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_survives_a_restart_until_the_file_changes() {
+    let upstream = Upstream::start().await;
+    let dir = temp_dir("persist");
+    let path = dir.join("sluice.yaml");
+    std::fs::write(&path, config_text(upstream.addr, REST)).unwrap();
+    let client = client();
+
+    let sluice = Sluice::start_with_file(path.clone()).await;
+    let api = Api::new(&sluice);
+    let reply = api.put("/v1/routes/a/quota", OPERATOR, None, &json!({ "rate": 1, "per": "1h", "burst": 1 })).await;
+    assert_eq!(reply.status, 200);
+    // SIGHUP with the file unchanged keeps the push
+    sluice.running().reload().unwrap();
+    assert!(sluice.running().snapshot().config.raw.routes[0].quota.is_some());
+    let mut sluice = sluice;
+    sluice.running.take().unwrap().drain().await;
+
+    // restarted over the same file: the push is back
+    let sluice = Sluice::start_with_file(path.clone()).await;
+    assert_eq!(futures_lite(&client, &sluice.url("/a"), 2).await, [200, 429]);
+    // the file changes: it wins, and the push is gone for good
+    let changed =
+        std::fs::read_to_string(&path).unwrap().replace("rate: 1, per: 1h, burst: 1", "rate: 1, per: 1h, burst: 5");
+    std::fs::write(&path, changed).unwrap();
+    eventually("the file's config", Duration::from_secs(5), async || {
+        sluice.running().snapshot().config.raw.routes[0].quota.is_none()
+    })
+    .await;
+    let mut sluice = sluice;
+    sluice.running.take().unwrap().drain().await;
+    let sluice = Sluice::start_with_file(path).await;
+    assert!(sluice.running().snapshot().config.raw.routes[0].quota.is_none());
+}
