@@ -44,8 +44,7 @@ pub struct Running {
     admin_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     events: Events,
-    config_path: Option<PathBuf>,
-    overlay: Option<Arc<Overlay>>,
+    reloader: Option<config::reload::Reloader>,
     phase: watch::Sender<Phase>,
     serving: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
@@ -102,24 +101,17 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
             }
         }));
     }
-    if let Some(path) = &config_path {
-        let watch = config::reload::watch(path.clone(), live.clone(), WATCH_INTERVAL, overlay.clone());
-        background.push(tokio::spawn(watch));
+    let reloader = config_path.map(|path| config::reload::Reloader {
+        path,
+        live: live.clone(),
+        overlay: overlay.clone(),
+        events: events.clone(),
+    });
+    if let Some(reloader) = &reloader {
+        background.push(tokio::spawn(config::reload::watch(reloader.clone(), WATCH_INTERVAL)));
     }
     tracing::info!(%proxy_addr, %admin_addr, metrics_addr = ?metrics_addr, service = %live.load().config.service, "sluice is serving");
-    Ok(Running {
-        live,
-        tracker,
-        proxy_addr,
-        admin_addr,
-        metrics_addr,
-        events,
-        config_path,
-        overlay,
-        phase,
-        serving,
-        background,
-    })
+    Ok(Running { live, tracker, proxy_addr, admin_addr, metrics_addr, events, reloader, phase, serving, background })
 }
 
 /// The config to start with: the one pushed over the file as it is now, if any, else the
@@ -166,8 +158,8 @@ impl Running {
 
     /// Reloads the config file, as SIGHUP does.
     pub fn reload(&self) -> Result<Arc<Snapshot>, ConfigErrors> {
-        match &self.config_path {
-            Some(path) => config::reload::reload(path, &self.live, "sighup", self.overlay.as_deref()),
+        match &self.reloader {
+            Some(reloader) => reloader.reload("sighup"),
             None => Ok(self.live.load()),
         }
     }

@@ -372,3 +372,112 @@ async fn a_push_survives_a_restart_until_the_file_changes() {
     let sluice = Sluice::start_with_file(path).await;
     assert!(sluice.running().snapshot().config.raw.routes[0].quota.is_none());
 }
+
+/// Opens the event stream; the response body, to be read as it comes.
+async fn event_stream(sluice: &Sluice, token: &str) -> hyper::body::Incoming {
+    let req = Request::get(sluice.admin_url("/v1/events"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(empty())
+        .unwrap();
+    let response = client().request(req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    response.into_body()
+}
+
+/// Reads `body` until `done` holds for what was read, or `within` passes, or it ends.
+async fn read_until(body: &mut hyper::body::Incoming, within: Duration, done: impl Fn(&str) -> bool) -> String {
+    use http_body_util::BodyExt;
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while !done(&text) {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    text.push_str(&String::from_utf8_lossy(&data));
+                }
+            }
+            _ => break,
+        }
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_reach_every_viewer() {
+    let upstream = Upstream::start().await;
+    let dir = temp_dir("events");
+    let path = dir.join("sluice.yaml");
+    std::fs::write(&path, config_text(upstream.addr, REST)).unwrap();
+    let sluice = Sluice::start_with_file(path.clone()).await;
+    let api = Api::new(&sluice);
+    assert_eq!(api.call(Method::GET, "/v1/events", None, None, None).await.status, 401);
+    let mut viewers = [event_stream(&sluice, VIEWER).await, event_stream(&sluice, ADMIN).await];
+
+    assert_eq!(api.put("/v1/routes/a/quota", OPERATOR, None, &json!({ "rate": 1, "per": "1s" })).await.status, 200);
+    assert_eq!(api.put("/v1/routes/a/quota", OPERATOR, None, &json!({ "rate": 0, "per": "1s" })).await.status, 422);
+    std::fs::write(&path, config_text(upstream.addr, "routes: nope\n")).unwrap();
+    assert!(sluice.running().reload().is_err());
+    sluice.running().events().send(sluice::events::Event::new("sla_breached", json!({ "route": "a" })));
+    for viewer in &mut viewers {
+        let text = read_until(viewer, Duration::from_secs(5), |t| t.contains("event: sla_breached")).await;
+        let kinds: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+        assert_eq!(
+            kinds,
+            ["config_applied", "quota_updated", "config_rejected", "config_rejected", "sla_breached"],
+            "{text}"
+        );
+        let quota = text.lines().find(|l| l.contains("\"quota_updated\"")).unwrap();
+        let quota: Value = serde_json::from_str(quota.strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(
+            (quota["route"].as_str(), quota["principal"].as_str(), quota["quota"]["rate"].as_u64()),
+            (Some("a"), Some("ops"), Some(1))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_viewer_is_dropped_and_slows_nobody() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, REST).await;
+    let mut slow = event_stream(&sluice, VIEWER).await;
+    let mut fast = event_stream(&sluice, VIEWER).await;
+    let reader = tokio::spawn(async move {
+        // Counts events line by line as they come, keeping only the unfinished line.
+        use http_body_util::BodyExt;
+        let (mut bulk, mut partial) = (0, String::new());
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(20), fast.frame()).await {
+            let Ok(data) = frame.into_data() else { continue };
+            partial.push_str(&String::from_utf8_lossy(&data));
+            let Some(end) = partial.rfind('\n') else { continue };
+            for line in partial[..end].lines() {
+                match line {
+                    "event: bulk" => bulk += 1,
+                    "event: end" | "event: dropped" => return (bulk, line.to_string()),
+                    _ => {}
+                }
+            }
+            partial.drain(..=end);
+        }
+        (bulk, "nothing".to_string())
+    });
+    // 2,000 events of 10 KB: 20 MB, more than the socket buffers of a viewer who reads
+    // nothing, paced so that a viewer who reads keeps up.
+    let events = sluice.running().events().clone();
+    let pad = "x".repeat(10_000);
+    let mut sending = Duration::ZERO;
+    for i in 0..2_000 {
+        let started = std::time::Instant::now();
+        events.send(sluice::events::Event::new("bulk", json!({ "i": i, "pad": pad })));
+        sending += started.elapsed();
+        if i % 2 == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    events.send(sluice::events::Event::new("end", json!({})));
+    assert!(sending < Duration::from_millis(500), "sending waited: {sending:?}");
+    assert_eq!(reader.await.unwrap(), (2_000, "event: end".to_string()), "the viewer who reads gets everything");
+    let text = read_until(&mut slow, Duration::from_secs(20), |t| t.contains("event: dropped")).await;
+    assert!(text.contains("event: dropped"), "the slow viewer is told, then dropped");
+    assert!(!text.contains("event: end"));
+}

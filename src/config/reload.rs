@@ -9,17 +9,43 @@ use std::time::{Duration, SystemTime};
 
 use super::overlay::Overlay;
 use super::{from_raw, parse, read, ConfigErrors};
+use crate::events::{Event, Events};
 use crate::snapshot::{Live, Snapshot};
+
+/// What a reload needs: the file, the live config, the pushed overlay, and where the
+/// `config_applied` and `config_rejected` events go.
+#[derive(Clone)]
+pub struct Reloader {
+    pub path: PathBuf,
+    pub live: Arc<Live>,
+    pub overlay: Option<Arc<Overlay>>,
+    pub events: Events,
+}
+
+impl Reloader {
+    /// Reloads the file, telling the event stream how it went.
+    pub fn reload(&self, trigger: &str) -> Result<Arc<Snapshot>, ConfigErrors> {
+        let service = self.live.load().config.service.clone();
+        let result = reload(&self.path, &self.live, trigger, self.overlay.as_deref());
+        let event = match &result {
+            Ok(snapshot) => Event::new(
+                "config_applied",
+                serde_json::json!({ "service": service, "version": snapshot.version, "trigger": trigger }),
+            ),
+            Err(errors) => Event::new(
+                "config_rejected",
+                serde_json::json!({ "service": service, "trigger": trigger, "errors": errors.errors.iter().map(ToString::to_string).collect::<Vec<_>>() }),
+            ),
+        };
+        self.events.send(event);
+        result
+    }
+}
 
 /// Loads `path` and makes it live, or logs why not and keeps the current config. With an
 /// overlay holding a push made over this same file content, the pushed config is
 /// re-applied instead (token files are re-read either way).
-pub fn reload(
-    path: &Path,
-    live: &Live,
-    trigger: &str,
-    overlay: Option<&Overlay>,
-) -> Result<Arc<Snapshot>, ConfigErrors> {
+fn reload(path: &Path, live: &Live, trigger: &str, overlay: Option<&Overlay>) -> Result<Arc<Snapshot>, ConfigErrors> {
     let previous = live.load();
     let text = read(path);
     let keep_push = match (&text, overlay) {
@@ -80,13 +106,14 @@ fn stamp(path: &Path) -> Option<Stamp> {
 /// Polls `path` every `interval` and reloads once a change has held still for one more
 /// interval (an editor's save or a ConfigMap update is several writes). Content that did
 /// not change (a touch) is not reapplied.
-pub async fn watch(path: PathBuf, live: Arc<Live>, interval: Duration, overlay: Option<Arc<Overlay>>) {
-    let mut applied = stamp(&path);
-    let mut applied_text = std::fs::read(&path).ok();
+pub async fn watch(reloader: Reloader, interval: Duration) {
+    let path = &reloader.path;
+    let mut applied = stamp(path);
+    let mut applied_text = std::fs::read(path).ok();
     let mut pending: Option<Stamp> = None;
     loop {
         tokio::time::sleep(interval).await;
-        let now = stamp(&path);
+        let now = stamp(path);
         if now == applied {
             pending = None;
             continue;
@@ -97,11 +124,11 @@ pub async fn watch(path: PathBuf, live: Arc<Live>, interval: Duration, overlay: 
         }
         pending = None;
         applied = now;
-        let text = std::fs::read(&path).ok();
+        let text = std::fs::read(path).ok();
         if text.is_some() && text == applied_text {
             continue;
         }
         applied_text = text;
-        let _ = reload(&path, &live, "file", overlay.as_deref());
+        let _ = reloader.reload("file");
     }
 }

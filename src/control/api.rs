@@ -6,10 +6,12 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use tokio::sync::broadcast::error::RecvError;
 
 use super::{etag, Audited, Control, Problem, Role};
 use crate::config::{self, Config, ConfigError, ConfigErrors};
@@ -30,6 +32,7 @@ pub fn routes() -> Router<Arc<Control>> {
         .route("/v1/quota", put(put_service_quota).delete(delete_service_quota))
         .route("/v1/status", get(status))
         .route("/v1/audit", get(audit))
+        .route("/v1/events", get(events))
 }
 
 /// A JSON body, or 400 saying where it stops being JSON.
@@ -305,4 +308,28 @@ async fn audit(State(ctl): Ctl, headers: HeaderMap, Query(query): Query<AuditQue
         .tail(query.limit.unwrap_or(100).min(10_000))
         .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the audit log: {e}")))?;
     Ok(Json(json!({ "records": records })))
+}
+
+/// Server-Sent Events: every event from now on, to any number of viewers. A viewer that
+/// falls more than the bus's capacity behind is told so and dropped: the senders (the
+/// proxy's monitor, the control API) never wait for anyone.
+async fn events(State(ctl): Ctl, headers: HeaderMap) -> Result<Response, Problem> {
+    ctl.caller(&headers, Role::Viewer)?;
+    let receiver = ctl.events.subscribe();
+    let stream = futures_util::stream::unfold(Some(receiver), |receiver| async move {
+        let mut receiver = receiver?;
+        match receiver.recv().await {
+            Ok(event) => {
+                let sse = SseEvent::default().event(event.kind()).data(event.to_json());
+                Some((Ok::<_, std::convert::Infallible>(sse), Some(receiver)))
+            }
+            Err(RecvError::Lagged(missed)) => {
+                tracing::info!(missed, "an event stream viewer fell behind: dropped");
+                let sse = SseEvent::default().event("dropped").data(json!({ "missed": missed }).to_string());
+                Some((Ok(sse), None))
+            }
+            Err(RecvError::Closed) => None,
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }

@@ -108,7 +108,13 @@ impl Control {
                 "admin.state_dir is not writable: a change could not survive a restart, so none is accepted",
             ));
         };
-        let config = build(&current)?;
+        let config = build(&current).inspect_err(|problem| {
+            if problem.status == StatusCode::UNPROCESSABLE_ENTITY {
+                let errors: Vec<String> = problem.errors.iter().flat_map(|e| e.errors.iter().map(ToString::to_string)).collect();
+                let fields = serde_json::json!({ "service": current.config.service, "trigger": "api", "principal": caller.name, "errors": errors });
+                self.events.send(Event::new("config_rejected", fields));
+            }
+        })?;
         if let Err(e) = overlay.push(&config.raw) {
             tracing::error!(error = %e, "could not persist a change: refused");
             return Err(Problem::new(
