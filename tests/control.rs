@@ -41,7 +41,11 @@ struct Reply {
 
 impl Api {
     fn new(sluice: &Sluice) -> Self {
-        Self { client: client(), base: sluice.admin_url("") }
+        Self::new_at(sluice.admin_url(""))
+    }
+
+    fn new_at(base: String) -> Self {
+        Self { client: client(), base }
     }
 
     async fn call(
@@ -480,4 +484,60 @@ async fn a_slow_viewer_is_dropped_and_slows_nobody() {
     let text = read_until(&mut slow, Duration::from_secs(20), |t| t.contains("event: dropped")).await;
     assert!(text.contains("event: dropped"), "the slow viewer is told, then dropped");
     assert!(!text.contains("event: end"));
+}
+
+/// A free port on 127.0.0.1, for a process whose admin address the test must know.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_survives_kill_9_during_writes() {
+    let upstream = Upstream::start().await;
+    let dir = temp_dir("kill9");
+    let path = dir.join("sluice.yaml");
+    let port = free_port();
+    let text = config_text(upstream.addr, REST)
+        .replace("  listen: 127.0.0.1:0\n  state_dir", &format!("  listen: 127.0.0.1:{port}\n  state_dir"));
+    std::fs::write(&path, text).unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let api = Api { client: client(), base: base.clone() };
+
+    let mut process = Process::spawn(&path);
+    // Pushes rates 1, 2, 3, ... as fast as they are accepted, until the process dies.
+    let pusher = tokio::spawn(async move {
+        let (mut confirmed, mut sent) = (0u64, 0u64);
+        loop {
+            sent += 1;
+            let body = json!({ "rate": sent, "per": "1s" }).to_string().into_bytes();
+            let req = Request::put(format!("{}/v1/routes/a/quota", api.base))
+                .header("authorization", format!("Bearer {OPERATOR}"))
+                .body(full(body))
+                .unwrap();
+            match api.client.request(req).await {
+                Ok(response) if response.status() == 200 => confirmed = sent,
+                Ok(response) => panic!("push refused: {}", response.status()),
+                Err(_) => return (confirmed, sent),
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    process.signal("KILL");
+    assert_eq!(process.wait(Duration::from_secs(5)), None, "killed by a signal: no exit code");
+    let (confirmed, sent) = pusher.await.unwrap();
+    assert!(confirmed > 3, "pushes were being accepted: {confirmed}");
+
+    let _restarted = Process::spawn(&path);
+    let api = Api::new_at(base);
+    let rate = api.get("/v1/config", VIEWER).await.json["config"]["routes"][0]["quota"]["rate"].as_u64().unwrap();
+    assert!((confirmed..=sent).contains(&rate), "restored rate {rate}: confirmed {confirmed}, sent {sent}");
+    // and the audit log's chain is whole, every confirmed push in it
+    let config = api.get("/v1/config", VIEWER).await.json;
+    let log = std::path::Path::new(config["config"]["admin"]["state_dir"].as_str().unwrap()).join("audit.jsonl");
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice")).args(["audit", "verify"]).arg(&log).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let records: u64 =
+        stdout.trim().strip_prefix("ok: ").and_then(|s| s.strip_suffix(" records")).unwrap().parse().unwrap();
+    assert!(records >= confirmed, "{records} records for {confirmed} accepted pushes");
 }
