@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -294,18 +294,27 @@ async fn status(State(ctl): Ctl, headers: HeaderMap) -> Result<Json<Value>, Prob
     Ok(Json(json!({ "service": snapshot.config.service, "version": snapshot.version, "routes": routes })))
 }
 
-#[derive(serde::Deserialize)]
-struct AuditQuery {
-    limit: Option<usize>,
-}
+/// Most records one `GET /v1/audit` returns.
+const MAX_AUDIT_RECORDS: usize = 10_000;
 
-async fn audit(State(ctl): Ctl, headers: HeaderMap, Query(query): Query<AuditQuery>) -> Result<Json<Value>, Problem> {
+async fn audit(State(ctl): Ctl, headers: HeaderMap, uri: axum::http::Uri) -> Result<Json<Value>, Problem> {
     ctl.caller(&headers, Role::Viewer)?;
+    let mut limit = 100;
+    for (name, value) in uri.query().unwrap_or("").split('&').filter_map(|p| p.split_once('=')) {
+        if name == "limit" {
+            limit = value.parse().ok().filter(|n| *n <= MAX_AUDIT_RECORDS).ok_or_else(|| {
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("`limit` must be a whole number up to {MAX_AUDIT_RECORDS}"),
+                )
+            })?;
+        }
+    }
     let Some(audit) = &ctl.audit else {
         return Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "no audit log: admin.state_dir is not writable"));
     };
     let records = audit
-        .tail(query.limit.unwrap_or(100).min(10_000))
+        .tail(limit)
         .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the audit log: {e}")))?;
     Ok(Json(json!({ "records": records })))
 }

@@ -150,10 +150,39 @@ pub fn probes(live: Arc<Live>) -> Router {
 /// The whole admin listener: the control API and the probes.
 pub fn router(control: Arc<Control>) -> Router {
     let api = api::routes()
+        .route("/v1/openapi.json", get(openapi))
+        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no such path: see /v1/openapi.json") })
         .layer(axum::middleware::from_fn_with_state(control.clone(), audit_calls))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(as_problem))
         .with_state(control.clone());
     api.merge(probes(control.live.clone()))
+}
+
+/// The OpenAPI 3 document of this API; `tests/schemathesis.rs` holds the API to it.
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json"))
+}
+
+/// Refusals made by the framework (a body over the limit, a method the path does not have)
+/// get a problem+json body too, keeping their headers (`Allow`).
+async fn as_problem(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response.headers().get(header::CONTENT_TYPE).is_some_and(|t| t == "application/problem+json");
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let detail = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => format!("the body is over {MAX_BODY} bytes"),
+        StatusCode::METHOD_NOT_ALLOWED => "this path does not take this method: see the Allow header".to_string(),
+        _ => status.canonical_reason().unwrap_or("refused").to_string(),
+    };
+    let problem = Problem::new(status, detail).into_response();
+    let (fresh, body) = problem.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.extend(fresh.headers);
+    Response::from_parts(parts, body)
 }
 
 async fn metrics(State(live): State<Arc<Live>>) -> impl IntoResponse {
