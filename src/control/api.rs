@@ -281,6 +281,11 @@ async fn status(State(ctl): Ctl, headers: HeaderMap) -> Result<Json<Value>, Prob
                 let r = sli.report(now);
                 sla.insert(r.kind.as_str().into(), report(&r));
             }
+            let threshold = snapshot.config.routes.iter().find(|r| r.name == *route.name).and_then(|r| r.sla.as_ref());
+            let threshold = threshold.and_then(|s| s.latency.as_ref()).map(|l| l.threshold.as_secs_f64());
+            if let (Some(latency), Some(threshold)) = (sla.get_mut("latency"), threshold) {
+                latency["threshold_seconds"] = json!(threshold);
+            }
             json!({
                 "name": &*route.name,
                 "in_flight": route.metrics.inflight.get(),

@@ -151,12 +151,28 @@ pub fn probes(live: Arc<Live>) -> Router {
 pub fn router(control: Arc<Control>) -> Router {
     let api = api::routes()
         .route("/v1/openapi.json", get(openapi))
+        .route("/", get(dashboard))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no such path: see /v1/openapi.json") })
         .layer(axum::middleware::from_fn_with_state(control.clone(), audit_calls))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(as_problem))
         .with_state(control.clone());
     api.merge(probes(control.live.clone()))
+}
+
+/// The dashboard: one page, everything inline, no data in it (it reads the API with the
+/// token the person gives), and a policy that lets it talk to this origin only.
+async fn dashboard() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'",
+            ),
+        ],
+        include_str!("dashboard.html"),
+    )
 }
 
 /// The OpenAPI 3 document of this API; `tests/schemathesis.rs` holds the API to it.

@@ -1,0 +1,74 @@
+//! The dashboard, opened in Debian's headless Chromium (driven by playwright-core, installed
+//! by `.ci/test`): it renders every route, goes live on the event stream, and shows a quota
+//! pushed through the API without a reload. The screenshot stays in
+//! `target/test-artifacts/dashboard.png`.
+
+mod support;
+
+use std::process::Command;
+
+use http::Request;
+use support::*;
+
+const REST: &str = r#"  tokens:
+    - { name: graf, role: viewer, token: dashboard-viewer-token }
+    - { name: ops, role: operator, token: dashboard-operator-token }
+routes:
+  - name: submit-claim
+    match: { method: POST, path: /claims/submit }
+    quota: { rate: 5, per: 1s, burst: 5, key: header:x-consumer-id }
+    sla: { latency: { threshold: 200ms, objective: 99% }, availability: 99.9% }
+  - name: claims
+    match: { path: "/claims/*" }
+    sla: { availability: 99% }
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_renders_the_routes_and_follows_a_quota_change() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, REST).await;
+    let client = client();
+    for (i, path) in ["/claims/submit"; 8].iter().chain(&["/claims/1?status=503", "/claims/2"]).enumerate() {
+        let method = if path.starts_with("/claims/submit") { "POST" } else { "GET" };
+        let req =
+            Request::builder().method(method).uri(sluice.url(path)).header("x-consumer-id", format!("c{}", i % 2));
+        send(&client, req.body(empty()).unwrap()).await;
+    }
+    sluice.running().tick();
+
+    let page = sluice.admin_url("");
+    let (response, body) = get(&client, &format!("{page}/")).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+    let html = String::from_utf8_lossy(&body);
+    for outside in ["<script src", "<link", "url(", "@import", "<img", "<iframe"] {
+        assert!(!html.contains(outside), "the page loads nothing from elsewhere: {outside}");
+    }
+
+    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let screenshot = artifacts.join("dashboard.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg("tests/dashboard/check.mjs")
+            .args([&page, "dashboard-viewer-token", "dashboard-operator-token"])
+            .arg(&screenshot)
+            .args(["submit-claim", "claims", "unmatched"])
+            .output()
+            .expect("node runs tests/dashboard/check.mjs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the dashboard check failed (chromium and playwright-core come from .ci/test):\n{stdout}\n{stderr}"
+    );
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(seen["before"].as_str().unwrap().contains("quota 5 per 1s"), "{seen}");
+    assert!(seen["after"].as_str().unwrap().contains("quota 4242 per 60s, burst 77"), "{seen}");
+    let png = std::fs::metadata(artifacts.join("dashboard.png")).expect("a screenshot");
+    assert!(png.len() > 10_000, "a real screenshot, not an empty one");
+}

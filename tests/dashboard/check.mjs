@@ -1,0 +1,43 @@
+// Opens the dashboard in Debian's headless Chromium, checks that it renders every route,
+// that it goes live on the event stream, and that a quota pushed through the API shows up
+// without a reload; then keeps a screenshot.
+// Usage: node check.mjs ADMIN_URL VIEWER_TOKEN OPERATOR_TOKEN SCREENSHOT ROUTE...
+import { chromium } from "playwright-core";
+
+const [base, viewer, operator, screenshot, ...routes] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
+});
+const failures = [];
+try {
+  const page = await browser.newPage({ viewport: { width: 1440, height: 900 } });
+  page.on("pageerror", (e) => failures.push(`page error: ${e}`));
+  page.on("console", (m) => m.type() === "error" && failures.push(`console error: ${m.text()}`));
+  await page.goto(`${base}/#token=${encodeURIComponent(viewer)}`);
+  for (const route of routes) await page.waitForSelector(`[data-route="${route}"]`, { timeout: 10_000 });
+  await page.waitForFunction(() => document.getElementById("state").textContent === "live", null, { timeout: 10_000 });
+  if (page.url().includes("token")) failures.push("the token stayed in the address bar");
+
+  const quota = `[data-route="${routes[0]}"] .quota`;
+  const before = await page.textContent(quota);
+  const response = await fetch(`${base}/v1/routes/${routes[0]}/quota`, {
+    method: "PUT",
+    headers: { Authorization: `Bearer ${operator}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ rate: 4242, per: "1m", burst: 77 }),
+  });
+  if (response.status !== 200) failures.push(`quota push: ${response.status}`);
+  await page.waitForFunction((q) => document.querySelector(q)?.textContent.includes("4242"), quota, { timeout: 10_000 });
+  await page.waitForFunction(() => document.getElementById("events").textContent.includes("quota_updated"), null, { timeout: 10_000 });
+  const after = await page.textContent(quota);
+  await page.screenshot({ path: screenshot, fullPage: true });
+  console.log(JSON.stringify({ before, after }));
+} catch (e) {
+  failures.push(String(e));
+} finally {
+  await browser.close();
+}
+if (failures.length) {
+  console.error(failures.join("\n"));
+  process.exit(1);
+}
