@@ -30,6 +30,14 @@ pub enum DemoError {
     Config(#[from] crate::config::ConfigErrors),
 }
 
+/// A random token for one demo run: 128 bits from the standard library's per-process
+/// random hash keys.
+fn demo_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let word = || std::collections::hash_map::RandomState::new().build_hasher().finish();
+    format!("demo-{:016x}{:016x}", word(), word())
+}
+
 /// Runs the demo until Ctrl-C, or for `duration`.
 pub async fn run(duration: Option<Duration>) -> Result<(), DemoError> {
     let service = TcpListener::bind("127.0.0.1:0").await?;
@@ -47,12 +55,30 @@ pub async fn run(duration: Option<Duration>) -> Result<(), DemoError> {
     }
     // A state directory of its own: what is pushed to one demo stays with that demo.
     config.admin.state_dir = std::env::temp_dir().join(format!("sluice-demo-{}", std::process::id()));
+    // A token made for this run only, for the dashboard and the control API.
+    let token = demo_token();
+    let admin = config.raw.admin.get_or_insert_with(|| crate::config::RawAdmin {
+        listen: None,
+        metrics_listen: None,
+        tokens: Vec::new(),
+        state_dir: None,
+    });
+    admin.tokens.push(crate::config::RawToken {
+        name: "demo".into(),
+        role: "admin".into(),
+        token_env: None,
+        token_file: None,
+        token: Some(token.clone()),
+    });
     let running = server::start(config, None).await?;
     let proxy = running.proxy_addr();
     println!("sluice demo");
     println!("  proxy     http://{proxy}/  (try: curl -i http://{proxy}/claims/42)");
     println!("  service   http://{service_addr}/  (the built-in upstream)");
-    println!("  metrics   http://{}/metrics  (Prometheus text: requests, latency, SLA)", running.admin_addr());
+    let admin = running.admin_addr();
+    println!("  dashboard http://{admin}/#token={token}");
+    println!("  metrics   http://{admin}/metrics  (Prometheus text: requests, latency, SLA)");
+    println!("  control   curl -H 'Authorization: Bearer {token}' http://{admin}/v1/status");
     println!("  traffic   POST /claims/submit, GET /claims/{{id}}, GET /search/*: watch the 429s below");
     println!("Ctrl-C stops.");
 

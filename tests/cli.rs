@@ -118,6 +118,7 @@ fn demo_runs_on_its_own_and_shows_429s() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("proxy     http://127.0.0.1:"), "{stdout}");
     assert!(stdout.contains("metrics   http://127.0.0.1:"), "{stdout}");
+    assert!(stdout.contains("dashboard http://127.0.0.1:") && stdout.contains("/#token=demo-"), "{stdout}");
     let last = stdout.lines().last().unwrap();
     let number = |label: &str| -> u64 {
         let after = last.split(label).nth(1).unwrap();
