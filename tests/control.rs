@@ -541,3 +541,21 @@ async fn a_push_survives_kill_9_during_writes() {
         stdout.trim().strip_prefix("ok: ").and_then(|s| s.strip_suffix(" records")).unwrap().parse().unwrap();
     assert!(records >= confirmed, "{records} records for {confirmed} accepted pushes");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_writable_state_dir_changes_are_refused() {
+    let upstream = Upstream::start().await;
+    // a file where the directory should be: it cannot be created
+    let blocker = temp_dir("blocked").join("file");
+    std::fs::write(&blocker, "").unwrap();
+    let text = config_text(upstream.addr, REST);
+    let text = text.replace("  state_dir: ", &format!("  state_dir: {}\n  #", blocker.join("state").display()));
+    let config = sluice::config::parse(&text).unwrap();
+    let running = sluice::server::start(config, None).await.unwrap();
+    let api = Api::new_at(format!("http://{}", running.admin_addr()));
+    let reply = api.put("/v1/routes/a/quota", OPERATOR, None, &json!({ "rate": 1, "per": "1s" })).await;
+    assert_eq!(reply.status, 503, "{}", reply.json);
+    assert!(reply.json["detail"].as_str().unwrap().contains("state_dir"));
+    assert_eq!(api.version().await, 1);
+    assert_eq!(api.get("/v1/status", VIEWER).await.status, 200, "reads still work");
+}
