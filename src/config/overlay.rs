@@ -34,7 +34,7 @@ struct Pushed {
     config: RawConfig,
 }
 
-/// The fingerprint of a config file's content.
+/// The SHA-256 of `text`, in hex: a config file's fingerprint, an audit line's hash.
 pub fn fingerprint(text: &str) -> String {
     Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }

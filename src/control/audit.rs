@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+
+use crate::config::overlay::fingerprint as hash;
 
 pub const FILE: &str = "audit.jsonl";
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -28,10 +29,6 @@ pub struct Record<'a> {
     pub version_before: u64,
     pub version_after: u64,
     pub status: u16,
-}
-
-fn hash(line: &str) -> String {
-    Sha256::digest(line.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Audit {
