@@ -15,6 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
 
+use crate::config::ConfigErrors;
 use crate::sla::{Alert, Report, Window};
 
 /// One event, as JSON: `{"type": ..., "time": ..., ...fields}`.
@@ -53,6 +54,26 @@ impl Event {
             }
             Alert::Recovered => Self::new("sla_recovered", fields()),
         }
+    }
+
+    /// A config became live: from the file (`trigger` file or sighup) or the API (with the
+    /// token's name that pushed it).
+    pub fn config_applied(service: &str, version: u64, trigger: &str, principal: Option<&str>) -> Self {
+        let mut fields = json!({ "service": service, "version": version, "trigger": trigger });
+        if let Some(principal) = principal {
+            fields["principal"] = principal.into();
+        }
+        Self::new("config_applied", fields)
+    }
+
+    /// A config was refused, with every error as `line:column: path: message`.
+    pub fn config_rejected(service: &str, trigger: &str, principal: Option<&str>, errors: &ConfigErrors) -> Self {
+        let errors: Vec<String> = errors.errors.iter().map(ToString::to_string).collect();
+        let mut fields = json!({ "service": service, "trigger": trigger, "errors": errors });
+        if let Some(principal) = principal {
+            fields["principal"] = principal.into();
+        }
+        Self::new("config_rejected", fields)
     }
 
     pub fn kind(&self) -> &str {

@@ -28,14 +28,8 @@ impl Reloader {
         let service = self.live.load().config.service.clone();
         let result = reload(&self.path, &self.live, trigger, self.overlay.as_deref());
         let event = match &result {
-            Ok(snapshot) => Event::new(
-                "config_applied",
-                serde_json::json!({ "service": service, "version": snapshot.version, "trigger": trigger }),
-            ),
-            Err(errors) => Event::new(
-                "config_rejected",
-                serde_json::json!({ "service": service, "trigger": trigger, "errors": errors.errors.iter().map(ToString::to_string).collect::<Vec<_>>() }),
-            ),
+            Ok(snapshot) => Event::config_applied(&service, snapshot.version, trigger, None),
+            Err(errors) => Event::config_rejected(&service, trigger, None, errors),
         };
         self.events.send(event);
         result

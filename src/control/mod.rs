@@ -109,10 +109,9 @@ impl Control {
             ));
         };
         let config = build(&current).inspect_err(|problem| {
-            if problem.status == StatusCode::UNPROCESSABLE_ENTITY {
-                let errors: Vec<String> = problem.errors.iter().flat_map(|e| e.errors.iter().map(ToString::to_string)).collect();
-                let fields = serde_json::json!({ "service": current.config.service, "trigger": "api", "principal": caller.name, "errors": errors });
-                self.events.send(Event::new("config_rejected", fields));
+            if let Some(errors) = &problem.errors {
+                let service = &current.config.service;
+                self.events.send(Event::config_rejected(service, "api", Some(&caller.name), errors));
             }
         })?;
         if let Err(e) = overlay.push(&config.raw) {
@@ -124,10 +123,7 @@ impl Control {
         }
         let next = self.live.apply(config);
         tracing::info!(principal = %caller.name, version = next.version, changed = ?next.changed_routes(&current), "config applied from the control API");
-        self.events.send(Event::new(
-            "config_applied",
-            serde_json::json!({ "service": next.config.service, "version": next.version, "trigger": "api", "principal": caller.name }),
-        ));
+        self.events.send(Event::config_applied(&next.config.service, next.version, "api", Some(&caller.name)));
         let audited = Audited { principal: caller.name.clone(), before: current.version, after: next.version };
         Ok((next, audited))
     }
