@@ -22,8 +22,9 @@ pub struct Audit {
 }
 
 /// One call, as recorded.
-pub struct Record<'a> {
-    pub principal: Option<&'a str>,
+pub struct Record {
+    /// The token's name, when a valid one was sent.
+    pub principal: Option<String>,
     pub remote: String,
     pub action: String,
     pub version_before: u64,
@@ -53,7 +54,7 @@ impl Audit {
     }
 
     /// Appends one record; returns once it is on disk.
-    pub fn append(&self, record: Record<'_>) -> io::Result<()> {
+    pub fn append(&self, record: Record) -> io::Result<()> {
         let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
         let time = humantime_now();
         let line = json!({
@@ -127,9 +128,9 @@ pub fn verify(path: &Path) -> Result<usize, (usize, String)> {
 mod tests {
     use super::*;
 
-    fn record(status: u16) -> Record<'static> {
+    fn record(status: u16) -> Record {
         Record {
-            principal: Some("cp"),
+            principal: Some("cp".into()),
             remote: "127.0.0.1:1".into(),
             action: "PUT /v1/config".into(),
             version_before: 1,

@@ -223,26 +223,29 @@ async fn audit_calls(State(control): State<Arc<Control>>, request: Request, next
     }
     let action = format!("{} {}", request.method(), request.uri().path());
     let remote = request.extensions().get::<ConnectInfo<SocketAddr>>().map_or_else(String::new, |c| c.0.to_string());
-    let named = control.caller(request.headers(), Role::Viewer).ok().map(|c| c.name);
+    let authorization = request.headers().get(header::AUTHORIZATION).cloned();
     let version = control.live.load().version;
     let response = next.run(request).await;
-    let audited = response.extensions().get::<Audited>().cloned();
-    let (principal, before, after) = match &audited {
-        Some(a) => (Some(a.principal.as_str()), a.before, a.after),
-        None => (named.as_deref(), version, version),
-    };
-    if let Some(audit) = &control.audit {
-        let record = audit::Record {
-            principal,
-            remote,
-            action,
-            version_before: before,
-            version_after: after,
-            status: response.status().as_u16(),
-        };
-        if let Err(e) = audit.append(record) {
-            tracing::error!(error = %e, "could not append to the audit log");
+    let (principal, before, after) = match response.extensions().get::<Audited>() {
+        Some(a) => (Some(a.principal.clone()), a.before, a.after),
+        // Refused before the handler knew who called: name the token, if it is one.
+        None => {
+            let snapshot = control.live.load();
+            let presented = authorization.as_ref().map(|v| v.as_bytes());
+            let caller = control.tokens.authenticate(&snapshot.config, snapshot.version, presented);
+            (caller.ok().map(|c| c.name), version, version)
         }
+    };
+    let status = response.status().as_u16();
+    let record = audit::Record { principal, remote, action, version_before: before, version_after: after, status };
+    // Synced to disk before the response goes out, off the async workers.
+    let appended = tokio::task::spawn_blocking(move || match &control.audit {
+        Some(audit) => audit.append(record),
+        None => Ok(()),
+    })
+    .await;
+    if let Ok(Err(e)) = appended {
+        tracing::error!(error = %e, "could not append to the audit log");
     }
     response
 }
