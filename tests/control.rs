@@ -137,14 +137,14 @@ async fn etag_flow_and_a_push_is_live_when_it_returns() {
     assert_eq!(reply.status, 200, "{}", reply.json);
     assert_eq!((reply.json["version"].as_u64(), reply.etag.as_deref()), (Some(2), Some("\"2\"")));
     // live now: the new quota admits its burst of 2, then refuses
-    let statuses: Vec<u16> = futures_lite(&client, &sluice.url("/a"), 3).await;
+    let statuses: Vec<u16> = statuses(&client, &sluice.url("/a"), 3).await;
     assert_eq!(statuses, [200, 200, 429]);
     // the old ETag is stale now
     assert_eq!(api.put("/v1/config", ADMIN, Some("\"1\""), &config).await.status, 412);
 }
 
 /// `n` GETs in a row; their statuses.
-async fn futures_lite(client: &Client, url: &str, n: usize) -> Vec<u16> {
+async fn statuses(client: &Client, url: &str, n: usize) -> Vec<u16> {
     let mut statuses = Vec::new();
     for _ in 0..n {
         statuses.push(get(client, url).await.0.status().as_u16());
@@ -240,14 +240,14 @@ async fn a_route_push_keeps_the_state_of_quotas_it_did_not_change() {
     let sluice = Sluice::start(&upstream, REST).await;
     let api = Api::new(&sluice);
     let client = client();
-    assert_eq!(futures_lite(&client, &sluice.url("/b"), 2).await, [200, 429]);
+    assert_eq!(statuses(&client, &sluice.url("/b"), 2).await, [200, 429]);
 
     let mut events = sluice.running().events().subscribe();
     let reply = api.put("/v1/routes/a/quota", OPERATOR, None, &json!({ "rate": 1, "per": "1h", "burst": 1 })).await;
     assert_eq!(reply.status, 200);
-    assert_eq!(futures_lite(&client, &sluice.url("/a"), 2).await, [200, 429]);
+    assert_eq!(statuses(&client, &sluice.url("/a"), 2).await, [200, 429]);
     // route b's bucket was not refilled by the push
-    assert_eq!(futures_lite(&client, &sluice.url("/b"), 1).await, [429]);
+    assert_eq!(statuses(&client, &sluice.url("/b"), 1).await, [429]);
     let kinds: Vec<String> =
         [events.recv().await.unwrap(), events.recv().await.unwrap()].iter().map(|e| e.kind().to_string()).collect();
     assert_eq!(kinds, ["config_applied", "quota_updated"]);
@@ -255,12 +255,12 @@ async fn a_route_push_keeps_the_state_of_quotas_it_did_not_change() {
     // removing it lifts it
     let reply = api.call(Method::DELETE, "/v1/routes/a/quota", Some(OPERATOR), None, None).await;
     assert_eq!(reply.status, 200);
-    assert_eq!(futures_lite(&client, &sluice.url("/a"), 3).await, [200, 200, 200]);
+    assert_eq!(statuses(&client, &sluice.url("/a"), 3).await, [200, 200, 200]);
     // an SLA and the service-wide quota go the same way
     let sla = json!({ "latency": { "threshold": "250ms", "objective": "99%" }, "availability": "99.9%" });
     assert_eq!(api.put("/v1/routes/a/sla", OPERATOR, None, &sla).await.status, 200);
     assert_eq!(api.put("/v1/quota", OPERATOR, None, &json!({ "rate": 1, "per": "1h", "burst": 1 })).await.status, 200);
-    assert_eq!(futures_lite(&client, &sluice.url("/a"), 2).await, [200, 429]);
+    assert_eq!(statuses(&client, &sluice.url("/a"), 2).await, [200, 429]);
     let routes = api.get("/v1/routes", VIEWER).await.json;
     assert_eq!(routes["routes"][0]["sla"]["latency"]["threshold"], "250ms");
     let status = api.get("/v1/status", VIEWER).await.json;
@@ -362,7 +362,7 @@ async fn a_push_survives_a_restart_until_the_file_changes() {
 
     // restarted over the same file: the push is back
     let sluice = Sluice::start_with_file(path.clone()).await;
-    assert_eq!(futures_lite(&client, &sluice.url("/a"), 2).await, [200, 429]);
+    assert_eq!(statuses(&client, &sluice.url("/a"), 2).await, [200, 429]);
     // the file changes: it wins, and the push is gone for good
     let changed =
         std::fs::read_to_string(&path).unwrap().replace("rate: 1, per: 1h, burst: 1", "rate: 1, per: 1h, burst: 5");
