@@ -7,17 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-missing=()
-command -v nginx >/dev/null || missing+=(nginx-light)
-command -v haproxy >/dev/null || missing+=(haproxy)
-command -v wrk >/dev/null || missing+=(wrk)
-if ((${#missing[@]})); then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
-        || { apt-get update >/dev/null && apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
-fi
-for tool in nginx haproxy wrk taskset python3; do
-    command -v "$tool" >/dev/null || { echo "compare: $tool is missing and could not be installed" >&2; exit 1; }
+.ci/need nginx nginx-light
+.ci/need haproxy haproxy
+.ci/need wrk wrk
+for tool in taskset python3; do
+    command -v "$tool" >/dev/null || { echo "compare: $tool is missing" >&2; exit 1; }
 done
 
 if [[ " $* " != *" --sluice "* ]]; then
