@@ -53,6 +53,7 @@ fn rate_refusal(quotas: &Quotas, retry_after: std::time::Duration) -> Refusal {
     }
 }
 
+#[inline(always)]
 fn acquire(quotas: &Quotas, headers: &HeaderMap, ip: IpAddr) -> Result<Option<Permit>, Refusal> {
     let Some(concurrency) = &quotas.concurrency else { return Ok(None) };
     match with_key(concurrency.key_spec(), headers, ip, |key| concurrency.try_acquire(key)) {

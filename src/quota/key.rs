@@ -46,8 +46,9 @@ impl std::fmt::Display for KeySpec {
     }
 }
 
-/// A key held in a quota's table. Up to [`INLINE`] bytes are stored in place, so a table
-/// entry (key + state) is 32 bytes, two to a cache line; longer keys go to the heap.
+/// A key held whole: in the concurrency table and the offenders' list. Up to [`INLINE`]
+/// bytes are stored in place, so a table entry (key + a count) is 32 bytes, two to a cache
+/// line; longer keys go to the heap.
 #[derive(Clone)]
 pub enum Key {
     Inline { len: u8, bytes: [u8; INLINE] },

@@ -1,8 +1,9 @@
 //! Top offenders: the heaviest keys of a keyed quota over the last interval (a minute), with
 //! estimated rates, in fixed memory.
 //!
-//! Every request's key is counted in a count-min sketch (pingora-limits' `Estimator`) of the
-//! current interval; the one of the previous interval is kept to estimate a sliding rate.
+//! Every request's key is counted, by its 64-bit fingerprint (the hash the rate table keys
+//! on, so the key's bytes are hashed once per request), in a count-min sketch
+//! (pingora-limits' `Estimator`) of the current interval; the one of the previous interval is kept to estimate a sliding rate.
 //! The keys themselves are not kept, except a short list of candidates: a key is offered to
 //! the list only when its count in this interval passes a power of two and beats the
 //! smallest candidate, so the list's lock is taken a few times per doubling of a key's
@@ -40,7 +41,14 @@ pub struct Offenders {
     began: AtomicU64,
     /// The smallest candidate's count when the list is full, else 0.
     floor: AtomicU64,
-    candidates: Mutex<Vec<(Key, u64)>>,
+    candidates: Mutex<Vec<Candidate>>,
+}
+
+/// A key on the short list: its bytes, its fingerprint, its count when last seen.
+struct Candidate {
+    key: Key,
+    fingerprint: u64,
+    count: u64,
 }
 
 /// One heavy key, as reported.
@@ -70,25 +78,26 @@ impl Offenders {
         }
     }
 
-    /// Counts one request of `key`.
+    /// Counts one request of `key`, whose fingerprint is `fingerprint`.
     #[inline]
-    pub fn observe(&self, key: &[u8]) {
-        let count = self.sketches[self.current.load(Relaxed)].incr(key, 1).max(0) as u64;
+    pub fn observe(&self, key: &[u8], fingerprint: u64) {
+        let count = self.sketches[self.current.load(Relaxed)].incr(fingerprint, 1).max(0) as u64;
         if near_power_of_two(count) && count > self.floor.load(Relaxed) {
-            self.offer(key, count);
+            self.offer(key, fingerprint, count);
         }
     }
 
     #[cold]
-    fn offer(&self, key: &[u8], count: u64) {
+    fn offer(&self, key: &[u8], fingerprint: u64, count: u64) {
         // Busy: the key gets another chance at its next power of two.
         let Ok(mut list) = self.candidates.try_lock() else { return };
-        if let Some(entry) = list.iter_mut().find(|(k, _)| k.as_bytes() == key) {
-            entry.1 = count;
+        let candidate = || Candidate { key: Key::new(key), fingerprint, count };
+        if let Some(entry) = list.iter_mut().find(|c| c.key.as_bytes() == key) {
+            entry.count = count;
         } else if list.len() < TOP {
-            list.push((Key::new(key), count));
-        } else if let Some(smallest) = list.iter_mut().min_by_key(|(_, n)| *n) {
-            *smallest = (Key::new(key), count);
+            list.push(candidate());
+        } else if let Some(smallest) = list.iter_mut().min_by_key(|c| c.count) {
+            *smallest = candidate();
         }
         self.floor.store(floor(&list), Relaxed);
     }
@@ -111,10 +120,10 @@ impl Offenders {
         self.current.store(new, Relaxed);
         self.began.store(nanos(now), Relaxed);
         let mut list = self.candidates.lock().unwrap_or_else(|e| e.into_inner());
-        for (key, count) in list.iter_mut() {
-            *count = self.sketches[old].get(key.as_bytes()).max(0) as u64;
+        for c in list.iter_mut() {
+            c.count = self.sketches[old].get(c.fingerprint).max(0) as u64;
         }
-        list.retain(|(_, count)| *count > 0);
+        list.retain(|c| c.count > 0);
         self.floor.store(floor(&list), Relaxed);
     }
 
@@ -124,15 +133,15 @@ impl Offenders {
         let began = Duration::from_nanos(self.began.load(Relaxed));
         let into = now.saturating_sub(began).min(self.interval).as_secs_f64() / self.interval.as_secs_f64();
         let current = self.current.load(Relaxed);
-        let keys: Vec<Key> = {
+        let keys: Vec<(Key, u64)> = {
             let list = self.candidates.lock().unwrap_or_else(|e| e.into_inner());
-            list.iter().map(|(key, _)| key.clone()).collect()
+            list.iter().map(|c| (c.key.clone(), c.fingerprint)).collect()
         };
         let mut top: Vec<Offender> = keys
             .iter()
-            .map(|key| {
-                let now = self.sketches[current].get(key.as_bytes()).max(0) as f64;
-                let before = self.sketches[1 - current].get(key.as_bytes()).max(0) as f64;
+            .map(|(key, fingerprint)| {
+                let now = self.sketches[current].get(fingerprint).max(0) as f64;
+                let before = self.sketches[1 - current].get(fingerprint).max(0) as f64;
                 Offender {
                     key: String::from_utf8_lossy(key.as_bytes()).into_owned(),
                     rate: (now + before * (1.0 - into)) / self.interval.as_secs_f64(),
@@ -151,11 +160,11 @@ fn near_power_of_two(n: u64) -> bool {
     n > 0 && n - (1 << n.ilog2()) < 4
 }
 
-fn floor(list: &[(Key, u64)]) -> u64 {
+fn floor(list: &[Candidate]) -> u64 {
     if list.len() < TOP {
         return 0;
     }
-    list.iter().map(|(_, n)| *n).min().unwrap_or(0)
+    list.iter().map(|c| c.count).min().unwrap_or(0)
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -172,8 +181,13 @@ mod tests {
 
     fn observe(o: &Offenders, key: &str, times: usize) {
         for _ in 0..times {
-            o.observe(key.as_bytes());
+            o.observe(key.as_bytes(), fingerprint(key.as_bytes()));
         }
+    }
+
+    fn fingerprint(key: &[u8]) -> u64 {
+        use std::hash::BuildHasher;
+        foldhash::fast::FixedState::default().hash_one(key)
     }
 
     #[test]
@@ -213,9 +227,9 @@ mod tests {
     fn a_flood_of_distinct_keys_keeps_the_heavy_one_in_fixed_memory() {
         let o = Offenders::new(secs(60));
         for n in 0..200_000u32 {
-            o.observe(&n.to_be_bytes());
+            o.observe(&n.to_be_bytes(), fingerprint(&n.to_be_bytes()));
             if n % 100 == 0 {
-                o.observe(b"attacker");
+                o.observe(b"attacker", fingerprint(b"attacker"));
             }
         }
         assert_eq!(o.candidates.lock().unwrap().len(), TOP);
