@@ -100,8 +100,10 @@ fn main() -> ExitCode {
     }
 }
 
+/// The control plane's runtime: the admin API, reloads, the SLA monitor. The data plane
+/// runs on worker threads of its own (`proxy::listener::start`).
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
 }
 
 fn exit(result: anyhow::Result<()>) -> ExitCode {

@@ -14,7 +14,7 @@ use crate::config::{self, Config, ConfigErrors};
 use crate::events::{Events, Retry};
 use crate::metrics::Metrics;
 use crate::proxy::listener::{self, Phase};
-use crate::proxy::{Proxy, Tracker};
+use crate::proxy::Tracker;
 use crate::snapshot::{self, Live, Snapshot};
 use crate::{control, monitor};
 
@@ -28,6 +28,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start the data plane: {0}")]
+    Workers(std::io::Error),
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
@@ -46,7 +48,8 @@ pub struct Running {
     events: Events,
     reloader: Option<config::reload::Reloader>,
     phase: watch::Sender<Phase>,
-    serving: JoinHandle<()>,
+    /// Idle once every data-plane worker has ended.
+    workers: Arc<Tracker>,
     background: Vec<JoinHandle<()>>,
 }
 
@@ -85,8 +88,9 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     let live = Live::new(config, Arc::new(Metrics::new()));
     let tracker = Arc::new(Tracker::default());
     let (phase, watching) = watch::channel(Phase::Serving);
-    let proxy = Proxy::new(live.clone(), tracker.clone());
-    let serving = tokio::spawn(listener::serve(listener, proxy, live.clone(), watching));
+    let listener = listener.into_std().map_err(|source| StartError::Bind { addr: proxy_addr, source })?;
+    let workers =
+        listener::start(listener, workers(), live.clone(), tracker.clone(), watching).map_err(StartError::Workers)?;
     background.push(tokio::spawn(snapshot::sweep_keys(live.clone(), SWEEP_INTERVAL)));
     background.push(tokio::spawn(monitor::run(live.clone(), events.clone())));
     let routers = [
@@ -111,7 +115,12 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
         background.push(tokio::spawn(config::reload::watch(reloader.clone(), WATCH_INTERVAL)));
     }
     tracing::info!(%proxy_addr, %admin_addr, metrics_addr = ?metrics_addr, service = %live.load().config.service, "sluice is serving");
-    Ok(Running { live, tracker, proxy_addr, admin_addr, metrics_addr, events, reloader, phase, serving, background })
+    Ok(Running { live, tracker, proxy_addr, admin_addr, metrics_addr, events, reloader, phase, workers, background })
+}
+
+/// One data-plane worker per CPU this process may use (its affinity and cgroup quota).
+fn workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The config to start with: the one pushed over the file as it is now, if any, else the
@@ -179,7 +188,7 @@ impl Running {
         let grace = tokio::time::Instant::now() + Duration::from_millis(200);
         tokio::time::sleep_until(grace.min(deadline)).await;
         let _ = self.phase.send(Phase::Closing);
-        let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), self.serving).await;
+        let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), self.workers.idle()).await;
         for task in self.background {
             task.abort();
         }

@@ -11,7 +11,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::{Proxy, Tracker};
 use crate::config::Limits;
@@ -27,21 +27,54 @@ pub enum Phase {
     Closing,
 }
 
-/// Accepts until the phase leaves `Serving`, then returns once every connection is closed.
-pub async fn serve(listener: TcpListener, proxy: Proxy, live: Arc<Live>, phase: watch::Receiver<Phase>) {
-    let connections = Arc::new(Tracker::default());
-    let mut stop = phase.clone();
+/// Starts the data plane on `listener`: `workers` threads, each a current_thread runtime
+/// (measured against one multi-thread runtime in BENCHMARKS.md). The first thread also
+/// accepts, and deals the connections out to the workers in turn; a connection stays on its
+/// worker, with its requests and that worker's own pool of upstream connections, so a
+/// request never changes thread. Every worker stops accepting once the phase leaves
+/// `Serving` (or its sender is dropped) and ends when its connections are closed; the
+/// returned tracker goes idle when every worker has ended.
+pub fn start(
+    listener: std::net::TcpListener,
+    workers: usize,
+    live: Arc<Live>,
+    requests: Arc<Tracker>,
+    phase: watch::Receiver<Phase>,
+) -> std::io::Result<Arc<Tracker>> {
+    let running = Arc::new(Tracker::default());
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers.max(1)).map(|_| mpsc::unbounded_channel()).unzip();
+    let mut listener = Some((listener, senders));
+    for (i, incoming) in receivers.into_iter().enumerate() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (live, requests, phase, accept) = (live.clone(), requests.clone(), phase.clone(), listener.take());
+        let alive = running.enter();
+        std::thread::Builder::new().name(format!("sluice-worker-{i}")).spawn(move || {
+            runtime.block_on(async move {
+                if let Some((listener, workers)) = accept {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => drop(tokio::spawn(deal(listener, workers, phase.clone()))),
+                        Err(e) => tracing::error!(error = %e, "cannot serve the listener"),
+                    }
+                }
+                serve(incoming, Proxy::new(live.clone(), requests), live, phase).await;
+            });
+            drop(alive);
+        })?;
+    }
+    Ok(running)
+}
+
+type Incoming = (std::net::TcpStream, SocketAddr);
+
+/// Accepts until the phase leaves `Serving`, handing each connection to the next worker.
+async fn deal(listener: TcpListener, workers: Vec<mpsc::UnboundedSender<Incoming>>, mut phase: watch::Receiver<Phase>) {
+    let mut next = 0;
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let limits = live.load().config.limits.clone();
-                    let open = connections.enter();
-                    let (proxy, phase) = (proxy.clone(), phase.clone());
-                    tokio::spawn(async move {
-                        connection(stream, peer, proxy, limits, phase).await;
-                        drop(open);
-                    });
+            accepted = listener.accept() => match accepted.and_then(|(stream, peer)| Ok((stream.into_std()?, peer))) {
+                Ok(connection) => {
+                    let _ = workers[next].send(connection);
+                    next = (next + 1) % workers.len();
                 }
                 Err(e) => {
                     // Out of file descriptors, most likely: back off rather than spin.
@@ -49,10 +82,48 @@ pub async fn serve(listener: TcpListener, proxy: Proxy, live: Arc<Live>, phase: 
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = async { drop(stop.wait_for(|p| *p != Phase::Serving).await) } => break,
+            _ = stopped(&mut phase) => break,
         }
     }
-    drop(listener);
+}
+
+/// Resolves when the phase leaves `Serving` or nobody can change it any more.
+async fn stopped(phase: &mut watch::Receiver<Phase>) {
+    drop(phase.wait_for(|p| *p != Phase::Serving).await);
+}
+
+/// One worker: serves the connections dealt to it until the phase leaves `Serving`, then
+/// returns once every one of them is closed.
+async fn serve(
+    mut incoming: mpsc::UnboundedReceiver<Incoming>,
+    proxy: Proxy,
+    live: Arc<Live>,
+    phase: watch::Receiver<Phase>,
+) {
+    let connections = Arc::new(Tracker::default());
+    let mut stop = phase.clone();
+    loop {
+        tokio::select! {
+            next = incoming.recv() => {
+                let Some((stream, peer)) = next else { break };
+                let stream = match TcpStream::from_std(stream) {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot serve a connection");
+                        continue;
+                    }
+                };
+                let limits = live.load().config.limits.clone();
+                let open = connections.enter();
+                let (proxy, phase) = (proxy.clone(), phase.clone());
+                tokio::spawn(async move {
+                    connection(stream, peer, proxy, limits, phase).await;
+                    drop(open);
+                });
+            }
+            _ = stopped(&mut stop) => break,
+        }
+    }
     connections.idle().await;
 }
 
@@ -79,7 +150,8 @@ async fn connection(
             seen_http2.store(true, Ordering::Relaxed);
         }
         let proxy = proxy.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+        // Boxed: the request's future is about 2 KB, and hyper moves it more than once.
+        Box::pin(async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) })
     });
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -116,5 +188,46 @@ async fn connection(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    /// Every worker serves the connections dealt to it, and all of them end once the phase
+    /// can no longer change. The service is unreachable, so each request gets a 502.
+    #[tokio::test]
+    async fn workers_share_the_connections_and_end_together() {
+        let config = crate::config::parse("service: t\nlisten: 127.0.0.1:0\nupstream: http://127.0.0.1:1\n").unwrap();
+        let live = Live::new(config, Arc::new(crate::metrics::Metrics::new()));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (phase, watching) = watch::channel(Phase::Serving);
+        let workers = start(listener, 3, live, Arc::new(Tracker::default()), watching).unwrap();
+        assert_eq!(workers.in_flight(), 3);
+
+        let statuses = tokio::task::spawn_blocking(move || {
+            (0..6)
+                .map(|_| {
+                    let mut s = std::net::TcpStream::connect(addr).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+                    let mut response = String::new();
+                    s.read_to_string(&mut response).unwrap();
+                    response.lines().next().unwrap_or_default().to_owned()
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+        assert!(statuses.iter().all(|s| s == "HTTP/1.1 502 Bad Gateway"), "{statuses:?}");
+
+        drop(phase);
+        tokio::time::timeout(Duration::from_secs(5), workers.idle()).await.expect("every worker ends");
+        assert!(std::net::TcpStream::connect(addr).is_err(), "the listener is closed");
     }
 }

@@ -9,7 +9,8 @@
 //!    (concurrency slots, in-flight count, [`Measure`]) until its last byte or the client
 //!    leaving; then the request is counted in the route's metrics and SLIs.
 //!
-//! [`listener`] accepts connections and serves HTTP/1.1 and h2c on them.
+//! [`listener`] accepts connections and serves HTTP/1.1 and h2c on them, on one worker
+//! thread per CPU.
 
 pub mod admit;
 mod body;
