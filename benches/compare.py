@@ -2,15 +2,21 @@
 """Side-by-side load comparison: sluice against nginx and HAProxy on one machine.
 
 Run through benches/compare.sh, which installs the tools and builds sluice. Every target
-proxies to the same tiny backend (an nginx `return 200`). The load generator (wrk, one
-thread) runs on CPU 0; the proxy under test and the backend share CPU 1, each proxy with one
-worker. After a warm-up, the targets run in interleaved rounds (A B C ... repeated), and the
-report gives, per target, the median and min-max of the rounds, and ratios to nginx and to
-direct, all from this one run. Any socket error or unexpected status voids the run.
+proxies to the same tiny backend (an nginx `return 200`). The load generator (wrk or h2load,
+one thread) runs on CPU 0; the proxy under test and the backend share CPU 1, each proxy with
+one worker. After a warm-up, the targets run in interleaved rounds (A B C ... repeated), and
+the report gives, per target, the median and min-max of the rounds, and ratios to nginx and
+to direct, all from this one run. Any socket error or unexpected status voids the run.
+
+Per target it also reports the CPU time the proxy process spent per million requests
+(user + system, from /proc/PID/stat around each HTTP/1.1 run), its resident memory at start
+before any traffic, and what each idle keep-alive connection adds to it (N connections, each
+having made one request, held open).
 """
 
 import argparse
 import os
+import resource
 import re
 import shutil
 import socket
@@ -22,6 +28,10 @@ import time
 from dataclasses import dataclass, field
 
 CONNECTIONS = 50
+# HTTP/2: h2load's connections and concurrent streams per connection
+H2_CONNECTIONS, H2_STREAMS = 10, 10
+IDLE_CONNECTIONS = 10_000
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def free_port():
@@ -47,9 +57,28 @@ def wait_listening(port, proc, name, timeout=10.0):
 class Target:
     name: str
     port: int
+    pid: int
+    # where it speaks h2c (prior knowledge)
+    h2_port: int
     # the status every response must have
     status: int = 200
     rates: list = field(default_factory=list)
+    h2_rates: list = field(default_factory=list)
+    # CPU seconds per million requests, per HTTP/1.1 run
+    cpu: list = field(default_factory=list)
+    rss_idle: int = 0
+    rss_per_connection: float = 0.0
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1)) * 1024
 
 
 class Bench:
@@ -74,6 +103,7 @@ class Bench:
         proc = subprocess.Popen(self.server_cpu + argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         self.procs.append(proc)
         wait_listening(port, proc, name)
+        return proc.pid
 
     def stop(self):
         for proc in self.procs:
@@ -96,7 +126,7 @@ master_process off;
 worker_processes 1;
 pid {prefix}/nginx.pid;
 error_log {prefix}/logs/error.log warn;
-events {{ worker_connections 4096; }}
+events {{ worker_connections 20000; }}
 http {{
     access_log off;
     client_body_temp_path {prefix}/body;
@@ -112,36 +142,39 @@ http {{
         return ["nginx", "-p", prefix, "-c", conf]
 
     def setup(self):
-        backend = free_port()
-        self.start(
+        # nginx takes h2c (prior knowledge) only on a listener of its own
+        backend, backend_h2 = free_port(), free_port()
+        pid = self.start(
             "backend",
             self.nginx(
                 "backend",
-                f'server {{ listen 127.0.0.1:{backend}; location / {{ return 200 "ok\\n"; }} }}',
+                f"""server {{ listen 127.0.0.1:{backend}; listen 127.0.0.1:{backend_h2} http2;
+        location / {{ return 200 "ok\\n"; }} }}""",
             ),
             backend,
         )
-        targets = [Target("direct", backend)]
+        targets = [Target("direct", backend, pid, backend_h2)]
 
-        port = free_port()
-        self.start(
+        port, h2_port = free_port(), free_port()
+        location = 'location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }'
+        pid = self.start(
             "nginx",
             self.nginx(
                 "nginx",
                 f"""upstream backend {{ server 127.0.0.1:{backend}; keepalive 64; }}
-    server {{ listen 127.0.0.1:{port};
-        location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""",
+    server {{ listen 127.0.0.1:{port}; {location} }}
+    server {{ listen 127.0.0.1:{h2_port} http2; {location} }}""",
             ),
             port,
         )
-        targets.append(Target("nginx", port))
+        targets.append(Target("nginx", port, pid, h2_port))
 
-        port = free_port()
+        port, h2_port = free_port(), free_port()
         conf = self.write(
             "haproxy.cfg",
             f"""global
     nbthread 1
-    maxconn 4096
+    maxconn {self.args.idle + 1000}
 defaults
     mode http
     timeout connect 5s
@@ -150,13 +183,14 @@ defaults
     http-reuse always
 frontend in
     bind 127.0.0.1:{port}
+    bind 127.0.0.1:{h2_port} proto h2
     default_backend out
 backend out
     server backend 127.0.0.1:{backend}
 """,
         )
-        self.start("haproxy", ["haproxy", "-db", "-f", conf], port)
-        targets.append(Target("haproxy", port))
+        pid = self.start("haproxy", ["haproxy", "-db", "-f", conf], port)
+        targets.append(Target("haproxy", port, pid, h2_port))
 
         sluice_configs = {
             # no quotas, no SLA: the proxy alone (route metrics are always counted)
@@ -190,11 +224,14 @@ admin:
 {routes}""",
             )
             env = dict(os.environ, SLUICE_LOG="warn")
-            self.start(name, [self.args.sluice, "run", "--config", conf], port, env)
-            targets.append(Target(name, port, status=429 if name == "sluice-429" else 200))
+            pid = self.start(name, [self.args.sluice, "run", "--config", conf], port, env)
+            targets.append(Target(name, port, pid, port, status=429 if name == "sluice-429" else 200))
+        for t in targets:
+            t.rss_idle = rss_bytes(t.pid)
         return targets
 
     def wrk(self, target, seconds):
+        before = cpu_seconds(target.pid)
         out = subprocess.run(
             self.load_cpu
             + ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", f"http://127.0.0.1:{target.port}/bench"],
@@ -212,11 +249,50 @@ admin:
         if errors or not 0 <= expected_non2xx - non2xx <= (target.status != 200) or requests == 0:
             sys.exit(f"compare: {target.name}: run void (errors: {errors and errors.group(1)}, "
                      f"non-2xx {non2xx} of {requests}, expected {expected_non2xx})\n{out}")
+        return rate, (cpu_seconds(target.pid) - before) * 1e6 / requests
+
+    def h2load(self, target, seconds):
+        out = subprocess.run(
+            self.load_cpu
+            + ["h2load", "-t1", f"-c{H2_CONNECTIONS}", f"-m{H2_STREAMS}", f"-D{seconds}",
+               f"http://127.0.0.1:{target.h2_port}/bench"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        rate = float(re.search(r"finished in .*?, ([\d.]+) req/s", out).group(1))
+        done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+        codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+        requests, failed, errored = int(done.group(1)), int(done.group(3)), int(done.group(4))
+        refused = int(codes.group(3))
+        # sluice-429 answers 429 (4xx) to all but the burst of 1, spent in the HTTP/1.1 warm-up
+        good = refused == requests if target.status != 200 else (failed == errored == refused == 0)
+        if requests == 0 or not good:
+            sys.exit(f"compare: {target.name}: h2 run void\n{out}")
         return rate
+
+    def idle_connections(self, target, count):
+        """RSS added per idle keep-alive connection: `count` connections, one request each."""
+        before = rss_bytes(target.pid)
+        held = []
+        request = b"GET /bench HTTP/1.1\r\nHost: bench\r\n\r\n"
+        try:
+            for _ in range(count):
+                s = socket.create_connection(("127.0.0.1", target.port), timeout=10)
+                s.sendall(request)
+                if not s.recv(4096).startswith(b"HTTP/1.1"):
+                    sys.exit(f"compare: {target.name}: no response on an idle-connection probe")
+                held.append(s)
+            time.sleep(0.5)
+            return (rss_bytes(target.pid) - before) / count
+        finally:
+            for s in held:
+                s.close()
 
 
 def report(targets, args):
     by_name = {t.name: statistics.median(t.rates) for t in targets}
+    h2 = {t.name: statistics.median(t.h2_rates) for t in targets}
     lines = [
         f"Closed loop: wrk -t1 -c{CONNECTIONS}, {args.seconds}s per run, {args.rounds} interleaved rounds, "
         "load on CPU 0, proxy and backend on CPU 1.",
@@ -229,6 +305,32 @@ def report(targets, args):
         lines.append(
             f"| {t.name} | {median:,.0f} | {min(t.rates):,.0f}-{max(t.rates):,.0f} "
             f"| {median / by_name['nginx']:.2f} | {median / by_name['direct']:.2f} |"
+        )
+    lines += [
+        "",
+        f"h2c: h2load -t1 -c{H2_CONNECTIONS} -m{H2_STREAMS}, {args.seconds}s per run, in the same rounds.",
+        "",
+        "| target | h2c req/s median | min-max | vs nginx | vs direct |",
+        "|---|---|---|---|---|",
+    ]
+    for t in targets:
+        lines.append(
+            f"| {t.name} | {h2[t.name]:,.0f} | {min(t.h2_rates):,.0f}-{max(t.h2_rates):,.0f} "
+            f"| {h2[t.name] / h2['nginx']:.2f} | {h2[t.name] / h2['direct']:.2f} |"
+        )
+    lines += [
+        "",
+        f"Cost and memory of the process under test (direct: the backend itself). CPU: user + system"
+        f" seconds per million HTTP/1.1 requests, median of the rounds. RSS at start, before any traffic;"
+        f" per connection: with {args.idle} idle keep-alive connections held open.",
+        "",
+        "| target | CPU s / M requests | RSS idle | RSS per idle connection |",
+        "|---|---|---|---|",
+    ]
+    for t in targets:
+        lines.append(
+            f"| {t.name} | {statistics.median(t.cpu):.1f} | {t.rss_idle / 2**20:.1f} MiB "
+            f"| {t.rss_per_connection / 2**10:.1f} KiB |"
         )
     full, bare = by_name["sluice-full"], by_name["sluice"]
     lines += [
@@ -247,8 +349,19 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=10)
     args = parser.parse_args()
+    # every idle connection is a descriptor here and in the target
+    # (HAProxy wants two per connection it may hold; root may raise the hard limit)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    args.idle = min(IDLE_CONNECTIONS, hard // 2 - 1000)
     if args.quick:
-        args.rounds, args.seconds = 1, 1
+        args.rounds, args.seconds, args.idle = 1, 1, min(args.idle, 1000)
+    if args.idle < 100:
+        sys.exit(f"compare: the descriptor limit ({hard}) is too low to hold idle connections")
     bench = Bench(args)
     try:
         targets = bench.setup()
@@ -256,7 +369,12 @@ def main():
             bench.wrk(t, 1 if args.quick else 3)
         for _ in range(args.rounds):
             for t in targets:
-                t.rates.append(bench.wrk(t, args.seconds))
+                rate, cpu = bench.wrk(t, args.seconds)
+                t.rates.append(rate)
+                t.cpu.append(cpu)
+                t.h2_rates.append(bench.h2load(t, args.seconds))
+        for t in targets:
+            t.rss_per_connection = bench.idle_connections(t, args.idle)
         print(report(targets, args))
     finally:
         bench.stop()

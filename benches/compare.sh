@@ -3,13 +3,14 @@
 #   benches/compare.sh            the full comparison (5 rounds of 10 s per target)
 #   benches/compare.sh --quick    every target briefly: proves the harness works
 # Options after these go to benches/compare.py (--rounds N, --seconds N, --sluice PATH).
-# Installs what it needs (Debian nginx-light, haproxy, wrk) when missing.
+# Installs what it needs (Debian nginx-light, haproxy, wrk, nghttp2-client) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 .ci/need nginx nginx-light
 .ci/need haproxy haproxy
 .ci/need wrk wrk
+.ci/need h2load nghttp2-client
 for tool in taskset python3; do
     command -v "$tool" >/dev/null || { echo "compare: $tool is missing" >&2; exit 1; }
 done
