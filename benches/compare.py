@@ -174,7 +174,7 @@ http {{
             "haproxy.cfg",
             f"""global
     nbthread 1
-    maxconn {self.args.idle + 1000}
+    maxconn {self.args.maxconn}
 defaults
     mode http
     timeout connect 5s
@@ -212,7 +212,10 @@ backend out
     quota: { rate: 1, per: 1h, burst: 1 }
 """,
         }
+        if self.args.baseline:
+            sluice_configs["baseline"] = sluice_configs["sluice"]  # another build, bare config
         for name, routes in sluice_configs.items():
+            binary = self.args.baseline if name == "baseline" else self.args.sluice
             port = free_port()
             conf = self.write(
                 f"{name}.yaml",
@@ -221,10 +224,11 @@ listen: 127.0.0.1:{port}
 upstream: http://127.0.0.1:{backend}
 admin:
   listen: 127.0.0.1:0
+  state_dir: {self.dir}/{name}-state
 {routes}""",
             )
             env = dict(os.environ, SLUICE_LOG="warn")
-            pid = self.start(name, [self.args.sluice, "run", "--config", conf], port, env)
+            pid = self.start(name, [binary, "run", "--config", conf], port, env)
             targets.append(Target(name, port, pid, port, status=429 if name == "sluice-429" else 200))
         for t in targets:
             t.rss_idle = rss_bytes(t.pid)
@@ -339,12 +343,15 @@ def report(targets, args):
         f"({100 * (1 - full / bare):.1f}% cost; negative: full was faster, within noise)",
         f"429 path vs proxied path (sluice-429 vs sluice-full): {by_name['sluice-429'] / full:.2f}x",
     ]
+    if "baseline" in by_name:
+        lines.append(f"This build vs the baseline build (sluice vs baseline): {bare / by_name['baseline']:.3f}x")
     return "\n".join(lines)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sluice", required=True, help="the sluice binary to measure")
+    parser.add_argument("--baseline", help="another sluice binary, run bare as target `baseline`: an A/B of two builds")
     parser.add_argument("--quick", action="store_true", help="every target briefly: proves the harness works")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=10)
@@ -357,7 +364,8 @@ def main():
     except (ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    args.idle = min(IDLE_CONNECTIONS, hard // 2 - 1000)
+    args.maxconn = hard // 2 - 100
+    args.idle = min(IDLE_CONNECTIONS, args.maxconn - 1000)
     if args.quick:
         args.rounds, args.seconds, args.idle = 1, 1, min(args.idle, 1000)
     if args.idle < 100:

@@ -2,7 +2,8 @@
 # sluice against nginx and HAProxy on this machine: see BENCHMARKS.md.
 #   benches/compare.sh            the full comparison (5 rounds of 10 s per target)
 #   benches/compare.sh --quick    every target briefly: proves the harness works
-# Options after these go to benches/compare.py (--rounds N, --seconds N, --sluice PATH).
+# Options after these go to benches/compare.py (--rounds N, --seconds N, --sluice PATH,
+# --baseline PATH: another sluice build, run bare next to this one).
 # Installs what it needs (Debian nginx-light, haproxy, wrk, nghttp2-client) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
