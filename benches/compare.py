@@ -8,6 +8,11 @@ one worker. After a warm-up, the targets run in interleaved rounds (A B C ... re
 the report gives, per target, the median and min-max of the rounds, and ratios to nginx and
 to direct, all from this one run. Any socket error or unexpected status voids the run.
 
+Then it measures latency in open loop (benches/openloop.rs: requests fall due on a fixed
+schedule, latency counted from when each was due) at fixed fractions of nginx's measured
+maximum, every target in turn again, and reports p50 and p99 and what each proxy adds to
+direct's. A failed request, or an achieved rate under 95% of the one asked for, voids the run.
+
 Per target it also reports the CPU time the proxy process spent per million requests
 (user + system, from /proc/PID/stat around each HTTP/1.1 run), its resident memory at start
 before any traffic, and what each idle keep-alive connection adds to it (N connections, each
@@ -68,6 +73,8 @@ class Target:
     cpu: list = field(default_factory=list)
     rss_idle: int = 0
     rss_per_connection: float = 0.0
+    # open loop: fraction of nginx's maximum -> [(p50 µs, p99 µs, achieved req/s)] per round
+    latency: dict = field(default_factory=dict)
 
 
 def cpu_seconds(pid):
@@ -275,6 +282,18 @@ admin:
             sys.exit(f"compare: {target.name}: h2 run void\n{out}")
         return rate
 
+    def open_loop(self, target, rate, seconds):
+        out = subprocess.run(
+            self.load_cpu + [self.args.openloop, f"http://127.0.0.1:{target.port}/bench", str(rate), str(seconds)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        f = dict(zip(out.split()[::2], map(float, out.split()[1::2])))
+        if f["failed"] or f["ok"] != f["due"] or f["achieved"] < 0.95 * rate:
+            sys.exit(f"compare: {target.name}: open-loop run at {rate} req/s void: {out}")
+        return f["p50_us"], f["p99_us"], f["achieved"]
+
     def idle_connections(self, target, count):
         """RSS added per idle keep-alive connection: `count` connections, one request each."""
         before = rss_bytes(target.pid)
@@ -322,6 +341,26 @@ def report(targets, args):
             f"| {t.name} | {h2[t.name]:,.0f} | {min(t.h2_rates):,.0f}-{max(t.h2_rates):,.0f} "
             f"| {h2[t.name] / h2['nginx']:.2f} | {h2[t.name] / h2['direct']:.2f} |"
         )
+    for fraction in args.load:
+        rate = round(by_name["nginx"] * fraction)
+        lines += [
+            "",
+            f"Open loop at {fraction:.0%} of nginx's maximum: {rate:,} req/s, 50 connections, {args.seconds}s per run,"
+            f" {args.latency_rounds} interleaved rounds; medians. Added: minus direct's.",
+            "",
+            "| target | achieved req/s | p50 | p99 | added p50 | added p99 |",
+            "|---|---|---|---|---|---|",
+        ]
+        med = {
+            t.name: [statistics.median(r[i] for r in t.latency[fraction]) for i in range(3)]
+            for t in targets
+            if fraction in t.latency
+        }
+        for name, (p50, p99, achieved) in med.items():
+            lines.append(
+                f"| {name} | {achieved:,.0f} | {p50:.0f} µs | {p99:.0f} µs "
+                f"| {p50 - med['direct'][0]:.0f} µs | {p99 - med['direct'][1]:.0f} µs |"
+            )
     lines += [
         "",
         f"Cost and memory of the process under test (direct: the backend itself). CPU: user + system"
@@ -352,6 +391,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sluice", required=True, help="the sluice binary to measure")
     parser.add_argument("--baseline", help="another sluice binary, run bare as target `baseline`: an A/B of two builds")
+    parser.add_argument("--openloop", required=True, help="the open-loop generator (benches/openloop.rs)")
+    parser.add_argument("--latency-rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="every target briefly: proves the harness works")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=10)
@@ -366,8 +407,12 @@ def main():
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     args.maxconn = hard // 2 - 100
     args.idle = min(IDLE_CONNECTIONS, args.maxconn - 1000)
+    # open-loop rates, as fractions of nginx's closed-loop maximum
+    args.load = [0.25, 0.5]
     if args.quick:
-        args.rounds, args.seconds, args.idle = 1, 1, min(args.idle, 1000)
+        # the quick mode's generator is a debug build: ask only what it can surely send
+        args.rounds, args.seconds, args.idle, args.latency_rounds = 1, 1, min(args.idle, 1000), 1
+        args.load = [0.02, 0.04]
     if args.idle < 100:
         sys.exit(f"compare: the descriptor limit ({hard}) is too low to hold idle connections")
     bench = Bench(args)
@@ -381,6 +426,12 @@ def main():
                 t.rates.append(rate)
                 t.cpu.append(cpu)
                 t.h2_rates.append(bench.h2load(t, args.seconds))
+        nginx = statistics.median(next(t for t in targets if t.name == "nginx").rates)
+        for _ in range(args.latency_rounds):
+            for fraction in args.load:
+                for t in targets:
+                    if t.status == 200:  # not the 429 path: a refusal is not an answer
+                        t.latency.setdefault(fraction, []).append(bench.open_loop(t, round(nginx * fraction), args.seconds))
         for t in targets:
             t.rss_per_connection = bench.idle_connections(t, args.idle)
         print(report(targets, args))

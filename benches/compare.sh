@@ -3,7 +3,7 @@
 #   benches/compare.sh            the full comparison (5 rounds of 10 s per target)
 #   benches/compare.sh --quick    every target briefly: proves the harness works
 # Options after these go to benches/compare.py (--rounds N, --seconds N, --sluice PATH,
-# --baseline PATH: another sluice build, run bare next to this one).
+# --baseline PATH: another sluice build, run bare next to this one; --openloop PATH).
 # Installs what it needs (Debian nginx-light, haproxy, wrk, nghttp2-client) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,17 @@ for tool in taskset python3; do
     command -v "$tool" >/dev/null || { echo "compare: $tool is missing" >&2; exit 1; }
 done
 
+if [[ " $* " != *" --openloop "* ]]; then
+    # release for real figures; the quick mode only proves the harness, and a debug build
+    # reuses what the test suite has already compiled
+    profile=(--release)
+    [[ " $* " == *" --quick "* ]] && profile=()
+    openloop=$(cargo build --locked --quiet "${profile[@]}" --bench openloop --message-format=json |
+        python3 -c 'import json, sys
+print(next(m["executable"] for m in map(json.loads, sys.stdin)
+           if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "openloop"))')
+    set -- --openloop "$openloop" "$@"
+fi
 if [[ " $* " != *" --sluice "* ]]; then
     cargo build --release --locked --quiet
     set -- --sluice target/release/sluice "$@"
