@@ -25,7 +25,7 @@ fn quick_comparison_runs_every_target_and_reports() {
         }
     }
     let memory = |target: &str| -> Vec<f64> {
-        let row = stdout.lines().filter(|l| l.starts_with(&format!("| {target} |"))).next_back().unwrap();
+        let row = stdout.lines().rfind(|l| l.starts_with(&format!("| {target} |"))).unwrap();
         row.split('|').skip(3).take(2).map(|c| c.split_whitespace().next().unwrap().parse().unwrap()).collect()
     };
     let sluice = memory("sluice");
