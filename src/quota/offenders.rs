@@ -3,7 +3,8 @@
 //!
 //! Every request's key is counted, by its 64-bit fingerprint (the hash the rate table keys
 //! on, so the key's bytes are hashed once per request), in a count-min sketch
-//! (pingora-limits' `Estimator`) of the current interval; the one of the previous interval is kept to estimate a sliding rate.
+//! (pingora-limits' `Estimator`) of the current interval; the one of the previous interval
+//! is kept to estimate a sliding rate.
 //! The keys themselves are not kept, except a short list of candidates: a key is offered to
 //! the list only when its count in this interval passes a power of two and beats the
 //! smallest candidate, so the list's lock is taken a few times per doubling of a key's
