@@ -1,9 +1,8 @@
 //! What a quota is kept per: nothing (the whole route), the client address, or a header.
 //!
-//! The engines see a request's key as bytes borrowed from the request: a lookup copies
-//! nothing. A [`Key`] (owned) is made only when a key enters a table.
+//! The engines see a request's key as bytes borrowed from the request. The rate engine
+//! keeps only a fingerprint of them; a [`Key`] (owned) is made where a key is held whole.
 
-use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
 
 /// How a quota finds the key of a request.
@@ -77,14 +76,7 @@ impl Key {
     }
 }
 
-/// Tables are searched with the request's borrowed bytes, so a key is its bytes: hashed
-/// and compared exactly as `[u8]` is.
-impl Borrow<[u8]> for Key {
-    fn borrow(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
+/// A key is its bytes: hashed and compared exactly as `[u8]` is, inline or not.
 impl Hash for Key {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.as_bytes().hash(state)
@@ -129,7 +121,7 @@ mod tests {
             let key = Key::new(&bytes);
             assert_eq!(matches!(key, Key::Inline { .. }), len <= INLINE);
             assert_eq!(key.as_bytes(), &bytes[..]);
-            // what `Borrow` promises: the owned key hashes as its borrowed bytes do
+            // inline or on the heap, a key hashes as its bytes do
             assert_eq!(hasher.hash_one(&key), hasher.hash_one(&bytes[..]));
         }
         assert_eq!(Key::new(b"abc"), Key::new(b"abc"));

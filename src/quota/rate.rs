@@ -149,12 +149,12 @@ impl RateLimit {
 
     /// A key not in the table. `len` visits every shard, but only on this path.
     #[cold]
-    fn check_new(&self, key: u64, now: u64) -> RateDecision {
+    fn check_new(&self, fingerprint: u64, now: u64) -> RateDecision {
         if self.keys.len() >= self.spec.max_keys.get() {
             self.overflowed.fetch_add(1, Relaxed);
             return self.take(&self.overflow, now);
         }
-        let cell = self.keys.entry(key).or_insert_with(|| AtomicU64::new(0));
+        let cell = self.keys.entry(fingerprint).or_insert_with(|| AtomicU64::new(0));
         self.take(&cell, now)
     }
 
