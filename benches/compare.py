@@ -241,15 +241,13 @@ admin:
             t.rss_idle = rss_bytes(t.pid)
         return targets
 
+    def load(self, argv):
+        """Runs a load generator on the load CPU; returns what it printed."""
+        return subprocess.run(self.load_cpu + argv, capture_output=True, text=True, check=True).stdout
+
     def wrk(self, target, seconds):
         before = cpu_seconds(target.pid)
-        out = subprocess.run(
-            self.load_cpu
-            + ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", f"http://127.0.0.1:{target.port}/bench"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        out = self.load(["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", f"http://127.0.0.1:{target.port}/bench"])
         requests = int(re.search(r"(\d+) requests in", out).group(1))
         rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
         errors = re.search(r"Socket errors: (.*)", out)
@@ -263,14 +261,10 @@ admin:
         return rate, (cpu_seconds(target.pid) - before) * 1e6 / requests
 
     def h2load(self, target, seconds):
-        out = subprocess.run(
-            self.load_cpu
-            + ["h2load", "-t1", f"-c{H2_CONNECTIONS}", f"-m{H2_STREAMS}", f"-D{seconds}",
-               f"http://127.0.0.1:{target.h2_port}/bench"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        out = self.load(
+            ["h2load", "-t1", f"-c{H2_CONNECTIONS}", f"-m{H2_STREAMS}", f"-D{seconds}",
+             f"http://127.0.0.1:{target.h2_port}/bench"]
+        )
         rate = float(re.search(r"finished in .*?, ([\d.]+) req/s", out).group(1))
         done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
         codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
@@ -283,12 +277,7 @@ admin:
         return rate
 
     def open_loop(self, target, rate, seconds):
-        out = subprocess.run(
-            self.load_cpu + [self.args.openloop, f"http://127.0.0.1:{target.port}/bench", str(rate), str(seconds)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        out = self.load([self.args.openloop, f"http://127.0.0.1:{target.port}/bench", str(rate), str(seconds)])
         f = dict(zip(out.split()[::2], map(float, out.split()[1::2])))
         if f["failed"] or f["ok"] != f["due"] or f["achieved"] < 0.95 * rate:
             sys.exit(f"compare: {target.name}: open-loop run at {rate} req/s void: {out}")
@@ -313,34 +302,34 @@ admin:
                 s.close()
 
 
+def throughput(targets, rates, heading, column):
+    """A throughput table: each target's median and min-max of `rates(target)`, with ratios."""
+    median = {t.name: statistics.median(rates(t)) for t in targets}
+    lines = [heading, "", f"| target | {column} median | min-max | vs nginx | vs direct |", "|---|---|---|---|---|"]
+    for t in targets:
+        m = median[t.name]
+        lines.append(
+            f"| {t.name} | {m:,.0f} | {min(rates(t)):,.0f}-{max(rates(t)):,.0f} "
+            f"| {m / median['nginx']:.2f} | {m / median['direct']:.2f} |"
+        )
+    return lines
+
+
 def report(targets, args):
     by_name = {t.name: statistics.median(t.rates) for t in targets}
-    h2 = {t.name: statistics.median(t.h2_rates) for t in targets}
-    lines = [
+    lines = throughput(
+        targets,
+        lambda t: t.rates,
         f"Closed loop: wrk -t1 -c{CONNECTIONS}, {args.seconds}s per run, {args.rounds} interleaved rounds, "
         "load on CPU 0, proxy and backend on CPU 1.",
-        "",
-        "| target | req/s median | min-max | vs nginx | vs direct |",
-        "|---|---|---|---|---|",
-    ]
-    for t in targets:
-        median = by_name[t.name]
-        lines.append(
-            f"| {t.name} | {median:,.0f} | {min(t.rates):,.0f}-{max(t.rates):,.0f} "
-            f"| {median / by_name['nginx']:.2f} | {median / by_name['direct']:.2f} |"
-        )
-    lines += [
-        "",
+        "req/s",
+    )
+    lines += [""] + throughput(
+        targets,
+        lambda t: t.h2_rates,
         f"h2c: h2load -t1 -c{H2_CONNECTIONS} -m{H2_STREAMS}, {args.seconds}s per run, in the same rounds.",
-        "",
-        "| target | h2c req/s median | min-max | vs nginx | vs direct |",
-        "|---|---|---|---|---|",
-    ]
-    for t in targets:
-        lines.append(
-            f"| {t.name} | {h2[t.name]:,.0f} | {min(t.h2_rates):,.0f}-{max(t.h2_rates):,.0f} "
-            f"| {h2[t.name] / h2['nginx']:.2f} | {h2[t.name] / h2['direct']:.2f} |"
-        )
+        "h2c req/s",
+    )
     for fraction in args.load:
         rate = round(by_name["nginx"] * fraction)
         lines += [

@@ -23,7 +23,8 @@ if [[ " $* " != *" --openloop "* ]]; then
     [[ " $* " == *" --quick "* ]] && profile=()
     openloop=$(cargo build --locked --quiet "${profile[@]}" --bench openloop --message-format=json |
         python3 -c 'import json, sys
-print(next(m["executable"] for m in map(json.loads, sys.stdin)
+messages = [json.loads(line) for line in sys.stdin]  # all of them: cargo must not write to a closed pipe
+print(next(m["executable"] for m in messages
            if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "openloop"))')
     set -- --openloop "$openloop" "$@"
 fi
