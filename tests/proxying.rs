@@ -67,6 +67,37 @@ async fn chunked_and_sized_bodies_and_headers_in_and_out() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_connection_to_the_service_carries_the_next_request_once_its_response_is_read() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, ROUTES).await;
+    let client = client(); // one keep-alive connection to sluice, so one worker's pool
+    let connections = || upstream.connections.load(std::sync::atomic::Ordering::SeqCst);
+    // Sized, bodiless (HEAD, 204) and chunked responses all end the message cleanly.
+    let (response, bytes) = get(&client, &sluice.url("/a")).await;
+    assert_eq!((response.status().as_u16(), &bytes[..]), (200, &b"hello from upstream"[..]));
+    let (response, _) = send(&client, Request::head(sluice.url("/b")).body(empty()).unwrap()).await;
+    assert_eq!(response.status(), 200);
+    let (response, _) = get(&client, &sluice.url("/c?status=204")).await;
+    assert_eq!(response.status(), 204);
+    let (_, bytes) = get(&client, &sluice.url("/stream?chunks=2&ms=1")).await;
+    assert_eq!(bytes, "chunk 0\nchunk 1\n");
+    let (_, bytes) = get(&client, &sluice.url("/d")).await;
+    assert_eq!(bytes, "hello from upstream");
+    assert_eq!(connections(), 1, "every request went on the first connection");
+
+    // A client that leaves mid-body: that connection to the service is mid-message and
+    // must not carry another request. Those after it still get whole answers.
+    let cut = raw(sluice.addr, b"GET /stream?chunks=100&ms=10 HTTP/1.1\r\nHost: t\r\n\r\n", Duration::from_millis(100));
+    assert!(cut.contains("chunk 0"), "{cut}");
+    for _ in 0..3 {
+        let (_, bytes) = get(&client, &sluice.url("/e")).await;
+        assert_eq!(bytes, "hello from upstream");
+    }
+    let (_, bytes) = get(&client, &sluice.url("/stream?chunks=3&ms=1")).await;
+    assert_eq!(bytes, "chunk 0\nchunk 1\nchunk 2\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bodies_stream_both_ways() {
     let upstream = Upstream::start().await;
     let sluice = Sluice::start(&upstream, ROUTES).await;

@@ -14,6 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::Notify;
 
+use super::pool::Lease;
 use crate::metrics::Origin;
 use crate::quota::Permit;
 use crate::snapshot::Snapshot;
@@ -25,7 +26,8 @@ pub struct ProxyBody {
 
 enum Inner {
     Local(Option<Bytes>),
-    Upstream(Incoming),
+    /// The service's body, and the connection it comes on while there is more to read.
+    Upstream(Incoming, Option<Lease>),
 }
 
 impl ProxyBody {
@@ -33,12 +35,23 @@ impl ProxyBody {
         Self { inner: Inner::Local(Some(bytes.into())), guard: None }
     }
 
-    pub fn upstream(body: Incoming, guard: Option<Guard>) -> Self {
-        Self { inner: Inner::Upstream(body), guard }
+    pub fn upstream(body: Incoming, guard: Option<Guard>, mut lease: Option<Lease>) -> Self {
+        // hyper does not poll a body that is over before it starts (HEAD, 204, 304,
+        // `Content-Length: 0`).
+        if body.is_end_stream() {
+            give_back(&mut lease);
+        }
+        Self { inner: Inner::Upstream(body, lease), guard }
     }
 
     pub fn set_guard(&mut self, guard: Guard) {
         self.guard = Some(guard);
+    }
+}
+
+fn give_back(lease: &mut Option<Lease>) {
+    if let Some(lease) = lease.take() {
+        lease.give_back();
     }
 }
 
@@ -50,7 +63,19 @@ impl Body for ProxyBody {
         let this = self.get_mut();
         let frame = match &mut this.inner {
             Inner::Local(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
-            Inner::Upstream(body) => ready!(Pin::new(body).poll_frame(cx)),
+            Inner::Upstream(body, lease) => {
+                let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
+                // Read to the end? hyper may not poll again after the last frame, so look now.
+                let over = match &frame {
+                    None => true,
+                    Some(Ok(_)) => body.is_end_stream(),
+                    Some(Err(_)) => false,
+                };
+                if over {
+                    give_back(lease);
+                }
+                frame
+            }
         };
         if !matches!(frame, Some(Ok(_))) {
             // The end, or the upstream failed: the request is over either way.
@@ -62,14 +87,14 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Local(bytes) => bytes.is_none(),
-            Inner::Upstream(body) => body.is_end_stream(),
+            Inner::Upstream(body, _) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Local(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Inner::Upstream(body) => body.size_hint(),
+            Inner::Upstream(body, _) => body.size_hint(),
         }
     }
 }

@@ -13,7 +13,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use super::{Proxy, Tracker};
+use super::{Peer, Proxy, Tracker};
 use crate::config::Limits;
 use crate::snapshot::Live;
 
@@ -145,13 +145,14 @@ async fn connection(
 
     let http2 = Arc::new(AtomicBool::new(false));
     let seen_http2 = http2.clone();
+    let client = Peer::new(peer);
     let service = service_fn(move |req| {
         if req.version() == http::Version::HTTP_2 {
             seen_http2.store(true, Ordering::Relaxed);
         }
-        let proxy = proxy.clone();
+        let (proxy, client) = (proxy.clone(), client.clone());
         // Boxed: the request's future is about 2 KB, and hyper moves it more than once.
-        Box::pin(async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) })
+        Box::pin(async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) })
     });
 
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -3,11 +3,13 @@
 //! 1. [`Proxy::handle`] loads the live snapshot once; the request finishes on it.
 //! 2. The target is checked (414, 400) and normalized, and matched to a route.
 //! 3. [`admit`] applies the route's quotas, then the service's (429).
-//! 4. [`upstream::prepare`] rewrites the request for the service; the pooled client sends
-//!    it under the route's timeout (504) and maps failures to 502.
+//! 4. [`upstream::prepare`] rewrites the request for the service; it goes out on one of
+//!    the worker's [`pool`]ed connections under the route's timeout (504); failures are
+//!    502s.
 //! 5. The response streams back in a [`ProxyBody`] that holds the request's [`Guard`]
 //!    (concurrency slots, in-flight count, [`Measure`]) until its last byte or the client
-//!    leaving; then the request is counted in the route's metrics and SLIs.
+//!    leaving; then the request is counted in the route's metrics and SLIs, and the
+//!    connection to the service goes back to the pool if the body was read whole.
 //!
 //! [`listener`] accepts connections and serves HTTP/1.1 and h2c on them, on one worker
 //! thread per CPU.
@@ -15,6 +17,7 @@
 pub mod admit;
 mod body;
 pub mod listener;
+mod pool;
 pub mod respond;
 mod upstream;
 
@@ -33,20 +36,37 @@ use crate::route::{self, BadPath};
 use crate::snapshot::Live;
 use respond::RefusalKind;
 
+/// The client at the other end of a connection, as each of its requests needs it.
+#[derive(Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The address as `X-Forwarded-For` carries it, formatted once per connection.
+    forwarded_for: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Self {
+        let forwarded_for = HeaderValue::try_from(addr.ip().to_string()).expect("an address is visible ASCII");
+        Self { addr, forwarded_for }
+    }
+}
+
 /// The request path, shared by every connection.
 #[derive(Clone)]
 pub struct Proxy {
     live: Arc<Live>,
-    client: upstream::Client,
+    pool: Arc<pool::Pool>,
     tracker: Arc<Tracker>,
 }
 
 impl Proxy {
+    /// Must be called on the worker's runtime: its pool of upstream connections lives
+    /// there.
     pub fn new(live: Arc<Live>, tracker: Arc<Tracker>) -> Self {
-        Self { live, client: upstream::client(), tracker }
+        Self { live, pool: pool::Pool::new(), tracker }
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
         let http1 = req.version() <= Version::HTTP_11;
         let mut response = self.serve(req, peer).await;
         if http1 && self.live.draining() {
@@ -56,7 +76,7 @@ impl Proxy {
         response
     }
 
-    async fn serve(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    async fn serve(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
         let start = Instant::now();
         let in_flight = self.tracker.enter();
         let snapshot = self.live.load();
@@ -87,7 +107,7 @@ impl Proxy {
         }
         let route = snapshot.route_at(index);
 
-        match admit::admit(&snapshot, route, req.headers(), peer.ip(), self.live.at(start)) {
+        match admit::admit(&snapshot, route, req.headers(), peer.addr.ip(), self.live.at(start)) {
             Ok(admitted) => {
                 let shadow = admitted.shadow_limited;
                 route.metrics.decided(if shadow { Decision::ShadowLimited } else { Decision::Allowed });
@@ -105,9 +125,10 @@ impl Proxy {
 
         let upgrade = upstream::is_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        upstream::prepare(&mut req, &snapshot.config.upstream, peer.ip(), upgrade);
-        let mut response = match tokio::time::timeout(route.timeout, self.client.request(req)).await {
-            Ok(Ok(response)) => response,
+        let upstream = &snapshot.config.upstream;
+        upstream::prepare(&mut req, upstream, &peer.forwarded_for, upgrade);
+        let (mut response, lease) = match tokio::time::timeout(route.timeout, self.pool.send(upstream, req)).await {
+            Ok(Ok(sent)) => sent,
             Ok(Err(e)) => {
                 tracing::debug!(route = &*route.name, error = %e, "upstream request failed");
                 let response = respond::problem(StatusCode::BAD_GATEWAY, "the service could not be reached", false);
@@ -125,7 +146,9 @@ impl Proxy {
             measure.status = response.status().as_u16();
         }
         let mut guard = Some(guard);
+        let mut lease = Some(lease);
         if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, response.status()) {
+            lease = None; // the connection is the tunnel's now
             let upstream = hyper::upgrade::on(&mut response);
             let mut guard = guard.take();
             // The upgrade is measured as answered now; the tunnel holds the request's
@@ -136,7 +159,7 @@ impl Proxy {
                 drop(guard);
             });
         }
-        response.map(|body| ProxyBody::upstream(body, guard))
+        response.map(|body| ProxyBody::upstream(body, guard, lease))
     }
 }
 

@@ -1,32 +1,13 @@
-//! The way to the service: a pooled keep-alive client, and the header rewriting of a
-//! proxy (RFC 9110 §7.6): hop-by-hop fields removed, `X-Forwarded-For` appended,
-//! `X-Forwarded-Proto` set, `Host` kept.
-
-use std::net::IpAddr;
-use std::time::Duration;
+//! The header rewriting of a proxy (RFC 9110 §7.6): hop-by-hop fields removed,
+//! `X-Forwarded-For` appended, `X-Forwarded-Proto` set, `Host` kept; and the tunnel of an
+//! upgraded connection.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, Scheme, Uri};
+use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-
-pub type Client = HyperClient<HttpConnector, Incoming>;
-
-pub fn client() -> Client {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    HyperClient::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(usize::MAX)
-        .build(connector)
-}
+use hyper_util::rt::TokioIo;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -41,23 +22,18 @@ pub fn is_upgrade(req: &Request<Incoming>) -> bool {
 }
 
 /// Turns the client's request into the request for the service, in place.
-pub fn prepare(req: &mut Request<Incoming>, upstream: &Authority, client_ip: IpAddr, upgrade: bool) {
-    // HTTP/2 carries the host in :authority; the service, spoken to in HTTP/1, needs Host.
+pub fn prepare(req: &mut Request<Incoming>, upstream: &Authority, client: &HeaderValue, upgrade: bool) {
+    // HTTP/2 carries the host in :authority; the service, spoken to in HTTP/1.1, needs
+    // Host. A request with neither (HTTP/1.0) names the service itself.
     if !req.headers().contains_key(header::HOST) {
-        if let Some(authority) = req.uri().authority() {
-            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                req.headers_mut().insert(header::HOST, host);
-            }
+        let authority = req.uri().authority().unwrap_or(upstream);
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().insert(header::HOST, host);
         }
     }
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(upstream.clone());
-    parts.path_and_query = req.uri().path_and_query().cloned();
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-    }
-    *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path are valid");
+    // Origin form: the request line names the path, the service is the connection's.
+    let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(path);
     *req.version_mut() = Version::HTTP_11;
 
     let headers = req.headers_mut();
@@ -67,7 +43,7 @@ pub fn prepare(req: &mut Request<Incoming>, upstream: &Authority, client_ip: IpA
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
     }
-    append_forwarded_for(headers, client_ip);
+    append_forwarded_for(headers, client);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     // hyper sends a GET whose length it does not know as bodiless unless told otherwise;
     // a chunked body from the client must reach the service whole.
@@ -97,7 +73,18 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Removes the fields that describe one connection, not the message: the fixed list and
 /// every field the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
+    // One pass over the names finds which are here: most messages carry none or only
+    // `Connection`, and a hashed removal of each absent name costs more than the pass.
+    const FIXED: [HeaderName; 4] = [KEEP_ALIVE, PROXY_CONNECTION, header::TRANSFER_ENCODING, header::UPGRADE];
+    let (mut connection, mut fixed, mut te) = (false, [false; 4], false);
+    for name in headers.keys() {
+        connection |= name == header::CONNECTION;
+        te |= name == header::TE;
+        for (present, hop) in fixed.iter_mut().zip(&FIXED) {
+            *present |= name == hop;
+        }
+    }
+    if connection {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -110,22 +97,30 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         }
         headers.remove(header::CONNECTION);
     }
-    for name in [KEEP_ALIVE, PROXY_CONNECTION, header::TRANSFER_ENCODING, header::UPGRADE] {
-        headers.remove(name);
+    for (present, name) in fixed.into_iter().zip(FIXED) {
+        if present {
+            headers.remove(name);
+        }
     }
     // `TE: trailers` is how gRPC asks for trailers; any other TE is hop-by-hop.
-    if headers.get(header::TE).is_some_and(|v| v != "trailers") {
+    if te && headers.get(header::TE).is_some_and(|v| v != "trailers") {
         headers.remove(header::TE);
     }
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, client_ip: IpAddr) {
+/// `client` is the client's address, formatted once per connection: with no proxy before
+/// sluice, it is the whole value.
+fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
+    if !headers.contains_key(X_FORWARDED_FOR) {
+        headers.insert(X_FORWARDED_FOR, client.clone());
+        return;
+    }
     let mut value = String::new();
     for previous in headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()) {
         value.push_str(previous);
         value.push_str(", ");
     }
-    value.push_str(&client_ip.to_string());
+    value.push_str(client.to_str().expect("an address is ASCII"));
     headers.insert(X_FORWARDED_FOR, HeaderValue::try_from(value).expect("visible ASCII"));
 }
 
@@ -169,7 +164,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
-        append_forwarded_for(&mut h, "127.0.0.1".parse().unwrap());
+        append_forwarded_for(&mut h, &HeaderValue::from_static("127.0.0.1"));
         assert_eq!(h.get_all(X_FORWARDED_FOR).iter().collect::<Vec<_>>(), ["1.1.1.1, 2.2.2.2, 127.0.0.1"]);
     }
 }

@@ -51,17 +51,27 @@ pub struct Upstream {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub in_flight: Arc<AtomicUsize>,
     pub hits: Arc<AtomicU64>,
+    /// Connections accepted.
+    pub connections: Arc<AtomicU64>,
 }
 
 impl Upstream {
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let upstream = Self { addr, seen: Default::default(), in_flight: Default::default(), hits: Default::default() };
+        let upstream = Self {
+            addr,
+            seen: Default::default(),
+            in_flight: Default::default(),
+            hits: Default::default(),
+            connections: Default::default(),
+        };
         let (seen, in_flight, hits) = (upstream.seen.clone(), upstream.in_flight.clone(), upstream.hits.clone());
+        let connections = upstream.connections.clone();
         tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
+                connections.fetch_add(1, Ordering::SeqCst);
                 let (seen, in_flight, hits) = (seen.clone(), in_flight.clone(), hits.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
