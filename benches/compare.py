@@ -17,6 +17,11 @@ Per target it also reports the CPU time the proxy process spent per million requ
 (user + system, from /proc/PID/stat around each HTTP/1.1 run), its resident memory at start
 before any traffic, and what each idle keep-alive connection adds to it (N connections, each
 having made one request, held open).
+
+Last, every proxy runs again under callgrind, which counts the instructions it executes in
+user space: the same for the same build and load whatever the neighbours do, so this is
+the figure to compare builds by on a noisy machine. Counters are zeroed after a warm-up,
+then N keep-alive requests are sent (h2load --h1, 10 connections) and the count divided by N.
 """
 
 import argparse
@@ -36,6 +41,8 @@ CONNECTIONS = 50
 # HTTP/2: h2load's connections and concurrent streams per connection
 H2_CONNECTIONS, H2_STREAMS = 10, 10
 IDLE_CONNECTIONS = 10_000
+# requests counted under callgrind, after a warm-up of WARM_UP
+COUNTED_REQUESTS, WARM_UP = 5_000, 200
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -75,6 +82,10 @@ class Target:
     rss_per_connection: float = 0.0
     # open loop: fraction of nginx's maximum -> [(p50 µs, p99 µs, achieved req/s)] per round
     latency: dict = field(default_factory=dict)
+    # user-space instructions per request, under callgrind (not for direct)
+    instructions: float = 0.0
+    # where callgrind writes, when the target runs under it
+    callgrind_out: str = ""
 
 
 def cpu_seconds(pid):
@@ -89,8 +100,10 @@ def rss_bytes(pid):
 
 
 class Bench:
-    def __init__(self, args):
+    def __init__(self, args, callgrind=False):
         self.args = args
+        # run every proxy (not the backend) under callgrind, counting nothing until asked
+        self.callgrind = callgrind
         self.dir = tempfile.mkdtemp(prefix="sluice-compare-")
         self.procs = []
         two_cpus = len(os.sched_getaffinity(0)) >= 2
@@ -107,10 +120,34 @@ class Bench:
 
     def start(self, name, argv, port, env=None):
         log = open(os.path.join(self.dir, f"{name}.log"), "w")
+        timeout = 10.0
+        if self.callgrind and name != "backend":
+            out = os.path.join(self.dir, f"{name}.callgrind")
+            argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + argv
+            timeout = 120.0
         proc = subprocess.Popen(self.server_cpu + argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         self.procs.append(proc)
-        wait_listening(port, proc, name)
+        wait_listening(port, proc, name, timeout)
         return proc.pid
+
+    def count_instructions(self, target, requests):
+        """User-space instructions per request of `target`, running under callgrind."""
+        out = os.path.join(self.dir, f"{target.name}.callgrind")
+        url = f"http://127.0.0.1:{target.port}/bench"
+        self.load(["h2load", "--h1", "-n", str(WARM_UP), "-c", "10", url])
+        subprocess.run(["callgrind_control", "--zero", str(target.pid)], capture_output=True, check=True)
+        out_text = self.load(["h2load", "--h1", "-n", str(requests), "-c", "10", url])
+        # h2load counts a 4xx as failed: look at the status classes instead
+        answered = re.search(rf"(\d+) {str(target.status)[0]}xx", out_text)
+        if f"{requests} done" not in out_text or not answered or int(answered.group(1)) != requests:
+            sys.exit(f"compare: {target.name}: run void under callgrind\n{out_text}")
+        subprocess.run(["callgrind_control", "--dump", str(target.pid)], capture_output=True, check=True)
+        dumps = sorted(f for f in os.listdir(self.dir) if f.startswith(f"{target.name}.callgrind."))
+        if not dumps:
+            sys.exit(f"compare: {target.name}: callgrind wrote no dump")
+        with open(os.path.join(self.dir, dumps[-1])) as f:
+            total = int(re.search(r"^summary: (\d+)", f.read(), re.M).group(1))
+        return total / requests
 
     def stop(self):
         for proc in self.procs:
@@ -120,6 +157,7 @@ class Bench:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        self.procs = []
         if not os.environ.get("COMPARE_KEEP"):
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -364,6 +402,19 @@ def report(targets, args):
             f"| {t.name} | {statistics.median(t.cpu):.1f} | {t.rss_idle / 2**20:.1f} MiB "
             f"| {t.rss_per_connection / 2**10:.1f} KiB |"
         )
+    nginx_instructions = next(t.instructions for t in targets if t.name == "nginx")
+    lines += [
+        "",
+        f"User-space instructions per request, under callgrind: {args.counted:,} keep-alive requests"
+        " (h2load --h1, 10 connections) after a warm-up. Repeatable whatever the neighbours do;"
+        " the kernel's share is not counted.",
+        "",
+        "| target | instructions / request | vs nginx |",
+        "|---|---|---|",
+    ]
+    for t in targets:
+        if t.instructions:
+            lines.append(f"| {t.name} | {t.instructions:,.0f} | {t.instructions / nginx_instructions:.2f} |")
     full, bare = by_name["sluice-full"], by_name["sluice"]
     lines += [
         "",
@@ -398,10 +449,12 @@ def main():
     args.idle = min(IDLE_CONNECTIONS, args.maxconn - 1000)
     # open-loop rates, as fractions of nginx's closed-loop maximum
     args.load = [0.25, 0.5]
+    args.counted = COUNTED_REQUESTS
     if args.quick:
         # the quick mode's generator is a debug build: ask only what it can surely send
         args.rounds, args.seconds, args.idle, args.latency_rounds = 1, 1, min(args.idle, 1000), 1
         args.load = [0.02, 0.04]
+        args.counted = 300
     if args.idle < 100:
         sys.exit(f"compare: the descriptor limit ({hard}) is too low to hold idle connections")
     bench = Bench(args)
@@ -423,9 +476,18 @@ def main():
                         t.latency.setdefault(fraction, []).append(bench.open_loop(t, round(nginx * fraction), args.seconds))
         for t in targets:
             t.rss_per_connection = bench.idle_connections(t, args.idle)
-        print(report(targets, args))
     finally:
         bench.stop()
+    # every proxy again, under callgrind, one at a time
+    counted = Bench(args, callgrind=True)
+    try:
+        by_name = {t.name: t for t in targets}
+        for t in counted.setup():
+            if t.name != "direct":
+                by_name[t.name].instructions = counted.count_instructions(t, args.counted)
+    finally:
+        counted.stop()
+    print(report(targets, args))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 //! The load comparison harness (benches/compare.sh) runs end to end in its quick mode:
 //! nginx, HAProxy and sluice in front of one backend, wrk and h2load against each, open-loop
-//! latency, CPU and memory figures, a report. This
-//! proves the harness works; it judges no number (BENCHMARKS.md does, from a full run).
+//! latency, CPU and memory figures, instructions per request under callgrind, a report.
+//! This proves the harness works; it judges no number (BENCHMARKS.md does, from a full
+//! run).
 
 use std::process::Command;
 
@@ -15,17 +16,22 @@ fn quick_comparison_runs_every_target_and_reports() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "compare.sh failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
     // tables: HTTP/1.1 throughput, h2c throughput, open-loop latency at two rates (not for
-    // the 429 path), CPU and memory; a row per target in each
+    // the 429 path), CPU and memory, instructions (not for direct); a row per target in each
     for target in ["direct", "nginx", "haproxy", "sluice", "sluice-full", "sluice-429"] {
         let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with(&format!("| {target} |"))).collect();
-        assert_eq!(rows.len(), if target == "sluice-429" { 3 } else { 5 }, "{target} in:\n{stdout}");
+        let expected = match target {
+            "direct" => 5,
+            "sluice-429" => 4,
+            _ => 6,
+        };
+        assert_eq!(rows.len(), expected, "{target} in:\n{stdout}");
         for row in rows {
             let first: f64 = row.split('|').nth(2).unwrap().trim().replace(',', "").parse().unwrap();
             assert!(first > 0.0, "{row}");
         }
     }
     let memory = |target: &str| -> Vec<f64> {
-        let row = stdout.lines().rfind(|l| l.starts_with(&format!("| {target} |"))).unwrap();
+        let row = stdout.lines().find(|l| l.starts_with(&format!("| {target} |")) && l.contains(" MiB |")).unwrap();
         row.split('|').skip(3).take(2).map(|c| c.split_whitespace().next().unwrap().parse().unwrap()).collect()
     };
     let sluice = memory("sluice");
