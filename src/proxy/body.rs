@@ -44,6 +44,15 @@ impl ProxyBody {
         Self { inner: Inner::Upstream(body, lease), guard }
     }
 
+    /// What a local body holds, unsent.
+    #[cfg(test)]
+    pub fn local_bytes(self) -> Option<Bytes> {
+        match self.inner {
+            Inner::Local(bytes) => bytes,
+            Inner::Upstream(..) => None,
+        }
+    }
+
     pub fn set_guard(&mut self, guard: Guard) {
         self.guard = Some(guard);
     }

@@ -5,10 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 
 use super::body::ProxyBody;
+
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Why a request was refused by a quota.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,38 +34,50 @@ pub fn whole_seconds(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
+// A refusal is what protects the service under a flood, so it is built by hand: no
+// formatting machinery, no JSON tree (BENCHMARKS.md, session 5).
 pub fn refused(refusal: &Refusal, close: bool) -> Response<ProxyBody> {
-    let scope = &refusal.scope;
-    let (name, quota, window, retry_after, detail) = match &refusal.kind {
-        RefusalKind::Rate { limit, window, retry_after } => (
-            scope.to_string(),
-            *limit,
-            whole_seconds(*window).max(1),
-            whole_seconds(*retry_after).max(1),
-            format!("rate quota of {scope} exceeded"),
-        ),
+    let scope: &str = &refusal.scope;
+    let mut detail = String::with_capacity(64);
+    // The policy is named after the scope, with `-concurrency` for a concurrency quota.
+    let (suffix, quota, window, retry_after) = match &refusal.kind {
+        RefusalKind::Rate { limit, window, retry_after } => {
+            detail.extend(["rate quota of ", scope, " exceeded"]);
+            ("", *limit, whole_seconds(*window).max(1), whole_seconds(*retry_after).max(1))
+        }
         RefusalKind::Concurrency { max } => {
-            (format!("{scope}-concurrency"), *max, 1, 1, format!("{max} requests of {scope} are already in flight"))
+            detail.extend([itoa::Buffer::new().format(*max), " requests of ", scope, " are already in flight"]);
+            ("-concurrency", *max, 1, 1)
         }
     };
     let mut response = problem(StatusCode::TOO_MANY_REQUESTS, &detail, close);
     let headers = response.headers_mut();
     headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
-    headers.insert("ratelimit-policy", header(format!("\"{name}\";q={quota};w={window}")));
-    headers.insert("ratelimit", header(format!("\"{name}\";r=0;t={retry_after}")));
+    let policy = |parameters: &[&str]| {
+        let mut value = String::with_capacity(64);
+        value.extend(["\"", scope, suffix, "\""]);
+        value.extend(parameters.iter().copied());
+        header(value)
+    };
+    let (mut a, mut b) = (itoa::Buffer::new(), itoa::Buffer::new());
+    headers.insert(RATELIMIT_POLICY, policy(&[";q=", a.format(quota), ";w=", b.format(window)]));
+    headers.insert(RATELIMIT, policy(&[";r=0;t=", a.format(retry_after)]));
     response
 }
 
 /// A problem+json response. `close` asks an HTTP/1 client to close the connection, for
 /// refusals whose request body was not read.
 pub fn problem(status: StatusCode, detail: &str, close: bool) -> Response<ProxyBody> {
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": status.canonical_reason().unwrap_or(""),
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    let mut response = Response::new(ProxyBody::local(body.to_string()));
+    // Members in name order, as serde_json writes an object.
+    let mut body = Vec::with_capacity(96 + detail.len());
+    body.extend_from_slice(b"{\"detail\":");
+    serde_json::to_writer(&mut body, detail).expect("a string serializes");
+    body.extend_from_slice(b",\"status\":");
+    body.extend_from_slice(status.as_str().as_bytes());
+    body.extend_from_slice(b",\"title\":");
+    serde_json::to_writer(&mut body, status.canonical_reason().unwrap_or("")).expect("a string serializes");
+    body.extend_from_slice(b",\"type\":\"about:blank\"}");
+    let mut response = Response::new(ProxyBody::local(body));
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
     if close {
@@ -106,5 +121,33 @@ mod tests {
         assert_eq!(h["ratelimit"], "\"submit\";r=0;t=1");
         assert_eq!(h["content-type"], "application/problem+json");
         assert_eq!(h["connection"], "close");
+        let body = response.into_body().local_bytes().expect("a local body");
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let expected = serde_json::json!({
+            "type": "about:blank", "title": "Too Many Requests", "status": 429,
+            "detail": "rate quota of submit exceeded",
+        });
+        assert_eq!(json, expected);
+        assert_eq!(body, expected.to_string(), "members in name order");
+    }
+
+    #[test]
+    fn concurrency_refusal_headers_and_an_escaped_detail() {
+        let refusal = Refusal { scope: "service".into(), kind: RefusalKind::Concurrency { max: 20 } };
+        let response = refused(&refusal, false);
+        let h = response.headers();
+        assert_eq!(h["retry-after"], "1");
+        assert_eq!(h["ratelimit-policy"], "\"service-concurrency\";q=20;w=1");
+        assert_eq!(h["ratelimit"], "\"service-concurrency\";r=0;t=1");
+        assert!(!h.contains_key("connection"));
+        let body = response.into_body().local_bytes().unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["detail"], "20 requests of service are already in flight");
+
+        let body = problem(StatusCode::BAD_REQUEST, "a \"quoted\"\n\\ detail", false).into_body();
+        let json: serde_json::Value = serde_json::from_slice(&body.local_bytes().unwrap()).unwrap();
+        assert_eq!(json["detail"], "a \"quoted\"\n\\ detail");
+        assert_eq!(json["status"], 400);
+        assert_eq!(json["title"], "Bad Request");
     }
 }
