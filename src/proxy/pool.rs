@@ -3,11 +3,13 @@
 //! A connection is taken for one request and given back when its response body has been
 //! read to the end ([`Lease::give_back`]); one whose response was cut short, or that was
 //! upgraded, is closed instead. The most recently used connection goes out first, so a
-//! quiet pool lets its oldest connections age out after [`IDLE_TIMEOUT`].
+//! quiet pool lets its oldest connections age out after [`IDLE_TIMEOUT`] (looked at on
+//! every give-back and every 15 s).
 //!
 //! Built on hyper's connection-level client rather than hyper-util's pooled one: one
-//! service per process needs no pool keyed by host, and the pooled client's checkout and
-//! keyed map cost a few percent of the proxy's throughput (BENCHMARKS.md, session 5).
+//! service per process needs no pool keyed by host, and the pooled client's checkout,
+//! keyed map and hand-offs were a sixth of sluice's instructions per request
+//! (BENCHMARKS.md, session 5).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
