@@ -70,19 +70,16 @@ async fn chunked_and_sized_bodies_and_headers_in_and_out() {
 async fn a_connection_to_the_service_carries_the_next_request_once_its_response_is_read() {
     let upstream = Upstream::start().await;
     let sluice = Sluice::start(&upstream, ROUTES).await;
-    let client = client(); // one keep-alive connection to sluice, so one worker's pool
+    // One connection to sluice, so one worker and its pool.
+    let mut client = Connection::open(sluice.addr).await;
     let connections = || upstream.connections.load(std::sync::atomic::Ordering::SeqCst);
     // Sized, bodiless (HEAD, 204) and chunked responses all end the message cleanly.
-    let (response, bytes) = get(&client, &sluice.url("/a")).await;
-    assert_eq!((response.status().as_u16(), &bytes[..]), (200, &b"hello from upstream"[..]));
-    let (response, _) = send(&client, Request::head(sluice.url("/b")).body(empty()).unwrap()).await;
-    assert_eq!(response.status(), 200);
-    let (response, _) = get(&client, &sluice.url("/c?status=204")).await;
-    assert_eq!(response.status(), 204);
-    let (_, bytes) = get(&client, &sluice.url("/stream?chunks=2&ms=1")).await;
-    assert_eq!(bytes, "chunk 0\nchunk 1\n");
-    let (_, bytes) = get(&client, &sluice.url("/d")).await;
-    assert_eq!(bytes, "hello from upstream");
+    let (status, bytes) = client.send(Method::GET, "/a").await;
+    assert_eq!((status.as_u16(), &bytes[..]), (200, &b"hello from upstream"[..]));
+    assert_eq!(client.send(Method::HEAD, "/b").await, (http::StatusCode::OK, Bytes::new()));
+    assert_eq!(client.send(Method::GET, "/c?status=204").await.0, 204);
+    assert_eq!(client.send(Method::GET, "/stream?chunks=2&ms=1").await.1, "chunk 0\nchunk 1\n");
+    assert_eq!(client.send(Method::GET, "/d").await.1, "hello from upstream");
     assert_eq!(connections(), 1, "every request went on the first connection");
 
     // A client that leaves mid-body: that connection to the service is mid-message and
@@ -90,11 +87,20 @@ async fn a_connection_to_the_service_carries_the_next_request_once_its_response_
     let cut = raw(sluice.addr, b"GET /stream?chunks=100&ms=10 HTTP/1.1\r\nHost: t\r\n\r\n", Duration::from_millis(100));
     assert!(cut.contains("chunk 0"), "{cut}");
     for _ in 0..3 {
-        let (_, bytes) = get(&client, &sluice.url("/e")).await;
-        assert_eq!(bytes, "hello from upstream");
+        assert_eq!(client.send(Method::GET, "/e").await.1, "hello from upstream");
     }
-    let (_, bytes) = get(&client, &sluice.url("/stream?chunks=3&ms=1")).await;
-    assert_eq!(bytes, "chunk 0\nchunk 1\nchunk 2\n");
+    assert_eq!(client.send(Method::GET, "/stream?chunks=3&ms=1").await.1, "chunk 0\nchunk 1\nchunk 2\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_without_host_names_the_service() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, ROUTES).await;
+    let answer = raw(sluice.addr, b"GET /old HTTP/1.0\r\n\r\n", Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.0 200 OK"), "{answer}");
+    let seen = upstream.last();
+    assert_eq!(seen.uri.to_string(), "/old");
+    assert_eq!(seen.headers["host"], upstream.addr.to_string());
 }
 
 #[tokio::test(flavor = "multi_thread")]

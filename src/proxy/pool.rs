@@ -134,12 +134,18 @@ async fn sweep(pool: Weak<Pool>) {
     }
 }
 
+/// Where to connect: the host as the resolver takes it (an IPv6 literal without its
+/// brackets) and the port, 80 if the URL names none.
+fn address(upstream: &Authority) -> (&str, u16) {
+    let host = upstream.host();
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    (host, upstream.port_u16().unwrap_or(80))
+}
+
 async fn connect(upstream: &Authority) -> Result<SendRequest<Incoming>, Error> {
-    // An IPv6 literal comes in brackets, which the resolver does not take.
-    let host = upstream.host().trim_start_matches('[').trim_end_matches(']');
-    let address = (host, upstream.port_u16().unwrap_or(80));
-    let stream =
-        tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await.map_err(|_| "connect timed out")??;
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address(upstream)))
+        .await
+        .map_err(|_| "connect timed out")??;
     stream.set_nodelay(true)?;
     let (sender, connection) = http1::Builder::new().handshake::<_, Incoming>(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
@@ -287,6 +293,18 @@ mod tests {
         assert_eq!(pool.idle_len(), 1, "not idle long enough");
         pool.sweep_now(Instant::now() + IDLE_TIMEOUT);
         assert_eq!(pool.idle_len(), 0);
+    }
+
+    #[test]
+    fn addresses_the_resolver_takes() {
+        let address = |text: &str| {
+            let authority: Authority = text.parse().unwrap();
+            let (host, port) = super::address(&authority);
+            (host.to_owned(), port)
+        };
+        assert_eq!(address("[::1]:8080"), ("::1".to_owned(), 8080));
+        assert_eq!(address("service.internal"), ("service.internal".to_owned(), 80));
+        assert_eq!(address("user:secret@10.0.0.7:9000"), ("10.0.0.7".to_owned(), 9000));
     }
 
     #[tokio::test]

@@ -276,6 +276,28 @@ pub async fn send(client: &Client, req: Request<Body>) -> (Response<()>, Bytes) 
     (Response::from_parts(parts, ()), bytes)
 }
 
+/// One HTTP/1.1 connection to `addr`, kept: every request sent on it goes on the same
+/// connection (a pooled client may open another while the first is still being put back).
+pub struct Connection(hyper::client::conn::http1::SendRequest<Body>);
+
+impl Connection {
+    pub async fn open(addr: SocketAddr) -> Self {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(connection);
+        Self(sender)
+    }
+
+    /// Sends `method path` with a Host header; returns the status and the whole body.
+    pub async fn send(&mut self, method: http::Method, path: &str) -> (StatusCode, Bytes) {
+        self.0.ready().await.expect("the connection is open");
+        let req = Request::builder().method(method).uri(path).header("host", "test").body(empty()).unwrap();
+        let response = self.0.send_request(req).await.expect("response");
+        let status = response.status();
+        (status, response.into_body().collect().await.expect("body").to_bytes())
+    }
+}
+
 /// Sends raw bytes on a fresh connection and reads until the server closes it or
 /// `wait` passes; returns everything read.
 pub fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
