@@ -84,8 +84,6 @@ class Target:
     latency: dict = field(default_factory=dict)
     # user-space instructions per request, under callgrind (not for direct)
     instructions: float = 0.0
-    # where callgrind writes, when the target runs under it
-    callgrind_out: str = ""
 
 
 def cpu_seconds(pid):
@@ -102,7 +100,7 @@ def rss_bytes(pid):
 class Bench:
     def __init__(self, args, callgrind=False):
         self.args = args
-        # run every proxy (not the backend) under callgrind, counting nothing until asked
+        # run every proxy (not the backend) under callgrind: see count_instructions
         self.callgrind = callgrind
         self.dir = tempfile.mkdtemp(prefix="sluice-compare-")
         self.procs = []
@@ -132,7 +130,6 @@ class Bench:
 
     def count_instructions(self, target, requests):
         """User-space instructions per request of `target`, running under callgrind."""
-        out = os.path.join(self.dir, f"{target.name}.callgrind")
         url = f"http://127.0.0.1:{target.port}/bench"
         self.load(["h2load", "--h1", "-n", str(WARM_UP), "-c", "10", url])
         subprocess.run(["callgrind_control", "--zero", str(target.pid)], capture_output=True, check=True)
