@@ -204,7 +204,9 @@ mod tests {
     async fn workers_share_the_connections_and_end_together() {
         let config = crate::config::parse("service: t\nlisten: 127.0.0.1:0\nupstream: http://127.0.0.1:1\n").unwrap();
         let live = Live::new(config, Arc::new(crate::metrics::Metrics::new()));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // 127.0.0.2: the other tests bind 127.0.0.1, and one of them may be given this
+        // port once it is free, which would make the closed listener look open.
+        let listener = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let (phase, watching) = watch::channel(Phase::Serving);
