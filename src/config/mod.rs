@@ -355,8 +355,10 @@ routes:
 
     #[test]
     fn upstream_must_be_plain_http() {
-        let errors = errors("service: s\nlisten: 127.0.0.1:0\nupstream: https://x:1\n");
-        assert_eq!(errors, ["3:11: upstream: must be an http:// URL: sluice talks to its service in plain HTTP"]);
+        let https = errors("service: s\nlisten: 127.0.0.1:0\nupstream: https://x:1\n");
+        assert_eq!(https, ["3:11: upstream: must be an http:// URL: sluice talks to its service in plain HTTP"]);
+        let credentials = errors("service: s\nlisten: 127.0.0.1:0\nupstream: http://user:secret@x:1\n");
+        assert_eq!(credentials, ["3:11: upstream: must not carry credentials (user:password@)"]);
     }
 
     #[test]

@@ -115,6 +115,10 @@ impl Validator {
             if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
                 return Err("must not have a path or query: requests keep their own".to_string());
             }
+            // sluice would not send them, and a config is stored and audited: no secrets.
+            if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+                return Err("must not carry credentials (user:password@)".to_string());
+            }
             uri.authority().cloned().ok_or_else(|| "must name a host and port".to_string())
         })();
         self.check(path, parsed)
