@@ -24,14 +24,11 @@ pub fn is_upgrade(req: &Request<Incoming>) -> bool {
 /// Turns the client's request into the request for the service, in place.
 pub fn prepare(req: &mut Request<Incoming>, upstream: &Authority, client: &HeaderValue, upgrade: bool) {
     // HTTP/2 carries the host in :authority; the service, spoken to in HTTP/1.1, needs
-    // Host. A request with neither (HTTP/1.0) names the service itself, without any
-    // credentials its URL in the config carries.
+    // Host. A request with neither (HTTP/1.0) names the service itself (whose URL the
+    // config refuses with credentials in it).
     if !req.headers().contains_key(header::HOST) {
-        let host = match req.uri().authority() {
-            Some(authority) => HeaderValue::from_str(authority.as_str()),
-            None => HeaderValue::try_from(host_and_port(upstream)),
-        };
-        if let Ok(host) = host {
+        let authority = req.uri().authority().unwrap_or(upstream);
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
             req.headers_mut().insert(header::HOST, host);
         }
     }
@@ -54,14 +51,6 @@ pub fn prepare(req: &mut Request<Incoming>, upstream: &Authority, client: &Heade
     let body = req.body();
     if !body.is_end_stream() && body.size_hint().exact().is_none() {
         req.headers_mut().insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-    }
-}
-
-/// `host[:port]` of an authority, without userinfo.
-fn host_and_port(authority: &Authority) -> String {
-    match authority.port() {
-        Some(port) => [authority.host(), ":", port.as_str()].concat(),
-        None => authority.host().to_owned(),
     }
 }
 
@@ -169,13 +158,6 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         remove_hop_by_hop(&mut h);
         assert!(h.contains_key(header::TE));
-    }
-
-    #[test]
-    fn the_fallback_host_carries_no_credentials() {
-        let authority: Authority = "user:secret@service.internal:8080".parse().unwrap();
-        assert_eq!(host_and_port(&authority), "service.internal:8080");
-        assert_eq!(host_and_port(&"[::1]".parse().unwrap()), "[::1]");
     }
 
     #[test]
