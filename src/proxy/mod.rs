@@ -125,9 +125,9 @@ impl Proxy {
 
         let upgrade = upstream::is_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let upstream = &snapshot.config.upstream;
-        upstream::prepare(&mut req, upstream, &peer.forwarded_for, upgrade);
-        let (mut response, lease) = match tokio::time::timeout(route.timeout, self.pool.send(upstream, req)).await {
+        let service = &snapshot.config.upstream;
+        upstream::prepare(&mut req, service, &peer.forwarded_for, upgrade);
+        let (mut response, lease) = match tokio::time::timeout(route.timeout, self.pool.send(service, req)).await {
             Ok(Ok(sent)) => sent,
             Ok(Err(e)) => {
                 tracing::debug!(route = &*route.name, error = %e, "upstream request failed");
