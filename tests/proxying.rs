@@ -268,3 +268,101 @@ async fn dot_segments_and_bad_escapes_are_refused() {
     }
     assert!(upstream.seen().is_empty());
 }
+
+/// What a service sends in each of these tests, by path.
+fn unusual_answers(path: &str) -> (&'static [u8], bool) {
+    match path {
+        "/sized" => (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false),
+        // Both framings: Transfer-Encoding wins, and the Content-Length must not reach the client.
+        "/both" => (b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", false),
+        "/interim" => (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfinal",
+            false,
+        ),
+        // Bytes after the answer that nobody asked for: they must not answer the next request.
+        "/extra" => (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale", false),
+        "/until-close" => (b"HTTP/1.1 200 OK\r\n\r\nthe whole body", true),
+        "/two-lengths" => (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok", false),
+        "/not-http" => (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", false),
+        "/silent" => (b"", true),
+        "/short" => (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", true),
+        // Answers at once, without reading the body.
+        "/upload" => (b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 8\r\n\r\ntoo long", false),
+        _ => (b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n", false),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_framed_any_way_reach_the_client_whole_and_taint_no_later_answer() {
+    let service = Scripted::start(unusual_answers).await;
+    let sluice = Sluice::start_before(service.addr, ROUTES).await;
+    let mut client = Connection::open(sluice.addr).await;
+    let mut get = async |path: &str| {
+        let (status, body) = client.send(Method::GET, path).await;
+        (status.as_u16(), String::from_utf8(body.to_vec()).unwrap())
+    };
+    let ok = (200, "ok".to_owned());
+    assert_eq!(get("/sized").await, ok);
+    assert_eq!(get("/sized").await, ok);
+    assert_eq!(service.connections(), 1, "kept alive");
+    assert_eq!(get("/both").await, (200, "hello".to_owned()));
+    assert_eq!(get("/interim").await, (200, "final".to_owned()));
+    assert_eq!(service.connections(), 2, "a message with both framings is not trusted with the next request");
+    assert_eq!(get("/extra").await, ok);
+    assert_eq!(get("/sized").await, ok, "not the stale bytes");
+    assert_eq!(service.connections(), 3);
+    assert_eq!(get("/until-close").await, (200, "the whole body".to_owned()));
+    assert_eq!(get("/sized").await, ok);
+    assert_eq!(service.connections(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_answer_is_a_502_or_a_cut_response_and_the_next_is_served() {
+    let service = Scripted::start(unusual_answers).await;
+    let sluice = Sluice::start_before(service.addr, ROUTES).await;
+    let mut client = Connection::open(sluice.addr).await;
+    for path in ["/two-lengths", "/not-http", "/silent"] {
+        assert_eq!(client.send(Method::GET, path).await.0, 502, "{path}");
+    }
+    // A body cut short after its head was passed on: the client's connection is closed,
+    // so the client sees nothing or a short message (as far as hyper had flushed), never
+    // a whole one.
+    let start = Instant::now();
+    let cut = raw(sluice.addr, b"GET /short HTTP/1.1\r\nHost: t\r\n\r\n", Duration::from_secs(5));
+    assert!(cut.is_empty() || (cut.starts_with("HTTP/1.1 200 OK") && cut.ends_with("\r\n\r\nabc")), "{cut}");
+    assert!(start.elapsed() < Duration::from_secs(4), "the connection was left open");
+    assert_eq!(client.send(Method::GET, "/sized").await, (http::StatusCode::OK, Bytes::from("ok")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_before_the_body_is_sent_reaches_the_client_and_the_connection_is_not_kept() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let service = Scripted::start(unusual_answers).await;
+    let sluice = Sluice::start_before(service.addr, ROUTES).await;
+    // More body than the socket buffers hold, and a service that never reads it.
+    const LEN: usize = 16 << 20;
+    let stream = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    tokio::spawn(async move {
+        let head = format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {LEN}\r\n\r\n");
+        write.write_all(head.as_bytes()).await.unwrap();
+        let _ = write.write_all(&vec![b'x'; LEN]).await;
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.ends_with(b"too long") {
+        let n = tokio::time::timeout(Duration::from_secs(5), read.read(&mut buf)).await.expect("answered").unwrap();
+        assert!(n > 0, "closed before the answer: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 413"), "{}", String::from_utf8_lossy(&answer));
+    // Connections are dealt to the workers in turn: one of these two is on the worker
+    // (and its pool) that served the upload.
+    for _ in 0..2 {
+        let mut client = Connection::open(sluice.addr).await;
+        assert_eq!(client.send(Method::GET, "/sized").await, (http::StatusCode::OK, Bytes::from("ok")));
+    }
+    let lines = service.request_lines.lock().unwrap().clone();
+    assert_eq!(lines, ["POST /upload HTTP/1.1", "GET /sized HTTP/1.1", "GET /sized HTTP/1.1"]);
+    assert_eq!(service.connections(), 3, "the connection with half a body on it was not reused");
+}

@@ -3,6 +3,7 @@
 //! or the client goes away: that is when the slots are given back and the request is
 //! measured.
 
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -11,9 +12,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::sync::Notify;
 
+use super::h1::Decoder;
 use super::pool::Lease;
 use crate::metrics::Origin;
 use crate::quota::Permit;
@@ -26,8 +27,9 @@ pub struct ProxyBody {
 
 enum Inner {
     Local(Option<Bytes>),
-    /// The service's body, and the connection it comes on while there is more to read.
-    Upstream(Incoming, Option<Lease>),
+    /// The service's body as its framing reads it off the connection it comes on, which
+    /// is given back once the body is read whole.
+    Upstream(Decoder, Option<Lease>),
 }
 
 impl ProxyBody {
@@ -35,10 +37,10 @@ impl ProxyBody {
         Self { inner: Inner::Local(Some(bytes.into())), guard: None }
     }
 
-    pub fn upstream(body: Incoming, guard: Option<Guard>, mut lease: Option<Lease>) -> Self {
+    pub fn upstream(body: Decoder, guard: Option<Guard>, mut lease: Option<Lease>) -> Self {
         // hyper does not poll a body that is over before it starts (HEAD, 204, 304,
         // `Content-Length: 0`).
-        if body.is_end_stream() {
+        if body.is_done() {
             give_back(&mut lease);
         }
         Self { inner: Inner::Upstream(body, lease), guard }
@@ -66,25 +68,23 @@ fn give_back(lease: &mut Option<Lease>) {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = io::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
         let this = self.get_mut();
         let frame = match &mut this.inner {
             Inner::Local(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
-            Inner::Upstream(body, lease) => {
-                let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
-                // Read to the end? hyper may not poll again after the last frame, so look now.
-                let over = match &frame {
-                    None => true,
-                    Some(Ok(_)) => body.is_end_stream(),
-                    Some(Err(_)) => false,
-                };
-                if over {
-                    give_back(lease);
+            Inner::Upstream(body, slot) => match slot {
+                None => None, // given back: the body was over
+                Some(lease) => {
+                    let frame = ready!(lease.poll_body(body, cx));
+                    // Read to the end? hyper may not poll again after the last frame, so look now.
+                    if body.is_done() {
+                        give_back(slot);
+                    }
+                    frame
                 }
-                frame
-            }
+            },
         };
         if !matches!(frame, Some(Ok(_))) {
             // The end, or the upstream failed: the request is over either way.
@@ -96,14 +96,14 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Local(bytes) => bytes.is_none(),
-            Inner::Upstream(body, _) => body.is_end_stream(),
+            Inner::Upstream(body, _) => body.is_done(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Local(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Inner::Upstream(body, _) => body.size_hint(),
+            Inner::Upstream(body, _) => body.remaining().map_or_else(SizeHint::default, SizeHint::with_exact),
         }
     }
 }

@@ -16,6 +16,8 @@
 
 pub mod admit;
 mod body;
+mod conn;
+mod h1;
 pub mod listener;
 mod pool;
 pub mod respond;
@@ -127,7 +129,8 @@ impl Proxy {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let service = &snapshot.config.upstream;
         upstream::prepare(&mut req, service, &peer.forwarded_for, upgrade);
-        let (mut response, lease) = match tokio::time::timeout(route.timeout, self.pool.send(service, req)).await {
+        let sent = tokio::time::timeout(route.timeout, self.pool.send(service, req, upgrade)).await;
+        let (mut response, body, lease) = match sent {
             Ok(Ok(sent)) => sent,
             Ok(Err(e)) => {
                 tracing::debug!(route = &*route.name, error = %e, "upstream request failed");
@@ -148,18 +151,17 @@ impl Proxy {
         let mut guard = Some(guard);
         let mut lease = Some(lease);
         if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, response.status()) {
-            lease = None; // the connection is the tunnel's now
-            let upstream = hyper::upgrade::on(&mut response);
+            let service = lease.take().expect("just leased").into_tunnel();
             let mut guard = guard.take();
             // The upgrade is measured as answered now; the tunnel holds the request's
             // slots for as long as it is open.
             guard.as_mut().and_then(|g| g.measure.take());
             tokio::spawn(async move {
-                upstream::tunnel(client, upstream).await;
+                upstream::tunnel(client, service).await;
                 drop(guard);
             });
         }
-        response.map(|body| ProxyBody::upstream(body, guard, lease))
+        response.map(|()| ProxyBody::upstream(body, guard, lease))
     }
 }
 

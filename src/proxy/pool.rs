@@ -1,32 +1,34 @@
 //! Keep-alive HTTP/1.1 connections to the service, one pool per worker thread.
 //!
 //! A connection is taken for one request and given back when its response body has been
-//! read to the end ([`Lease::give_back`]); one whose response was cut short, or that was
-//! upgraded, is closed instead. The most recently used connection goes out first, so a
-//! quiet pool lets its oldest connections age out after [`IDLE_TIMEOUT`] (looked at on
-//! every give-back and every 15 s).
+//! read to the end ([`Lease::give_back`]); one whose response was cut short, that the
+//! service asked to close, or that was upgraded, is closed instead. The most recently used
+//! connection goes out first, so a quiet pool lets its oldest connections age out after
+//! [`IDLE_TIMEOUT`] (looked at on every give-back and every 15 s).
 //!
-//! Built on hyper's connection-level client rather than hyper-util's pooled one: one
-//! service per process needs no pool keyed by host, and the pooled client's checkout,
-//! keyed map and hand-offs were a sixth of sluice's instructions per request
-//! (BENCHMARKS.md, session 5).
+//! The connections are sluice's own ([`Conn`]), driven by the request's task. hyper's
+//! client ran a task per connection and handed each request, response and body chunk
+//! across channels; replacing it took a fifth off sluice's instructions per request
+//! (BENCHMARKS.md, session 6).
 
 use std::collections::VecDeque;
+use std::io;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::uri::Authority;
 use http::{Request, Response};
+use http_body::Frame;
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+
+use super::conn::{Conn, Upload};
+use super::h1::{Decoder, Head};
 
 /// How long a connection may sit unused before the pool closes it.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Default)]
 pub struct Pool {
@@ -35,25 +37,42 @@ pub struct Pool {
 
 struct Idle {
     upstream: Authority,
-    sender: SendRequest<Incoming>,
+    conn: Conn,
     since: Instant,
 }
 
-/// A connection out of the pool for one request.
+/// A connection out of the pool for one request and its response.
 pub struct Lease {
     pool: Arc<Pool>,
     upstream: Authority,
-    sender: SendRequest<Incoming>,
+    conn: Conn,
+    /// The service will take another request on it once the body is read.
+    keep_alive: bool,
 }
 
 impl Lease {
-    /// The response was read to its end: the connection can carry another request.
+    /// The next frame of the response body.
+    pub fn poll_body(&mut self, body: &mut Decoder, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        self.conn.poll_body(body, cx)
+    }
+
+    /// The response was read to its end: the connection goes back to the pool if it can
+    /// carry another request, and is closed if not.
     pub fn give_back(self) {
-        let Lease { pool, upstream, sender } = self;
+        let Lease { pool, upstream, conn, keep_alive } = self;
+        if !(keep_alive && conn.is_reusable()) {
+            return;
+        }
         let now = Instant::now();
         let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
         evict_expired(&mut idle, now);
-        idle.push_back(Idle { upstream, sender, since: now });
+        idle.push_back(Idle { upstream, conn, since: now });
+    }
+
+    /// The connection as a tunnel, after a `101`: the socket, and what the service sent
+    /// after its head.
+    pub fn into_tunnel(self) -> (TcpStream, Bytes) {
+        self.conn.into_tunnel()
     }
 }
 
@@ -72,47 +91,47 @@ impl Pool {
         pool
     }
 
-    /// Sends `req` (in origin form) to `upstream` on a pooled connection, or a new one.
-    /// A pooled connection that turns out closed before the request was written to it is
-    /// dropped and the request tried on the next: the service may close an idle
-    /// connection at any time.
+    /// Sends `req` (in origin form, its fields prepared) to `upstream` on a pooled
+    /// connection, or a new one, and reads the response head. The service may close an
+    /// idle connection at any time: a request that a pooled connection failed before
+    /// anything of it can have been acted on is sent again on the next.
     pub async fn send(
         self: &Arc<Self>,
         upstream: &Authority,
-        mut req: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, Lease), Error> {
+        req: Request<Incoming>,
+        upgrade: bool,
+    ) -> io::Result<(Response<()>, Decoder, Lease)> {
+        let (mut parts, body) = req.into_parts();
+        let mut upload = Upload::new(&mut parts.headers, body);
         loop {
-            let (mut sender, pooled) = match self.take(upstream).await {
-                Some(sender) => (sender, true),
-                None => (connect(upstream).await?, false),
+            let (mut conn, pooled) = match self.take(upstream) {
+                Some(conn) => (conn, true),
+                None => (Conn::open(upstream).await?, false),
             };
-            match sender.try_send_request(req).await {
-                Ok(response) => {
-                    let lease = Lease { pool: self.clone(), upstream: upstream.clone(), sender };
-                    return Ok((response, lease));
+            // Only a request without a body is tried again, so the upload is never needed twice.
+            match conn.exchange(&parts, upload.take(), upgrade).await {
+                Ok(Head { response, body, keep_alive }) => {
+                    let lease = Lease { pool: self.clone(), upstream: upstream.clone(), conn, keep_alive };
+                    return Ok((response, body, lease));
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if pooled => req = unsent,
-                    _ => return Err(e.into_error().into()),
-                },
+                Err(failure) if pooled && failure.retryable => {}
+                Err(failure) => return Err(failure.error),
             }
         }
     }
 
-    /// The most recently used open connection to `upstream`, once it can take a request.
-    async fn take(&self, upstream: &Authority) -> Option<SendRequest<Incoming>> {
-        loop {
-            let Idle { upstream: to, mut sender, .. } = {
-                let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-                evict_expired(&mut idle, Instant::now());
-                idle.pop_back()?
-            };
+    /// The most recently used connection to `upstream` that is still open.
+    fn take(&self, upstream: &Authority) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        evict_expired(&mut idle, Instant::now());
+        while let Some(Idle { upstream: to, conn, .. }) = idle.pop_back() {
             // A connection to a service the config no longer names is closed. (The same
             // config text gives the same bytes: no need for a case-blind comparison.)
-            if to.as_str() == upstream.as_str() && !sender.is_closed() && sender.ready().await.is_ok() {
-                return Some(sender);
+            if to.as_str() == upstream.as_str() && conn.is_open() {
+                return Some(conn);
             }
         }
+        None
     }
 
     fn sweep_now(&self, now: Instant) {
@@ -134,34 +153,12 @@ async fn sweep(pool: Weak<Pool>) {
     }
 }
 
-/// Where to connect: the host as the resolver takes it (an IPv6 literal without its
-/// brackets) and the port, 80 if the URL names none.
-fn address(upstream: &Authority) -> (&str, u16) {
-    let host = upstream.host();
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    (host, upstream.port_u16().unwrap_or(80))
-}
-
-async fn connect(upstream: &Authority) -> Result<SendRequest<Incoming>, Error> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address(upstream)))
-        .await
-        .map_err(|_| "connect timed out")??;
-    stream.set_nodelay(true)?;
-    let (sender, connection) = http1::Builder::new().handshake::<_, Incoming>(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.with_upgrades().await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use bytes::Bytes;
-    use http_body_util::BodyExt;
+    use hyper_util::rt::TokioIo;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -205,10 +202,12 @@ mod tests {
     /// A request for the pool: `Incoming` bodies only come from hyper, so this one is a
     /// request received by a real hyper server (there is no other way to make one).
     async fn get(pool: &Arc<Pool>, upstream: &Authority) -> (u16, Bytes, Lease) {
-        let (response, lease) = pool.send(upstream, request().await).await.expect("sent");
-        let status = response.status().as_u16();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        (status, body, lease)
+        let (response, mut body, mut lease) = pool.send(upstream, request().await, false).await.expect("sent");
+        let mut bytes = Vec::new();
+        while let Some(frame) = std::future::poll_fn(|cx| lease.poll_body(&mut body, cx)).await {
+            bytes.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        }
+        (response.status().as_u16(), Bytes::from(bytes), lease)
     }
 
     async fn request() -> Request<Incoming> {
@@ -295,23 +294,11 @@ mod tests {
         assert_eq!(pool.idle_len(), 0);
     }
 
-    #[test]
-    fn addresses_the_resolver_takes() {
-        let address = |text: &str| {
-            let authority: Authority = text.parse().unwrap();
-            let (host, port) = super::address(&authority);
-            (host.to_owned(), port)
-        };
-        assert_eq!(address("[::1]:8080"), ("::1".to_owned(), 8080));
-        assert_eq!(address("service.internal"), ("service.internal".to_owned(), 80));
-        assert_eq!(address("user:secret@10.0.0.7:9000"), ("10.0.0.7".to_owned(), 9000));
-    }
-
     #[tokio::test]
     async fn a_service_that_cannot_be_reached_is_an_error() {
         let unused = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream: Authority = unused.local_addr().unwrap().to_string().parse().unwrap();
         drop(unused);
-        assert!(Pool::new().send(&upstream, request().await).await.is_err());
+        assert!(Pool::new().send(&upstream, request().await, false).await.is_err());
     }
 }

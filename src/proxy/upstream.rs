@@ -2,12 +2,14 @@
 //! `X-Forwarded-For` appended, `X-Forwarded-Proto` set, `Host` kept; and the tunnel of an
 //! upgraded connection.
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -46,12 +48,6 @@ pub fn prepare(req: &mut Request<Incoming>, upstream: &Authority, client: &Heade
     }
     append_forwarded_for(headers, client);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    // hyper sends a GET whose length it does not know as bodiless unless told otherwise;
-    // a chunked body from the client must reach the service whole.
-    let body = req.body();
-    if !body.is_end_stream() && body.size_hint().exact().is_none() {
-        req.headers_mut().insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-    }
 }
 
 /// Cleans the service's response for the client, in place.
@@ -86,12 +82,15 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     if connection {
+        // `close` and `keep-alive`, the usual options, name no field to look up (and
+        // Keep-Alive is on the fixed list): then nothing is collected or allocated.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
             .collect();
         for name in named {
             headers.remove(name);
@@ -125,17 +124,21 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
     headers.insert(X_FORWARDED_FOR, HeaderValue::try_from(value).expect("visible ASCII"));
 }
 
-/// Joins the client's and the service's upgraded connections until either side closes.
-pub async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(both) => both,
+/// Joins the client's upgraded connection and the service's socket (with `early`, what
+/// the service sent after its `101` head) until either side closes.
+pub async fn tunnel(client: hyper::upgrade::OnUpgrade, (mut service, early): (TcpStream, Bytes)) {
+    let mut client = match client.await {
+        Ok(client) => TokioIo::new(client),
         Err(e) => {
             tracing::debug!(error = %e, "upgrade failed");
             return;
         }
     };
-    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+    let joined = async {
+        client.write_all(&early).await?;
+        tokio::io::copy_bidirectional(&mut client, &mut service).await
+    };
+    if let Err(e) = joined.await {
         tracing::debug!(error = %e, "upgraded connection ended with an error");
     }
 }

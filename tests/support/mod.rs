@@ -195,7 +195,12 @@ pub struct Sluice {
 
 impl Sluice {
     pub async fn start(upstream: &Upstream, rest: &str) -> Self {
-        let config = sluice::config::parse(&config_text(upstream.addr, rest)).expect("valid test config");
+        Self::start_before(upstream.addr, rest).await
+    }
+
+    /// In front of the service at `service`.
+    pub async fn start_before(service: SocketAddr, rest: &str) -> Self {
+        let config = sluice::config::parse(&config_text(service, rest)).expect("valid test config");
         let running = sluice::server::start(config, None).await.unwrap();
         Self { addr: running.proxy_addr(), running: Some(running) }
     }
@@ -295,6 +300,60 @@ impl Connection {
         let response = self.0.send_request(req).await.expect("response");
         let status = response.status();
         (status, response.into_body().collect().await.expect("body").to_bytes())
+    }
+}
+
+/// A service that answers in raw bytes, as a broken or unusual one might: for each
+/// request head it reads (it never reads a body), `answer(path)` gives the bytes to write
+/// and whether to close the connection after them. It counts the connections it accepts
+/// and keeps the request lines it read.
+pub struct Scripted {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub request_lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Scripted {
+    pub async fn start(answer: fn(&str) -> (&'static [u8], bool)) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let request_lines = Arc::new(Mutex::new(Vec::new()));
+        let (counter, lines) = (connections.clone(), request_lines.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                let lines = lines.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                            buf.drain(..end + 4);
+                            let line = head.lines().next().unwrap_or("").to_owned();
+                            let path = line.split(' ').nth(1).unwrap_or("").to_owned();
+                            lines.lock().unwrap().push(line);
+                            let (bytes, close) = answer(&path);
+                            if stream.write_all(bytes).await.is_err() || close {
+                                return;
+                            }
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, connections, request_lines }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 }
 

@@ -1,0 +1,313 @@
+//! One keep-alive HTTP/1.1 connection to the service: it writes a request, reads the
+//! response head, then yields the response body frame by frame as the client takes it.
+//! Everything happens on the request's own task, with no task or channel per connection.
+//! The bytes themselves are [`super::h1`]'s.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::{pin, Pin};
+use std::task::{ready, Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+use http::uri::Authority;
+use http::Method;
+use http_body::Frame;
+use hyper::body::{Body, Incoming};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::h1::{self, Decoder, Event, Head, Parsed};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The read buffer's size; it is refilled (or reclaimed) when less than `MIN_READ` is free.
+const READ_CHUNK: usize = 16 * 1024;
+const MIN_READ: usize = 2 * 1024;
+
+pub struct Conn {
+    stream: TcpStream,
+    /// Bytes read from the service and not yet taken.
+    buf: BytesMut,
+    /// The request head being written.
+    out: Vec<u8>,
+    /// The request body still being sent (the service may answer before it has all of it).
+    upload: Option<Box<Upload>>,
+    /// The service closed its side, or stopped taking the request body.
+    closed: bool,
+}
+
+/// A request that did not get its answer.
+pub struct Failure {
+    pub error: io::Error,
+    /// Nothing of it can have been acted on, so it may be sent again on another
+    /// connection: an idempotent request without a body, on a connection that closed or
+    /// was reset before a byte of answer came (the service closed it while it was idle).
+    pub retryable: bool,
+}
+
+impl Conn {
+    pub async fn open(upstream: &Authority) -> io::Result<Conn> {
+        let connect = TcpStream::connect(address(upstream));
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        stream.set_nodelay(true)?;
+        let buf = BytesMut::with_capacity(READ_CHUNK);
+        Ok(Conn { stream, buf, out: Vec::with_capacity(1024), upload: None, closed: false })
+    }
+
+    /// Whether an idle connection may still carry a request: the service has neither
+    /// closed it nor sent anything unasked. Asks the socket only if its readiness changed
+    /// since the last read, so a quiet connection costs no system call.
+    pub fn is_open(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Ok(())) => {
+                matches!(self.stream.try_read(&mut [0; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+            Poll::Ready(Err(_)) => false,
+        }
+    }
+
+    /// Whether, its response body read to the end, the connection can carry another
+    /// request: the request went whole and nothing unasked came after the response.
+    pub fn is_reusable(&self) -> bool {
+        !self.closed && self.upload.is_none() && self.buf.is_empty()
+    }
+
+    /// Sends a request (its head from `parts`, in origin form and with its fields
+    /// prepared; its body from `upload`) and reads the answer's head. The body goes on
+    /// being sent while the answer is awaited and, if the answer comes first, while its
+    /// body is read: a service may answer before it has read the request (an echo, a 413).
+    pub async fn exchange(
+        &mut self,
+        parts: &Parts,
+        upload: Option<Box<Upload>>,
+        upgrade: bool,
+    ) -> Result<Head, Failure> {
+        let retryable = upload.is_none() && is_idempotent(&parts.method);
+        self.out.clear();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        h1::write_request_head(&parts.method, path, &parts.headers, &mut self.out);
+        self.upload = upload;
+        let exchanged = async {
+            self.stream.write_all(&self.out).await?;
+            std::future::poll_fn(|cx| {
+                self.poll_upload(cx)?;
+                self.poll_head(&parts.method, upgrade, cx)
+            })
+            .await
+        };
+        exchanged.await.map_err(|error| {
+            let retryable = retryable
+                && self.buf.is_empty()
+                && matches!(
+                    error.kind(),
+                    io::ErrorKind::UnexpectedEof
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::BrokenPipe
+                );
+            Failure { error, retryable }
+        })
+    }
+
+    fn poll_head(&mut self, method: &Method, upgrade: bool, cx: &mut Context<'_>) -> Poll<io::Result<Head>> {
+        loop {
+            match h1::parse_response(&mut self.buf, method, upgrade)? {
+                Parsed::Head(head) => return Poll::Ready(Ok(head)),
+                Parsed::Interim => continue,
+                Parsed::Partial => {}
+            }
+            if ready!(self.poll_read(cx))? == 0 {
+                let what = "the service closed the connection before answering";
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::UnexpectedEof, what)));
+            }
+        }
+    }
+
+    /// The next frame of the response body that `decoder` frames.
+    pub fn poll_body(&mut self, decoder: &mut Decoder, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        if let Err(e) = self.poll_upload(cx) {
+            return Poll::Ready(Some(Err(e)));
+        }
+        loop {
+            match decoder.decode(&mut self.buf, self.closed) {
+                Ok(Event::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(Event::Trailers(trailers)) => return Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+                Ok(Event::End) => return Poll::Ready(None),
+                Err(e) => return Poll::Ready(Some(Err(e))),
+                Ok(Event::More) => match ready!(self.poll_read(cx)) {
+                    Ok(0) => self.closed = true,
+                    Ok(_) => {}
+                    Err(e) => return Poll::Ready(Some(Err(e))),
+                },
+            }
+        }
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < MIN_READ {
+            self.buf.reserve(READ_CHUNK);
+        }
+        pin!(self.stream.read_buf(&mut self.buf)).poll(cx)
+    }
+
+    /// Sends what it can of the request body. An error is the client's (its body broke
+    /// off); a service that stops taking the body may still answer, so that only ends the
+    /// upload and the connection's reuse.
+    fn poll_upload(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let Some(upload) = &mut self.upload else { return Ok(()) };
+        match upload.poll_send(&mut self.stream, cx) {
+            Poll::Pending => Ok(()),
+            Poll::Ready(Ok(())) => {
+                self.upload = None;
+                Ok(())
+            }
+            Poll::Ready(Err(UploadError::Client(e))) => Err(e),
+            Poll::Ready(Err(UploadError::Service(e))) => {
+                tracing::debug!(error = %e, "the service stopped taking the request body");
+                (self.upload, self.closed) = (None, true);
+                Ok(())
+            }
+        }
+    }
+
+    /// The connection as a tunnel, after a `101`: the socket, and what the service sent
+    /// after its head.
+    pub fn into_tunnel(self) -> (TcpStream, Bytes) {
+        (self.stream, self.buf.freeze())
+    }
+}
+
+/// RFC 9110 §9.2.2.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+}
+
+/// A request body on its way to the service, framed as its fields say.
+pub struct Upload {
+    body: Incoming,
+    chunked: bool,
+    /// Bytes taken from the body (and their framing), not yet written.
+    pending: VecDeque<Bytes>,
+    /// The body has ended; once `pending` is written, the upload is done.
+    ended: bool,
+}
+
+enum UploadError {
+    /// Reading the client's body failed: the client is gone or broke its framing.
+    Client(io::Error),
+    /// Writing to the service failed.
+    Service(io::Error),
+}
+
+impl Upload {
+    /// The upload of `body`, with the framing fields in `headers` set to match: none for
+    /// an empty body, the known length, or chunked.
+    pub fn new(headers: &mut HeaderMap, body: Incoming) -> Option<Box<Upload>> {
+        if body.is_end_stream() {
+            return None;
+        }
+        let chunked = match body.size_hint().exact() {
+            Some(len) => {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                false
+            }
+            None => {
+                headers.remove(header::CONTENT_LENGTH);
+                headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+                true
+            }
+        };
+        Some(Box::new(Upload { body, chunked, pending: VecDeque::new(), ended: false }))
+    }
+
+    fn poll_send(&mut self, stream: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), UploadError>> {
+        loop {
+            while !self.pending.is_empty() {
+                let mut slices = [IoSlice::new(&[]); 4];
+                for (slice, bytes) in slices.iter_mut().zip(&self.pending) {
+                    *slice = IoSlice::new(bytes);
+                }
+                let count = self.pending.len().min(slices.len());
+                let written = ready!(Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..count]));
+                let mut n = written.map_err(UploadError::Service)?;
+                if n == 0 {
+                    return Poll::Ready(Err(UploadError::Service(io::ErrorKind::WriteZero.into())));
+                }
+                while n > 0 {
+                    let front = self.pending.front_mut().expect("wrote no more than pending");
+                    let taken = n.min(front.len());
+                    front.advance(taken);
+                    n -= taken;
+                    if front.is_empty() {
+                        self.pending.pop_front();
+                    }
+                }
+            }
+            if self.ended {
+                return Poll::Ready(Ok(()));
+            }
+            let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => return Poll::Ready(Err(UploadError::Client(io::Error::other(e)))),
+                None => {
+                    self.ended = true;
+                    if self.chunked {
+                        self.pending.push_back(Bytes::from_static(b"0\r\n\r\n"));
+                    }
+                    continue;
+                }
+            };
+            match frame.into_data() {
+                Ok(data) if data.is_empty() => {}
+                Ok(data) if self.chunked => {
+                    let mut line = [0u8; 18];
+                    self.pending.push_back(Bytes::copy_from_slice(h1::chunk_size_line(data.len(), &mut line)));
+                    self.pending.push_back(data);
+                    self.pending.push_back(Bytes::from_static(b"\r\n"));
+                }
+                Ok(data) => self.pending.push_back(data),
+                Err(frame) => {
+                    // Trailers end the body; a sized body has no room for them.
+                    let Ok(trailers) = frame.into_trailers() else { continue };
+                    self.ended = true;
+                    if self.chunked {
+                        let mut end = b"0\r\n".to_vec();
+                        h1::write_fields(&trailers, &mut end);
+                        end.extend_from_slice(b"\r\n");
+                        self.pending.push_back(end.into());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where to connect: the host as the resolver takes it (an IPv6 literal without its
+/// brackets) and the port, 80 if the URL names none.
+fn address(upstream: &Authority) -> (&str, u16) {
+    let host = upstream.host();
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    (host, upstream.port_u16().unwrap_or(80))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn addresses_the_resolver_takes() {
+        let address = |text: &str| {
+            let authority: http::uri::Authority = text.parse().unwrap();
+            let (host, port) = super::address(&authority);
+            (host.to_owned(), port)
+        };
+        assert_eq!(address("[::1]:8080"), ("::1".to_owned(), 8080));
+        assert_eq!(address("service.internal"), ("service.internal".to_owned(), 80));
+        assert_eq!(address("user:secret@10.0.0.7:9000"), ("10.0.0.7".to_owned(), 9000));
+    }
+}

@@ -1,0 +1,548 @@
+//! HTTP/1.1 towards the service, as bytes: the request head sluice writes, the response
+//! head it parses, and the framing of the response body (RFC 9112). No I/O here; the
+//! connection that drives it is in [`super::pool`].
+//!
+//! Only the service is spoken to this way. Clients are served by hyper, which enforces the
+//! framing rules a proxy needs against an untrusted peer; the service's answers reach the
+//! client through hyper again, re-framed, so nothing the service sends can be read by the
+//! client as a second response.
+
+use std::io;
+use std::mem::MaybeUninit;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode, Version};
+
+/// The longest response head accepted, and the most fields in it.
+pub const MAX_HEAD: usize = 64 * 1024;
+const MAX_FIELDS: usize = 100;
+/// The longest chunk-size line (with its extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+
+pub fn invalid(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+/// Writes the request head: `path` in origin form, `headers` as they are (framing fields
+/// included: [`super::upstream::prepare`] and the pool have set them).
+pub fn write_request_head(method: &Method, path: &str, headers: &HeaderMap, out: &mut Vec<u8>) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    write_fields(headers, out);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes each field as a `name: value` line (of a head, or of trailers).
+pub fn write_fields(fields: &HeaderMap, out: &mut Vec<u8>) {
+    for (name, value) in fields {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The line that starts a chunk of `len` bytes: its size in hex, CRLF.
+pub fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> &[u8] {
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, place) in out[..digits].iter_mut().enumerate() {
+        *place = b"0123456789abcdef"[(len >> (4 * (digits - 1 - i))) & 0xf];
+    }
+    out[digits..digits + 2].copy_from_slice(b"\r\n");
+    &out[..digits + 2]
+}
+
+/// A response head read from the service.
+pub struct Head {
+    pub response: Response<()>,
+    pub body: Decoder,
+    /// The service will take another request on this connection after the body.
+    pub keep_alive: bool,
+}
+
+/// What the start of `buf` holds.
+pub enum Parsed {
+    /// Not the whole head yet.
+    Partial,
+    /// A 1xx other than 101, already taken off `buf`: the real answer follows.
+    Interim,
+    Head(Head),
+}
+
+/// Parses the response head at the start of `buf` and takes it off. `request` is the
+/// method the response answers (a HEAD response has no body whatever it says);
+/// `upgrade`, whether the request asked to switch protocols.
+pub fn parse_response(buf: &mut BytesMut, request: &Method, upgrade: bool) -> io::Result<Parsed> {
+    // Uninitialized slots: zeroing a hundred of them would cost more than the parse.
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(invalid("response head too large")),
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Err(invalid("too many fields in the response head")),
+        Err(_) => return Err(invalid("malformed response head")),
+    };
+    let status = StatusCode::from_u16(parsed.code.unwrap_or(0)).map_err(|_| invalid("bad status code"))?;
+    let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+        let _ = buf.split_to(len);
+        return Ok(Parsed::Interim);
+    }
+
+    // The values are kept as slices of the head, shared rather than copied: their places
+    // are noted while the parse still borrows the buffer.
+    let base = buf.as_ptr() as usize;
+    let mut fields = Vec::with_capacity(parsed.headers.len());
+    for field in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| invalid("bad field name"))?;
+        let start = field.value.as_ptr() as usize - base;
+        fields.push((name, start, start + field.value.len()));
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, start, end) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end)).map_err(|_| invalid("bad field value"))?;
+        headers.append(name, value);
+    }
+
+    let (close, keep_alive_token) = connection_tokens(&headers);
+    let mut keep_alive = if version == Version::HTTP_11 { !close } else { keep_alive_token && !close };
+    let body = if status == StatusCode::SWITCHING_PROTOCOLS {
+        if !upgrade {
+            return Err(invalid("101 without an upgrade asked for"));
+        }
+        keep_alive = false;
+        Decoder::Done
+    } else if request == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        Decoder::Done
+    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Transfer-Encoding overrides Content-Length, which must not be passed on
+        // (RFC 9112 §6.3); a message that had both is not trusted with the next request.
+        if headers.remove(header::CONTENT_LENGTH).is_some() {
+            keep_alive = false;
+        }
+        if last_coding_is_chunked(&headers) {
+            Decoder::chunked()
+        } else {
+            keep_alive = false;
+            Decoder::UntilClose
+        }
+    } else if headers.contains_key(header::CONTENT_LENGTH) {
+        let len = content_length(&headers).ok_or_else(|| invalid("bad Content-Length"))?;
+        if headers.get_all(header::CONTENT_LENGTH).iter().nth(1).is_some() {
+            // Repeated with one value: passed on once.
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        Decoder::Length(len)
+    } else {
+        keep_alive = false;
+        Decoder::UntilClose
+    };
+
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    Ok(Parsed::Head(Head { response, body, keep_alive }))
+}
+
+/// Whether `Connection` says `close`, and whether it says `keep-alive`.
+fn connection_tokens(headers: &HeaderMap) -> (bool, bool) {
+    let (mut close, mut keep_alive) = (false, false);
+    for token in headers.get_all(header::CONNECTION).iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')) {
+        let token = token.trim_ascii();
+        close |= token.eq_ignore_ascii_case(b"close");
+        keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+    }
+    (close, keep_alive)
+}
+
+fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
+    let last = headers.get_all(header::TRANSFER_ENCODING).iter().next_back();
+    last.and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+        .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// The one length every Content-Length value (and list member) gives, or none.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut length = None;
+    for member in headers.get_all(header::CONTENT_LENGTH).iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')) {
+        let member = member.trim_ascii();
+        if member.is_empty() || member.len() > 19 || !member.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n: u64 = std::str::from_utf8(member).ok()?.parse().ok()?;
+        if length.is_some_and(|l| l != n) {
+            return None;
+        }
+        length = Some(n);
+    }
+    length
+}
+
+/// The framing of a response body, and where in it the reader is.
+#[derive(Debug, PartialEq)]
+pub enum Decoder {
+    /// This many bytes left.
+    Length(u64),
+    Chunked(Chunk),
+    /// Everything until the service closes the connection.
+    UntilClose,
+    Done,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+/// What [`Decoder::decode`] found.
+#[derive(Debug)]
+pub enum Event {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    /// The body is over.
+    End,
+    /// More bytes are needed (none were taken).
+    More,
+}
+
+impl Decoder {
+    pub fn chunked() -> Self {
+        Decoder::Chunked(Chunk::Size)
+    }
+
+    pub fn is_done(&self) -> bool {
+        *self == Decoder::Done
+    }
+
+    /// The bytes of body left, when they are known.
+    pub fn remaining(&self) -> Option<u64> {
+        match self {
+            Decoder::Length(n) => Some(*n),
+            Decoder::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// Takes the next piece of body off the start of `buf`. `closed`: the service has
+    /// closed the connection, so `buf` is all there will be.
+    pub fn decode(&mut self, buf: &mut BytesMut, closed: bool) -> io::Result<Event> {
+        loop {
+            match self {
+                Decoder::Done => return Ok(Event::End),
+                Decoder::Length(0) => *self = Decoder::Done,
+                Decoder::Length(left) => {
+                    let Some(data) = take_data(buf, left, closed)? else { return Ok(Event::More) };
+                    if *left == 0 {
+                        *self = Decoder::Done;
+                    }
+                    return Ok(Event::Data(data));
+                }
+                Decoder::UntilClose if !buf.is_empty() => return Ok(Event::Data(buf.split().freeze())),
+                Decoder::UntilClose if closed => *self = Decoder::Done,
+                Decoder::UntilClose => return Ok(Event::More),
+                Decoder::Chunked(chunk) => match decode_chunked(chunk, buf, closed)? {
+                    Some(Event::End) => *self = Decoder::Done,
+                    Some(trailers @ Event::Trailers(_)) => {
+                        *self = Decoder::Done;
+                        return Ok(trailers);
+                    }
+                    Some(event) => return Ok(event),
+                    None => {}
+                },
+            }
+        }
+    }
+}
+
+/// Up to `left` bytes of data off `buf`, counted off `left`; `None` if `buf` is empty
+/// and more may come.
+fn take_data(buf: &mut BytesMut, left: &mut u64, closed: bool) -> io::Result<Option<Bytes>> {
+    if buf.is_empty() {
+        return if closed { Err(truncated()) } else { Ok(None) };
+    }
+    let n = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+    *left -= n as u64;
+    Ok(Some(buf.split_to(n).freeze()))
+}
+
+fn truncated() -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, "the service closed the connection mid-body")
+}
+
+/// One step of chunked decoding: an event to return, or `None` to go on (the state moved).
+fn decode_chunked(chunk: &mut Chunk, buf: &mut BytesMut, closed: bool) -> io::Result<Option<Event>> {
+    let more = |buf: &BytesMut, limit: usize| {
+        if buf.len() > limit {
+            Err(invalid("chunked framing line too long"))
+        } else if closed {
+            Err(truncated())
+        } else {
+            Ok(Some(Event::More))
+        }
+    };
+    match chunk {
+        Chunk::Size => {
+            let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else { return more(buf, MAX_CHUNK_LINE) };
+            if end > MAX_CHUNK_LINE {
+                return Err(invalid("chunked framing line too long"));
+            }
+            let size = chunk_size(&buf[..end]).ok_or_else(|| invalid("bad chunk size"))?;
+            let _ = buf.split_to(end + 2);
+            *chunk = if size == 0 { Chunk::Trailers } else { Chunk::Data(size) };
+            Ok(None)
+        }
+        Chunk::Data(left) => {
+            let Some(data) = take_data(buf, left, closed)? else { return Ok(Some(Event::More)) };
+            if *left == 0 {
+                *chunk = Chunk::DataEnd;
+            }
+            Ok(Some(Event::Data(data)))
+        }
+        Chunk::DataEnd => {
+            if buf.len() < 2 {
+                return more(buf, 2);
+            }
+            if &buf[..2] != b"\r\n" {
+                return Err(invalid("chunk data not followed by CRLF"));
+            }
+            let _ = buf.split_to(2);
+            *chunk = Chunk::Size;
+            Ok(None)
+        }
+        Chunk::Trailers => {
+            if buf.starts_with(b"\r\n") {
+                let _ = buf.split_to(2);
+                return Ok(Some(Event::End));
+            }
+            let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+            match httparse::parse_headers(buf, &mut fields) {
+                Ok(httparse::Status::Complete((len, fields))) => {
+                    let mut trailers = HeaderMap::with_capacity(fields.len());
+                    for field in fields.iter() {
+                        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| invalid("bad trailer"))?;
+                        let value = HeaderValue::from_bytes(field.value).map_err(|_| invalid("bad trailer"))?;
+                        trailers.append(name, value);
+                    }
+                    let _ = buf.split_to(len); // with the empty line that ends the body
+                    Ok(Some(Event::Trailers(trailers)))
+                }
+                Ok(httparse::Status::Partial) => more(buf, MAX_HEAD),
+                Err(_) => Err(invalid("malformed trailers")),
+            }
+        }
+    }
+}
+
+/// The size in a chunk-size line: hex digits, then nothing or extensions after `;`.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 15 {
+        return None;
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !(rest.is_empty() || rest[0] == b';') {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn parse(text: &str, method: Method) -> io::Result<Parsed> {
+        parse_response(&mut BytesMut::from(text), &method, false)
+    }
+
+    fn head(text: &str) -> Head {
+        match parse(text, Method::GET) {
+            Ok(Parsed::Head(head)) => head,
+            Ok(_) => panic!("not a whole head: {text:?}"),
+            Err(e) => panic!("refused {text:?}: {e}"),
+        }
+    }
+
+    #[test]
+    fn request_heads_are_written_in_origin_form() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("svc"));
+        headers.append("x-a", HeaderValue::from_static("1"));
+        headers.append("x-a", HeaderValue::from_static("2"));
+        let mut out = Vec::new();
+        write_request_head(&Method::POST, "/p?q=1", &headers, &mut out);
+        assert_eq!(out, b"POST /p?q=1 HTTP/1.1\r\nhost: svc\r\nx-a: 1\r\nx-a: 2\r\n\r\n");
+    }
+
+    #[test]
+    fn chunk_size_lines_are_hex() {
+        let mut line = [0; 18];
+        assert_eq!(chunk_size_line(0, &mut line), b"0\r\n");
+        assert_eq!(chunk_size_line(255, &mut line), b"ff\r\n");
+        assert_eq!(chunk_size_line(4096, &mut line), b"1000\r\n");
+        assert_eq!(chunk_size_line(usize::MAX, &mut line), b"ffffffffffffffff\r\n");
+    }
+
+    #[test]
+    fn a_head_is_taken_off_the_buffer_with_its_fields() {
+        let mut buf = BytesMut::from("HTTP/1.1 201 Created\r\nX-A: 1\r\nx-a: 2\r\ncontent-length: 3\r\n\r\nabc");
+        let Ok(Parsed::Head(head)) = parse_response(&mut buf, &Method::GET, false) else { panic!("no head") };
+        assert_eq!(head.response.status(), StatusCode::CREATED);
+        assert_eq!(head.response.headers().get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
+        assert_eq!((head.body, head.keep_alive), (Decoder::Length(3), true));
+        assert_eq!(&buf[..], b"abc");
+    }
+
+    #[test]
+    fn a_partial_head_waits_and_an_endless_one_is_refused() {
+        assert!(matches!(parse("HTTP/1.1 200 OK\r\ncontent-len", Method::GET), Ok(Parsed::Partial)));
+        let endless = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD));
+        assert!(parse(&endless, Method::GET).is_err());
+        assert!(parse("HTTP/1.1 2000 OK\r\n\r\n", Method::GET).is_err());
+        assert!(parse("HTTP/1.1 200 OK\r\nbad field\r\n\r\n", Method::GET).is_err());
+        let many: String = (0..=MAX_FIELDS).map(|i| format!("x-{i}: 1\r\n")).collect();
+        assert!(parse(&format!("HTTP/1.1 200 OK\r\n{many}\r\n"), Method::GET).is_err());
+    }
+
+    #[test]
+    fn interim_answers_are_skipped_and_101_needs_an_upgrade() {
+        let mut buf = BytesMut::from("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n");
+        assert!(matches!(parse_response(&mut buf, &Method::POST, false), Ok(Parsed::Interim)));
+        let Ok(Parsed::Head(head)) = parse_response(&mut buf, &Method::POST, false) else { panic!("no head") };
+        assert_eq!((head.response.status(), head.body), (StatusCode::NO_CONTENT, Decoder::Done));
+        let switch = "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n";
+        assert!(parse(switch, Method::GET).is_err());
+        let Ok(Parsed::Head(head)) = parse_response(&mut BytesMut::from(switch), &Method::GET, true) else {
+            panic!("no head")
+        };
+        assert_eq!((head.body, head.keep_alive), (Decoder::Done, false));
+    }
+
+    #[test]
+    fn the_body_framing_follows_rfc_9112() {
+        let of = |text: &str| {
+            let head = head(text);
+            (head.body, head.keep_alive)
+        };
+        assert_eq!(of("HTTP/1.1 200 OK\r\n\r\n"), (Decoder::UntilClose, false));
+        assert_eq!(of("HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n"), (Decoder::Done, true));
+        assert_eq!(of("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"), (Decoder::chunked(), true));
+        assert_eq!(of("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"), (Decoder::UntilClose, false));
+        assert_eq!(of("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked\r\n\r\n"), (Decoder::chunked(), true));
+        assert_eq!(
+            of("HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\n"),
+            (Decoder::Length(5), false)
+        );
+        assert_eq!(of("HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\n"), (Decoder::Length(5), false));
+        assert_eq!(
+            of("HTTP/1.0 200 OK\r\ncontent-length: 5\r\nconnection: Keep-Alive\r\n\r\n"),
+            (Decoder::Length(5), true)
+        );
+        // A HEAD answer has no body whatever its fields say.
+        let Ok(Parsed::Head(head)) = parse("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", Method::HEAD) else {
+            panic!("no head")
+        };
+        assert_eq!(head.body, Decoder::Done);
+        assert_eq!(head.response.headers()[header::CONTENT_LENGTH], "5");
+    }
+
+    #[test]
+    fn conflicting_lengths_are_refused_and_transfer_encoding_wins() {
+        assert!(parse("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n", Method::GET).is_err());
+        assert!(parse("HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\n", Method::GET).is_err());
+        assert!(parse("HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n", Method::GET).is_err());
+        assert!(parse("HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n", Method::GET).is_err());
+        let same = head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5, 5\r\n\r\n");
+        assert_eq!(same.body, Decoder::Length(5));
+        assert_eq!(same.response.headers().get_all(header::CONTENT_LENGTH).iter().collect::<Vec<_>>(), ["5"]);
+        let both = head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n");
+        assert_eq!((both.body, both.keep_alive), (Decoder::chunked(), false));
+        assert!(!both.response.headers().contains_key(header::CONTENT_LENGTH), "not passed on");
+    }
+
+    /// Feeds `wire` to a decoder in pieces of `step` bytes; the body, its trailers and
+    /// what is left after it.
+    fn decode_all(mut decoder: Decoder, wire: &[u8], step: usize, close: bool) -> io::Result<(Vec<u8>, HeaderMap)> {
+        let (mut buf, mut body, mut trailers) = (BytesMut::new(), Vec::new(), HeaderMap::new());
+        let mut pieces = wire.chunks(step.max(1));
+        loop {
+            match decoder.decode(&mut buf, false)? {
+                Event::Data(data) => body.extend_from_slice(&data),
+                Event::Trailers(t) => trailers = t,
+                Event::End => {
+                    assert!(buf.is_empty() && pieces.next().is_none(), "bytes left after the body");
+                    return Ok((body, trailers));
+                }
+                Event::More => match pieces.next() {
+                    Some(piece) => buf.extend_from_slice(piece),
+                    None if close => match decoder.decode(&mut buf, true)? {
+                        Event::End => return Ok((body, trailers)),
+                        other => panic!("{other:?} after the close"),
+                    },
+                    None => panic!("wants more than the whole body"),
+                },
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn chunked_bodies_decode_whatever_the_pieces(
+            chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 1..300), 0..6),
+            step in 1usize..64,
+            with_trailer in any::<bool>(),
+        ) {
+            let mut wire = Vec::new();
+            for chunk in &chunks {
+                wire.extend_from_slice(format!("{:X};ext=1\r\n", chunk.len()).as_bytes());
+                wire.extend_from_slice(chunk);
+                wire.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(if with_trailer { b"0\r\nx-sum: 7\r\n\r\n" } else { b"0\r\n\r\n" });
+            let (body, trailers) = decode_all(Decoder::chunked(), &wire, step, false).unwrap();
+            prop_assert_eq!(body, chunks.concat());
+            prop_assert_eq!(trailers.get("x-sum").is_some(), with_trailer);
+        }
+
+        #[test]
+        fn sized_and_close_delimited_bodies_decode_whatever_the_pieces(
+            data in prop::collection::vec(any::<u8>(), 0..2000),
+            step in 1usize..700,
+        ) {
+            let (body, _) = decode_all(Decoder::Length(data.len() as u64), &data, step, false).unwrap();
+            prop_assert_eq!(&body, &data);
+            let (body, _) = decode_all(Decoder::UntilClose, &data, step, true).unwrap();
+            prop_assert_eq!(body, data);
+        }
+    }
+
+    #[test]
+    fn broken_chunked_framing_is_an_error() {
+        for wire in [&b"zz\r\nab\r\n0\r\n\r\n"[..], b"2\r\nabc\r\n0\r\n\r\n", b"2 x\r\nab\r\n0\r\n\r\n", b"\r\n"] {
+            assert!(decode_all(Decoder::chunked(), wire, 3, false).is_err(), "{:?}", String::from_utf8_lossy(wire));
+        }
+        let endless = vec![b'1'; MAX_CHUNK_LINE + 10];
+        assert!(decode_all(Decoder::chunked(), &endless, 1000, false).is_err());
+    }
+
+    #[test]
+    fn a_close_mid_body_is_an_error() {
+        let mut buf = BytesMut::from("ab");
+        let mut sized = Decoder::Length(5);
+        assert!(matches!(sized.decode(&mut buf, false), Ok(Event::Data(_))));
+        assert_eq!(sized.decode(&mut buf, true).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        let mut chunked = Decoder::chunked();
+        assert_eq!(chunked.decode(&mut BytesMut::from("5\r\nab"), true).map(|_| ()).ok(), Some(()));
+        assert!(chunked.decode(&mut BytesMut::new(), true).is_err());
+    }
+}
