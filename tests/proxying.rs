@@ -147,6 +147,22 @@ async fn h2c_prior_knowledge_on_the_same_listener() {
     assert_eq!(seen.headers["x-h2"], "yes");
     assert_eq!(seen.headers["host"], sluice.addr.to_string());
     assert_eq!(seen.body, "h2 body");
+    // A body of unknown length (HTTP/2 without Content-Length) goes to the service chunked.
+    let (mut tx, streamed) =
+        http_body_util::channel::Channel::<Bytes, Box<dyn std::error::Error + Send + Sync>>::new(2);
+    tokio::spawn(async move {
+        for part in ["one ", "two ", "three"] {
+            tx.send_data(Bytes::from(part)).await.unwrap();
+        }
+    });
+    let req = Request::post(sluice.url("/unsized")).body(streamed.boxed()).unwrap();
+    assert_eq!(send(&client, req).await.0.status(), 200);
+    let seen = upstream.last();
+    assert_eq!(
+        (seen.headers["transfer-encoding"].to_str().unwrap(), &seen.body[..]),
+        ("chunked", &b"one two three"[..])
+    );
+    assert!(!seen.headers.contains_key("content-length"));
     // Many streams at once on one connection.
     let all = (0..20).map(|i| {
         let client = client.clone();
