@@ -106,7 +106,9 @@ impl Pool {
         loop {
             let (mut conn, pooled) = match self.take(upstream) {
                 Some(conn) => (conn, true),
-                None => (Conn::open(upstream).await?, false),
+                // Boxed: connecting (and resolving) is rare, and its future would otherwise
+                // make every request's future larger to move (530 instructions a request).
+                None => (Box::pin(Conn::open(upstream)).await?, false),
             };
             // Only a request without a body is tried again, so the upload is never needed twice.
             match conn.exchange(&parts, upload.take(), upgrade).await {
