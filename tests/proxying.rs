@@ -302,6 +302,8 @@ fn unusual_answers(path: &str) -> (&'static [u8], bool) {
         "/not-http" => (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", false),
         "/silent" => (b"", true),
         "/short" => (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", true),
+        // Switches, then speaks first: its first bytes arrive with the head.
+        "/upgrade" => (b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\nhello after 101", true),
         // Answers at once, without reading the body.
         "/upload" => (b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 8\r\n\r\ntoo long", false),
         _ => (b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n", false),
@@ -330,6 +332,15 @@ async fn answers_framed_any_way_reach_the_client_whole_and_taint_no_later_answer
     assert_eq!(get("/until-close").await, (200, "the whole body".to_owned()));
     assert_eq!(get("/sized").await, ok);
     assert_eq!(service.connections(), 4);
+    // What the service sent right after its 101 head goes through the tunnel first.
+    let switched = raw(
+        sluice.addr,
+        b"GET /upgrade HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert!(switched.starts_with("HTTP/1.1 101") && switched.ends_with("\r\n\r\nhello after 101"), "{switched}");
+    // A 101 nobody asked for is not passed on.
+    assert_eq!(get("/upgrade").await.0, 502);
 }
 
 #[tokio::test(flavor = "multi_thread")]
