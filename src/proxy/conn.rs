@@ -23,9 +23,11 @@ use tokio::net::TcpStream;
 use super::h1::{self, Decoder, Event, Head, Parsed};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The read buffer's size; it is refilled (or reclaimed) when less than `MIN_READ` is free.
+/// How much room a read gets to start with. It doubles while reads fill it (a large body),
+/// up to `MAX_READ`, so a large body takes few system calls; a connection put back idle
+/// starts over with a buffer of this size.
 const READ_CHUNK: usize = 16 * 1024;
-const MIN_READ: usize = 2 * 1024;
+const MAX_READ: usize = 256 * 1024;
 
 pub struct Conn {
     stream: TcpStream,
@@ -35,6 +37,8 @@ pub struct Conn {
     out: Vec<u8>,
     /// The request body still being sent (the service may answer before it has all of it).
     upload: Option<Box<Upload>>,
+    /// The room the next read gets (see [`READ_CHUNK`]).
+    read_size: usize,
     /// The service closed its side, or stopped taking the request body.
     closed: bool,
 }
@@ -56,7 +60,7 @@ impl Conn {
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
         let buf = BytesMut::with_capacity(READ_CHUNK);
-        Ok(Conn { stream, buf, out: Vec::with_capacity(1024), upload: None, closed: false })
+        Ok(Conn { stream, buf, out: Vec::with_capacity(1024), upload: None, read_size: READ_CHUNK, closed: false })
     }
 
     /// Whether an idle connection may still carry a request: the service has neither
@@ -77,6 +81,21 @@ impl Conn {
     /// request: the request went whole and nothing unasked came after the response.
     pub fn is_reusable(&self) -> bool {
         !self.closed && self.upload.is_none() && self.buf.is_empty()
+    }
+
+    /// The room the next read gets.
+    #[cfg(test)]
+    pub fn read_size(&self) -> usize {
+        self.read_size
+    }
+
+    /// Readies a reusable connection to wait in the pool: a buffer grown by a large body
+    /// is let go.
+    pub fn settle(&mut self) {
+        if self.read_size > READ_CHUNK {
+            self.read_size = READ_CHUNK;
+            self.buf = BytesMut::with_capacity(READ_CHUNK);
+        }
     }
 
     /// Sends a request (its head from `parts`, in origin form and with its fields
@@ -151,10 +170,17 @@ impl Conn {
     }
 
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < MIN_READ {
-            self.buf.reserve(READ_CHUNK);
+        // Room is made only when under half a read is left: reserving before every read
+        // would re-allocate whenever the last head or body still shares the buffer.
+        if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
+            self.buf.reserve(self.read_size);
         }
-        pin!(self.stream.read_buf(&mut self.buf)).poll(cx)
+        let room = self.buf.capacity() - self.buf.len();
+        let n = ready!(pin!(self.stream.read_buf(&mut self.buf)).poll(cx))?;
+        if n == room && self.read_size < MAX_READ {
+            self.read_size *= 2;
+        }
+        Poll::Ready(Ok(n))
     }
 
     /// Sends what it can of the request body. An error is the client's (its body broke

@@ -59,10 +59,11 @@ impl Lease {
     /// The response was read to its end: the connection goes back to the pool if it can
     /// carry another request, and is closed if not.
     pub fn give_back(self) {
-        let Lease { pool, upstream, conn, keep_alive } = self;
+        let Lease { pool, upstream, mut conn, keep_alive } = self;
         if !(keep_alive && conn.is_reusable()) {
             return;
         }
+        conn.settle();
         let now = Instant::now();
         let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
         evict_expired(&mut idle, now);
@@ -143,6 +144,12 @@ impl Pool {
     #[cfg(test)]
     fn idle_len(&self) -> usize {
         self.idle.lock().unwrap().len()
+    }
+
+    /// The read size of the idle connection that would go out next.
+    #[cfg(test)]
+    fn next_read_size(&self) -> Option<usize> {
+        self.idle.lock().unwrap().back().map(|idle| idle.conn.read_size())
     }
 }
 
@@ -294,6 +301,34 @@ mod tests {
         assert_eq!(pool.idle_len(), 1, "not idle long enough");
         pool.sweep_now(Instant::now() + IDLE_TIMEOUT);
         assert_eq!(pool.idle_len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_large_body_is_read_in_growing_reads_and_the_buffer_let_go_after() {
+        const LEN: usize = 8 << 20;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 1024];
+            let _ = stream.read(&mut head).await.unwrap();
+            let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {LEN}\r\n\r\n");
+            stream.write_all(answer.as_bytes()).await.unwrap();
+            stream.write_all(&vec![7u8; LEN]).await.unwrap();
+            let _ = stream.read(&mut head).await; // keeps the connection open
+        });
+        let pool = Pool::new();
+        let (response, mut body, mut lease) = pool.send(&upstream, request().await, false).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let (mut total, mut largest) = (0, 0);
+        while let Some(frame) = std::future::poll_fn(|cx| lease.poll_body(&mut body, cx)).await {
+            let data = frame.unwrap().into_data().unwrap();
+            (total, largest) = (total + data.len(), largest.max(data.len()));
+        }
+        assert_eq!(total, LEN);
+        assert!(largest > 16 * 1024, "reads never grew past the first size: {largest}");
+        lease.give_back();
+        assert_eq!(pool.next_read_size(), Some(16 * 1024), "the grown buffer is let go when idle");
     }
 
     #[tokio::test]
