@@ -5,14 +5,15 @@
 //! 3. [`admit`] applies the route's quotas, then the service's (429).
 //! 4. [`upstream::prepare`] rewrites the request for the service; it goes out on one of
 //!    the worker's [`pool`]ed connections under the route's timeout (504); failures are
-//!    502s.
+//!    502s. sluice speaks HTTP/1.1 to the service itself: [`conn`] drives the connection
+//!    on the request's task, [`h1`] writes and parses the bytes.
 //! 5. The response streams back in a [`ProxyBody`] that holds the request's [`Guard`]
 //!    (concurrency slots, in-flight count, [`Measure`]) until its last byte or the client
 //!    leaving; then the request is counted in the route's metrics and SLIs, and the
 //!    connection to the service goes back to the pool if the body was read whole.
 //!
-//! [`listener`] accepts connections and serves HTTP/1.1 and h2c on them, on one worker
-//! thread per CPU.
+//! [`listener`] accepts connections and serves HTTP/1.1 and h2c on them (with hyper), on
+//! one worker thread per CPU.
 
 pub mod admit;
 mod body;
