@@ -167,6 +167,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use bytes::Bytes;
+    use http::Method;
     use hyper_util::rt::TokioIo;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -220,6 +221,10 @@ mod tests {
     }
 
     async fn request() -> Request<Incoming> {
+        request_with(Method::GET).await
+    }
+
+    async fn request_with(method: Method) -> Request<Incoming> {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -241,7 +246,8 @@ mod tests {
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });
         let mut client = TcpStream::connect(addr).await.unwrap();
-        client.write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n").await.unwrap();
+        let head = format!("{method} / HTTP/1.1\r\nhost: test\r\ncontent-length: 0\r\n\r\n");
+        client.write_all(head.as_bytes()).await.unwrap();
         let req = rx.await.unwrap();
         tokio::spawn(async move {
             let mut sink = Vec::new();
@@ -301,6 +307,44 @@ mod tests {
         assert_eq!(pool.idle_len(), 1, "not idle long enough");
         pool.sweep_now(Instant::now() + IDLE_TIMEOUT);
         assert_eq!(pool.idle_len(), 0);
+    }
+
+    /// A service that answers the first request on each connection and closes the
+    /// connection on reading the second, without answering: the request that raced the
+    /// close of an idle connection.
+    async fn closes_on_the_second() -> (Authority, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut chunk = [0u8; 1024];
+                    let _ = stream.read(&mut chunk).await;
+                    stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+                    let _ = stream.read(&mut chunk).await;
+                });
+            }
+        });
+        (authority, accepted)
+    }
+
+    #[tokio::test]
+    async fn only_an_idempotent_request_is_sent_again_after_a_silent_close() {
+        let (upstream, accepted) = closes_on_the_second().await;
+        let pool = Pool::new();
+        get(&pool, &upstream).await.2.give_back();
+        // The pooled connection is open when taken; the service closes it on reading.
+        let (status, body, lease) = get(&pool, &upstream).await;
+        assert_eq!((status, &body[..]), (200, &b"ok"[..]), "a GET is sent again on a new connection");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        lease.give_back();
+        let post = pool.send(&upstream, request_with(Method::POST).await, false).await;
+        assert!(post.is_err(), "a POST may have been acted on: not sent again");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
