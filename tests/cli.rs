@@ -87,9 +87,13 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     let upstream = Upstream::start().await;
     let dir = temp_dir("sigterm");
     let path = dir.join("sluice.yaml");
-    std::fs::write(&path, config_text(upstream.addr, "limits: { drain_timeout: 10s }\n")).unwrap();
+    // On an address of its own: once the listener closes, a parallel test bound to
+    // 127.0.0.1:0 could be handed the freed port, and this test's connect would succeed.
+    let config = config_text(upstream.addr, "limits: { drain_timeout: 10s }\n");
+    std::fs::write(&path, config.replacen("listen: 127.0.0.1:0", "listen: 127.0.0.3:0", 1)).unwrap();
     let mut process = Process::spawn(&path);
     let addr = process.addr;
+    assert_eq!(addr.ip().to_string(), "127.0.0.3");
     let client = client();
     let slow = tokio::spawn({
         let client = client.clone();
