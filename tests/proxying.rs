@@ -393,3 +393,32 @@ async fn an_answer_before_the_body_is_sent_reaches_the_client_and_the_connection
     assert_eq!(lines, ["POST /upload HTTP/1.1", "GET /sized HTTP/1.1", "GET /sized HTTP/1.1"]);
     assert_eq!(service.connections(), 3, "the connection with half a body on it was not reused");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expect_100_continue_is_answered_and_the_body_goes_through() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, ROUTES).await;
+    let mut stream = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
+    let head = "POST /expect HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The client waits for the go-ahead, as curl does, before sending its body.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async |stream: &mut tokio::net::TcpStream, answer: &mut Vec<u8>, buf: &mut [u8]| {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(buf)).await.expect("an answer").unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(answer));
+        answer.extend_from_slice(&buf[..n]);
+    };
+    while !answer.ends_with(b"\r\n\r\n") {
+        read(&mut stream, &mut answer, &mut buf).await;
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 100 Continue\r\n"), "{}", String::from_utf8_lossy(&answer));
+    stream.write_all(b"hello").await.unwrap();
+    answer.clear();
+    while !answer.ends_with(b"hello from upstream") {
+        read(&mut stream, &mut answer, &mut buf).await;
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200 OK"), "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(upstream.last().body, "hello");
+}
