@@ -30,12 +30,14 @@ fn quick_comparison_runs_every_target_and_reports() {
             assert!(first > 0.0, "{row}");
         }
     }
-    let memory = |target: &str| -> Vec<f64> {
+    // CPU s / M requests, its user and system parts, RSS idle MiB, KiB per connection
+    let costs = |target: &str| -> Vec<f64> {
         let row = stdout.lines().find(|l| l.starts_with(&format!("| {target} |")) && l.contains(" MiB |")).unwrap();
-        row.split('|').skip(3).take(2).map(|c| c.split_whitespace().next().unwrap().parse().unwrap()).collect()
+        row.split('|').skip(2).take(5).map(|c| c.split_whitespace().next().unwrap().parse().unwrap()).collect()
     };
-    let sluice = memory("sluice");
-    assert!(sluice[0] > 1.0 && sluice[1] > 0.0, "RSS idle MiB, KiB per connection: {sluice:?}");
+    let sluice = costs("sluice");
+    assert!(sluice.iter().all(|&v| v > 0.0) && sluice[3] > 1.0, "{sluice:?}");
+    assert!((sluice[1] + sluice[2] - sluice[0]).abs() <= 0.5 * sluice[0], "user + system near the total: {sluice:?}");
     assert!(stdout.contains("Quota + SLA cost (sluice-full vs sluice):"), "{stdout}");
     assert!(stdout.contains("429 path vs proxied path"), "{stdout}");
 }
