@@ -174,39 +174,51 @@ mod tests {
 
     use super::*;
 
-    /// A service that answers every request `ok`, counting the connections it accepts;
-    /// with `close_after_one` it closes each connection after its first response without
-    /// saying so, as a service whose idle timeout just ran out does.
-    async fn service(close_after_one: bool) -> (Authority, Arc<AtomicUsize>) {
+    /// A service on a port of its own, serving each connection it accepts with `serve`;
+    /// it counts the connections.
+    async fn service_with<F, Fut>(serve: F) -> (Authority, Arc<AtomicUsize>)
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let authority = listener.local_addr().unwrap().to_string().parse().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let counter = accepted.clone();
         tokio::spawn(async move {
             loop {
-                let (mut stream, _) = listener.accept().await.unwrap();
+                let (stream, _) = listener.accept().await.unwrap();
                 counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    loop {
-                        let mut chunk = [0u8; 1024];
-                        let n = stream.read(&mut chunk).await.unwrap_or(0);
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            buf.drain(..end + 4);
-                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                            if stream.write_all(ok).await.is_err() || close_after_one {
-                                return;
-                            }
-                        }
-                    }
-                });
+                tokio::spawn(serve(stream));
             }
         });
         (authority, accepted)
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    /// A service that answers every request `ok`; with `close_after_one` it closes each
+    /// connection after its first response without saying so, as a service whose idle
+    /// timeout just ran out does.
+    async fn service(close_after_one: bool) -> (Authority, Arc<AtomicUsize>) {
+        service_with(move |mut stream| async move {
+            let mut buf = Vec::new();
+            loop {
+                let mut chunk = [0u8; 1024];
+                let n = stream.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    return;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    buf.drain(..end + 4);
+                    if stream.write_all(OK).await.is_err() || close_after_one {
+                        return;
+                    }
+                }
+            }
+        })
+        .await
     }
 
     /// A request for the pool: `Incoming` bodies only come from hyper, so this one is a
@@ -313,23 +325,13 @@ mod tests {
     /// connection on reading the second, without answering: the request that raced the
     /// close of an idle connection.
     async fn closes_on_the_second() -> (Authority, Arc<AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let authority = listener.local_addr().unwrap().to_string().parse().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let (mut stream, _) = listener.accept().await.unwrap();
-                counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut chunk = [0u8; 1024];
-                    let _ = stream.read(&mut chunk).await;
-                    stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
-                    let _ = stream.read(&mut chunk).await;
-                });
-            }
-        });
-        (authority, accepted)
+        service_with(|mut stream| async move {
+            let mut chunk = [0u8; 1024];
+            let _ = stream.read(&mut chunk).await;
+            stream.write_all(OK).await.unwrap();
+            let _ = stream.read(&mut chunk).await;
+        })
+        .await
     }
 
     #[tokio::test]
