@@ -1,6 +1,6 @@
 //! HTTP/1.1 towards the service, as bytes: the request head sluice writes, the response
 //! head it parses, and the framing of the response body (RFC 9112). No I/O here; the
-//! connection that drives it is in [`super::pool`].
+//! connection that drives it is in [`super::conn`].
 //!
 //! Only the service is spoken to this way. Clients are served by hyper, which enforces the
 //! framing rules a proxy needs against an untrusted peer; the service's answers reach the
@@ -20,12 +20,12 @@ const MAX_FIELDS: usize = 100;
 /// The longest chunk-size line (with its extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4096;
 
-pub fn invalid(what: &'static str) -> io::Error {
+fn invalid(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
 /// Writes the request head: `path` in origin form, `headers` as they are (framing fields
-/// included: [`super::upstream::prepare`] and the pool have set them).
+/// included: [`super::upstream::prepare`] and [`super::conn::Upload::new`] set them).
 pub fn write_request_head(method: &Method, path: &str, headers: &HeaderMap, out: &mut Vec<u8>) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
