@@ -133,8 +133,11 @@ pub fn parse_response(buf: &mut BytesMut, request: &Method, upgrade: bool) -> io
         }
     } else if headers.contains_key(header::CONTENT_LENGTH) {
         let len = content_length(&headers).ok_or_else(|| invalid("bad Content-Length"))?;
-        if headers.get_all(header::CONTENT_LENGTH).iter().nth(1).is_some() {
-            // Repeated with one value: passed on once.
+        // Repeated (`5, 5`, or in two fields) with one value: passed on once, as a number.
+        let mut digits = itoa::Buffer::new();
+        let canonical = digits.format(len).as_bytes();
+        let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+        if values.next().is_some_and(|v| v.as_bytes() != canonical) || values.next().is_some() {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         }
         Decoder::Length(len)
@@ -462,9 +465,11 @@ mod tests {
         assert!(parse("HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\n", Method::GET).is_err());
         assert!(parse("HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n", Method::GET).is_err());
         assert!(parse("HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n", Method::GET).is_err());
-        let same = head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5, 5\r\n\r\n");
-        assert_eq!(same.body, Decoder::Length(5));
-        assert_eq!(same.response.headers().get_all(header::CONTENT_LENGTH).iter().collect::<Vec<_>>(), ["5"]);
+        for same in ["content-length: 5\r\ncontent-length: 5, 5", "content-length: 5,5", "content-length:  5 "] {
+            let same = head(&format!("HTTP/1.1 200 OK\r\n{same}\r\n\r\n"));
+            assert_eq!(same.body, Decoder::Length(5));
+            assert_eq!(same.response.headers().get_all(header::CONTENT_LENGTH).iter().collect::<Vec<_>>(), ["5"]);
+        }
         let both = head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n");
         assert_eq!((both.body, both.keep_alive), (Decoder::chunked(), false));
         assert!(!both.response.headers().contains_key(header::CONTENT_LENGTH), "not passed on");
