@@ -198,6 +198,8 @@ pub enum Decoder {
     Done,
 }
 
+/// Where in a chunked body the reader is: at a size line, in a chunk's data (this many
+/// bytes left), at the CRLF after it, or at the trailers after the last chunk.
 #[derive(Debug, PartialEq)]
 pub enum Chunk {
     Size,
@@ -213,7 +215,7 @@ pub enum Event {
     Trailers(HeaderMap),
     /// The body is over.
     End,
-    /// More bytes are needed (none were taken).
+    /// More bytes are needed (what was taken so far is in the decoder's state).
     More,
 }
 
