@@ -110,6 +110,7 @@ impl Conn {
     ) -> Result<Head, Failure> {
         let retryable = upload.is_none() && is_idempotent(&parts.method);
         self.out.clear();
+        // Origin form, whatever form the client used (HTTP/2's is absolute).
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         h1::write_request_head(&parts.method, path, &parts.headers, &mut self.out);
         self.upload = upload;

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Uri};
+use http::uri::Authority;
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -34,10 +34,8 @@ pub fn prepare(req: &mut Request<Incoming>, upstream: &Authority, client: &Heade
             req.headers_mut().insert(header::HOST, host);
         }
     }
-    // Origin form: the request line names the path, the service is the connection's.
-    let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-    *req.uri_mut() = Uri::from(path);
-    *req.version_mut() = Version::HTTP_11;
+    // The URI and version stay as they came: `h1::write_request_head` writes the request
+    // line in origin form and HTTP/1.1 whatever the client spoke.
 
     let headers = req.headers_mut();
     let upgrade_to = if upgrade { headers.get(header::UPGRADE).cloned() } else { None };
