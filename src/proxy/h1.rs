@@ -153,13 +153,19 @@ pub fn parse_response(buf: &mut BytesMut, request: &Method, upgrade: bool) -> io
     Ok(Parsed::Head(Head { response, body, keep_alive }))
 }
 
+/// The options the `Connection` fields list (`close`, `keep-alive`, names of fields that
+/// go no further), trimmed.
+pub fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    let values = headers.get_all(header::CONNECTION).into_iter();
+    values.flat_map(|v| v.as_bytes().split(|&b| b == b',')).map(<[u8]>::trim_ascii)
+}
+
 /// Whether `Connection` says `close`, and whether it says `keep-alive`.
 fn connection_tokens(headers: &HeaderMap) -> (bool, bool) {
     let (mut close, mut keep_alive) = (false, false);
-    for token in headers.get_all(header::CONNECTION).iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')) {
-        let token = token.trim_ascii();
-        close |= token.eq_ignore_ascii_case(b"close");
-        keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+    for option in connection_options(headers) {
+        close |= option.eq_ignore_ascii_case(b"close");
+        keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
     }
     (close, keep_alive)
 }

@@ -11,6 +11,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::h1;
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -20,7 +22,7 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 pub fn is_upgrade(req: &Request<Incoming>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
-        && connection_has(req.headers(), "upgrade")
+        && h1::connection_options(req.headers()).any(|option| option.eq_ignore_ascii_case(b"upgrade"))
 }
 
 /// Turns the client's request into the request for the service, in place.
@@ -56,15 +58,6 @@ pub fn clean_response<B>(response: &mut Response<B>) {
     remove_hop_by_hop(response.headers_mut());
 }
 
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
 /// Removes the fields that describe one connection, not the message: the fixed list and
 /// every field the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
@@ -82,11 +75,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if connection {
         // `close` and `keep-alive`, the usual options, name no field to look up (and
         // Keep-Alive is on the fixed list): then nothing is collected or allocated.
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
+        let named: Vec<HeaderName> = h1::connection_options(headers)
             .filter(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
             .filter_map(|t| HeaderName::from_bytes(t).ok())
             .collect();
