@@ -14,9 +14,9 @@ maximum, every target in turn again, and reports p50 and p99 and what each proxy
 direct's. A failed request, or an achieved rate under 95% of the one asked for, voids the run.
 
 Per target it also reports the CPU time the proxy process spent per million requests
-(user + system, from /proc/PID/stat around each HTTP/1.1 run), its resident memory at start
-before any traffic, and what each idle keep-alive connection adds to it (N connections, each
-having made one request, held open).
+(user + system, and each part, from /proc/PID/stat around each HTTP/1.1 run), its resident
+memory at start before any traffic, and what each idle keep-alive connection adds to it (N
+connections, each having made one request, held open).
 
 Last, every proxy runs again under callgrind, which counts the instructions it executes in
 user space: the same for the same build and load whatever the neighbours do, so this is
