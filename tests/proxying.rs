@@ -97,7 +97,10 @@ async fn a_request_without_host_names_the_service() {
     let upstream = Upstream::start().await;
     let sluice = Sluice::start(&upstream, ROUTES).await;
     let answer = raw(sluice.addr, b"GET /old HTTP/1.0\r\n\r\n", Duration::from_secs(5));
-    assert!(answer.starts_with("HTTP/1.0 200 OK"), "{answer}");
+    // The version sluice speaks, as RFC 9110 §6.2 asks (and nginx does); an HTTP/1.0
+    // client that did not ask to keep the connection is told it closes.
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
     let seen = upstream.last();
     assert_eq!(seen.uri.to_string(), "/old");
     assert_eq!(seen.headers["host"], upstream.addr.to_string());

@@ -1,7 +1,8 @@
-//! The response body sluice sends: a small local body, or the upstream's body streamed
-//! through. Either carries the request's [`Guard`], which ends when the last byte is sent
-//! or the client goes away: that is when the slots are given back and the request is
-//! measured.
+//! The bodies of a request: the client's, as sluice reads it ([`RequestBody`]), and the
+//! response's ([`ProxyBody`]): a small local body, or the upstream's body streamed
+//! through. A response body carries the request's [`Guard`], which ends when the last
+//! byte is sent or the client goes away: that is when the slots are given back and the
+//! request is measured.
 
 use std::io;
 use std::pin::Pin;
@@ -12,13 +13,55 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use super::front::ClientBody;
 use super::h1::Decoder;
 use super::pool::Lease;
 use crate::metrics::Origin;
 use crate::quota::Permit;
 use crate::snapshot::Snapshot;
+
+/// A request's body as it reaches the [`super::Proxy`].
+pub enum RequestBody {
+    /// No body (most requests): nothing to read or hand back.
+    Empty,
+    /// From an HTTP/1.1 connection, read by sluice.
+    Client(ClientBody),
+    /// From an HTTP/2 stream, read by hyper.
+    Hyper(Incoming),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Client(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(io::Error::other),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Client(body) => body.is_end_stream(),
+            RequestBody::Hyper(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Client(body) => body.size_hint(),
+            RequestBody::Hyper(body) => body.size_hint(),
+        }
+    }
+}
 
 pub struct ProxyBody {
     inner: Inner,
@@ -30,6 +73,9 @@ enum Inner {
     /// The service's body as its framing reads it off the connection it comes on, which
     /// is given back once the body is read whole.
     Upstream(Decoder, Option<Lease>),
+    /// The answer was `101`: the connection to the service, and what it sent after its
+    /// head, for the client's connection to be joined with.
+    Tunnel(Option<(TcpStream, Bytes)>),
 }
 
 impl ProxyBody {
@@ -38,12 +84,24 @@ impl ProxyBody {
     }
 
     pub fn upstream(body: Decoder, guard: Option<Guard>, mut lease: Option<Lease>) -> Self {
-        // hyper does not poll a body that is over before it starts (HEAD, 204, 304,
-        // `Content-Length: 0`).
+        // A body that is over before it starts (HEAD, 204, 304, `Content-Length: 0`) is
+        // not polled.
         if body.is_done() {
             give_back(&mut lease);
         }
         Self { inner: Inner::Upstream(body, lease), guard }
+    }
+
+    pub fn tunnel(service: (TcpStream, Bytes), guard: Option<Guard>) -> Self {
+        Self { inner: Inner::Tunnel(Some(service)), guard }
+    }
+
+    /// The connection to the service, if this is the body of a `101`.
+    pub fn take_tunnel(&mut self) -> Option<(TcpStream, Bytes)> {
+        match &mut self.inner {
+            Inner::Tunnel(service) => service.take(),
+            _ => None,
+        }
     }
 
     /// What a local body holds, unsent.
@@ -51,7 +109,7 @@ impl ProxyBody {
     pub fn local_bytes(self) -> Option<Bytes> {
         match self.inner {
             Inner::Local(bytes) => bytes,
-            Inner::Upstream(..) => None,
+            Inner::Upstream(..) | Inner::Tunnel(_) => None,
         }
     }
 
@@ -85,6 +143,7 @@ impl Body for ProxyBody {
                     frame
                 }
             },
+            Inner::Tunnel(_) => None,
         };
         if !matches!(frame, Some(Ok(_))) {
             // The end, or the upstream failed: the request is over either way.
@@ -97,6 +156,7 @@ impl Body for ProxyBody {
         match &self.inner {
             Inner::Local(bytes) => bytes.is_none(),
             Inner::Upstream(body, _) => body.is_done(),
+            Inner::Tunnel(_) => true,
         }
     }
 
@@ -104,6 +164,7 @@ impl Body for ProxyBody {
         match &self.inner {
             Inner::Local(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Inner::Upstream(body, _) => body.remaining().map_or_else(SizeHint::default, SizeHint::with_exact),
+            Inner::Tunnel(_) => SizeHint::with_exact(0),
         }
     }
 }

@@ -15,12 +15,13 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::uri::Authority;
 use http::Method;
+use http_body::Body;
 use http_body::Frame;
-use hyper::body::{Body, Incoming};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::h1::{self, Decoder, Event, Head, Parsed};
+use super::RequestBody;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How much room a read gets to start with. It doubles while reads fill it (a large body),
@@ -218,7 +219,7 @@ fn is_idempotent(method: &Method) -> bool {
 
 /// A request body on its way to the service, framed as its fields say.
 pub struct Upload {
-    body: Incoming,
+    body: RequestBody,
     chunked: bool,
     /// Bytes taken from the body (and their framing), not yet written.
     pending: VecDeque<Bytes>,
@@ -236,7 +237,7 @@ enum UploadError {
 impl Upload {
     /// The upload of `body`, with the framing fields in `headers` set to match: none for
     /// an empty body, the known length, or chunked.
-    pub fn new(headers: &mut HeaderMap, body: Incoming) -> Option<Box<Upload>> {
+    pub fn new(headers: &mut HeaderMap, body: RequestBody) -> Option<Box<Upload>> {
         if body.is_end_stream() {
             return None;
         }
@@ -282,7 +283,7 @@ impl Upload {
             }
             let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
                 Some(Ok(frame)) => frame,
-                Some(Err(e)) => return Poll::Ready(Err(UploadError::Client(io::Error::other(e)))),
+                Some(Err(e)) => return Poll::Ready(Err(UploadError::Client(e))),
                 None => {
                     self.ended = true;
                     if self.chunked {

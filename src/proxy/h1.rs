@@ -1,20 +1,21 @@
-//! HTTP/1.1 towards the service, as bytes: the request head sluice writes, the response
-//! head it parses, and the framing of the response body (RFC 9112). No I/O here; the
-//! connection that drives it is in [`super::conn`].
+//! HTTP/1.1 as bytes, both ways (RFC 9112): the request heads sluice reads from clients
+//! and writes to the service, the response heads it parses from the service and writes to
+//! clients, and the framing of bodies. No I/O here: [`super::front`] drives a client's
+//! connection, [`super::conn`] one to the service.
 //!
-//! Only the service is spoken to this way. Clients are served by hyper, which enforces the
-//! framing rules a proxy needs against an untrusted peer; the service's answers reach the
-//! client through hyper again, re-framed, so nothing the service sends can be read by the
-//! client as a second response.
+//! Bytes from a client are untrusted, so a request head is read strictly: one way to
+//! frame its body or a 400, so that no two readers of it (sluice and the service) can
+//! disagree on where it ends. What the service sends reaches the client re-framed, so
+//! nothing in it can be read as a second response.
 
 use std::io;
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 
-/// The longest response head accepted, and the most fields in it.
+/// The longest response head accepted, and the most fields in a head.
 pub const MAX_HEAD: usize = 64 * 1024;
 const MAX_FIELDS: usize = 100;
 /// The longest chunk-size line (with its extensions) accepted.
@@ -53,6 +54,185 @@ pub fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> &[u8] {
     }
     out[digits..digits + 2].copy_from_slice(b"\r\n");
     &out[..digits + 2]
+}
+
+/// A request head read from a client.
+#[derive(Debug)]
+pub struct RequestHead {
+    pub request: Request<()>,
+    /// `Length` or `Chunked`; `Done` when the request has no body.
+    pub body: Decoder,
+    /// The client will send another request on this connection after this one.
+    pub keep_alive: bool,
+    /// The client waits for `100 Continue` before it sends the body.
+    pub expect_continue: bool,
+}
+
+/// A request head that cannot be served: the status to answer with, and why. The
+/// connection closes after the answer, since where the request ends is unknown.
+#[derive(Debug, PartialEq)]
+pub struct Refused(pub StatusCode, pub &'static str);
+
+/// Parses the request head at the start of `buf` and takes it off; `None` until the whole
+/// head is there. A head over `max_head` bytes is refused with 431.
+pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<RequestHead>, Refused> {
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let too_large = Refused(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large");
+    let len = match parsed.parse_with_uninit_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) if len > max_head => return Err(too_large),
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > max_head => return Err(too_large),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Refused(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too many fields in the request head"))
+        }
+        Err(httparse::Error::Version) => {
+            return Err(Refused(StatusCode::HTTP_VERSION_NOT_SUPPORTED, "only HTTP/1.0 and HTTP/1.1 are served"))
+        }
+        Err(_) => return Err(bad("malformed request head")),
+    };
+    let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes()).map_err(|_| bad("bad method"))?;
+    let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    let target = parsed.path.unwrap_or_default();
+    // Origin form, absolute form, or `*`; the authority form is CONNECT's, which a
+    // reverse proxy does not serve.
+    if !(target.starts_with('/') || target == "*" || target.contains("://")) {
+        return Err(bad("the request target must be a path or an absolute URL"));
+    }
+
+    let base = buf.as_ptr() as usize;
+    let place = |part: &[u8]| (part.as_ptr() as usize - base, part.as_ptr() as usize - base + part.len());
+    let target = place(target.as_bytes());
+    let mut fields = Vec::with_capacity(parsed.headers.len());
+    for field in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| bad("bad field name"))?;
+        fields.push((name, place(field.value)));
+    }
+    let head = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(target.0..target.1)).map_err(|_| bad("bad request target"))?;
+    // Room for the fields the forward step adds (X-Forwarded-*): growing the map rehashes it.
+    let mut headers = HeaderMap::with_capacity(fields.len() + 4);
+    // Which fields that matter here are present, noted in the pass that builds the map:
+    // most requests have none of them but Host, and a lookup hashes.
+    let (mut hosts, mut te, mut cl, mut connection, mut expect) = (0, false, false, false, false);
+    for (name, (start, end)) in fields {
+        hosts += usize::from(name == header::HOST);
+        te |= name == header::TRANSFER_ENCODING;
+        cl |= name == header::CONTENT_LENGTH;
+        connection |= name == header::CONNECTION;
+        expect |= name == header::EXPECT;
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end)).map_err(|_| bad("bad field value"))?;
+        headers.append(name, value);
+    }
+
+    if version == Version::HTTP_11 && hosts != 1 {
+        return Err(bad("an HTTP/1.1 request needs exactly one Host field"));
+    }
+    // One framing or none (RFC 9112 §6): a request with both, or a coding sluice does not
+    // decode, could be read one way here and another by the service.
+    let body = if te {
+        if version == Version::HTTP_10 {
+            return Err(bad("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        if cl {
+            return Err(bad("both Content-Length and Transfer-Encoding"));
+        }
+        let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+        let only_chunked = codings.next().is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        if !only_chunked || codings.next().is_some() {
+            return Err(Refused(StatusCode::NOT_IMPLEMENTED, "only the chunked transfer coding is served"));
+        }
+        Decoder::chunked()
+    } else if cl {
+        match content_length(&headers).ok_or(bad("bad Content-Length"))? {
+            0 => Decoder::Done,
+            len => Decoder::Length(len),
+        }
+    } else {
+        Decoder::Done
+    };
+
+    let (close, keep_alive_token) = if connection { connection_tokens(&headers) } else { (false, false) };
+    let keep_alive = if version == Version::HTTP_11 { !close } else { keep_alive_token && !close };
+    let expect_continue = expect
+        && version == Version::HTTP_11
+        && headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    Ok(Some(RequestHead { request, body, keep_alive, expect_continue }))
+}
+
+fn bad(why: &'static str) -> Refused {
+    Refused(StatusCode::BAD_REQUEST, why)
+}
+
+/// How a response body is framed to the client.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Framing {
+    /// No body, and no framing field (1xx, 204).
+    None,
+    /// No body, but the framing fields the service sent describe the body a GET would
+    /// have had (HEAD, 304): they are written as they are.
+    AsSent,
+    Length(u64),
+    Chunked,
+    /// The body ends when the connection closes (an HTTP/1.0 client, length unknown).
+    UntilClose,
+}
+
+/// Writes a response head: the status line, the fields but the framing ones and
+/// `Connection`, then `framing`'s field, `connection` (`close`, `keep-alive`, `upgrade`)
+/// if given, and `date` if the fields have none.
+pub fn write_response_head(
+    status: StatusCode,
+    headers: &HeaderMap,
+    framing: Framing,
+    connection: Option<&str>,
+    date: &[u8],
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut dated = false;
+    for (name, value) in headers {
+        if name == header::CONNECTION
+            || (framing != Framing::AsSent && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING))
+        {
+            continue;
+        }
+        dated |= name == header::DATE;
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::Length(len) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::None | Framing::AsSent | Framing::UntilClose => {}
+    }
+    if let Some(connection) = connection {
+        out.extend_from_slice(b"connection: ");
+        out.extend_from_slice(connection.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !dated {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(date);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A response head read from the service.

@@ -1,19 +1,26 @@
-//! Accepting connections and serving HTTP/1.1 and h2c (prior knowledge) on them, with the
-//! bounds hyper does not set by itself, and the phases of a drain.
+//! Accepting connections and serving them: HTTP/1.1 with [`front`], h2c (prior
+//! knowledge) with hyper, told apart by the connection's first bytes; and the phases of a
+//! drain.
 
 use std::convert::Infallible;
+use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes, BytesMut};
+use http::Request;
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use super::{Peer, Proxy, Tracker};
+use super::{front, Peer, Proxy, RequestBody, Tracker};
 use crate::config::Limits;
 use crate::snapshot::Live;
 
@@ -58,16 +65,19 @@ pub fn start(
                 }
                 serve(incoming, Proxy::new(live.clone(), requests), live, phase).await;
             });
+            // The runtime goes first: the accepting task, and with it the listener, may
+            // not have run since the phase changed.
+            drop(runtime);
             drop(alive);
         })?;
     }
     Ok(running)
 }
 
-type Incoming = (std::net::TcpStream, SocketAddr);
+type Accepted = (std::net::TcpStream, SocketAddr);
 
 /// Accepts until the phase leaves `Serving`, handing each connection to the next worker.
-async fn deal(listener: TcpListener, workers: Vec<mpsc::UnboundedSender<Incoming>>, mut phase: watch::Receiver<Phase>) {
+async fn deal(listener: TcpListener, workers: Vec<mpsc::UnboundedSender<Accepted>>, mut phase: watch::Receiver<Phase>) {
     let mut next = 0;
     loop {
         tokio::select! {
@@ -95,7 +105,7 @@ async fn stopped(phase: &mut watch::Receiver<Phase>) {
 /// One worker: serves the connections dealt to it until the phase leaves `Serving`, then
 /// returns once every one of them is closed.
 async fn serve(
-    mut incoming: mpsc::UnboundedReceiver<Incoming>,
+    mut incoming: mpsc::UnboundedReceiver<Accepted>,
     proxy: Proxy,
     live: Arc<Live>,
     phase: watch::Receiver<Phase>,
@@ -127,68 +137,115 @@ async fn serve(
     connections.idle().await;
 }
 
+/// What an HTTP/2 connection starts with (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 async fn connection(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     proxy: Proxy,
     limits: Limits,
-    mut phase: watch::Receiver<Phase>,
+    phase: watch::Receiver<Phase>,
 ) {
     let _ = stream.set_nodelay(true);
-    // hyper sets no timeout before it knows the protocol: a client that connects and
-    // sends nothing would hold this task forever.
-    let mut first = [0u8; 1];
-    match tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut first)).await {
-        Ok(Ok(n)) if n > 0 => {}
-        _ => return,
+    // Nothing is allocated for the connection until it sends something; what it sends
+    // first tells HTTP/2 from HTTP/1.
+    let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
+    if !matches!(tokio::time::timeout_at(deadline, stream.readable()).await, Ok(Ok(()))) {
+        return;
     }
-
-    let http2 = Arc::new(AtomicBool::new(false));
-    let seen_http2 = http2.clone();
-    let client = Peer::new(peer);
-    let service = service_fn(move |req| {
-        if req.version() == http::Version::HTTP_2 {
-            seen_http2.store(true, Ordering::Relaxed);
+    let mut buf = BytesMut::new();
+    loop {
+        match tokio::time::timeout_at(deadline, front::read(&mut stream, &mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
         }
-        let (proxy, client) = (proxy.clone(), client.clone());
-        // Boxed: the request's future is about 2 KB, and hyper moves it more than once.
-        Box::pin(async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) })
-    });
+        if !(buf.len() < PREFACE.len() && PREFACE.starts_with(&buf)) {
+            break;
+        }
+    }
+    let peer = Peer::new(peer);
+    if buf.starts_with(PREFACE) {
+        http2(Rewind { early: buf.freeze(), stream }, peer, proxy, limits, phase).await;
+    } else {
+        front::serve(stream, buf, peer, proxy, limits, phase).await;
+    }
+}
 
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new()) // without a timer hyper drops the header timeout
-        .header_read_timeout(limits.header_read_timeout) // also the keep-alive idle timeout
-        .max_buf_size(limits.max_header_bytes); // a larger head gets 431
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+/// Serves h2c with hyper until the client or a drain ends the connection.
+async fn http2(stream: Rewind, peer: Peer, proxy: Proxy, limits: Limits, mut phase: watch::Receiver<Phase>) {
+    let addr = peer.addr;
+    let service = service_fn(move |req: Request<Incoming>| {
+        let (proxy, peer) = (proxy.clone(), peer.clone());
+        // Boxed: the request's future is about 2 KB, and hyper moves it more than once.
+        Box::pin(async move { Ok::<_, Infallible>(proxy.handle(req.map(RequestBody::Hyper), &peer).await) })
+    });
+    let conn = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new()) // without a timer the keep-alive pings panic
         .max_header_list_size(limits.max_header_bytes as u32)
         .keep_alive_interval(Some(Duration::from_secs(20)))
-        .keep_alive_timeout(Duration::from_secs(20));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        .keep_alive_timeout(Duration::from_secs(20))
+        .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
-
     let mut shutting_down = false;
     loop {
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
                 }
                 return;
             }
-            changed = phase.changed(), if !shutting_down => {
-                let now = if changed.is_ok() { *phase.borrow() } else { Phase::Closing };
-                // HTTP/1 connections close themselves after a `Connection: close`
-                // response; closing an idle one now would race the client's next request.
-                if now == Phase::Closing || (now == Phase::Draining && http2.load(Ordering::Relaxed)) {
-                    conn.as_mut().graceful_shutdown();
-                    shutting_down = true;
-                }
+            // Draining or closing: GOAWAY, then in-flight streams finish.
+            _ = phase.changed(), if !shutting_down => {
+                conn.as_mut().graceful_shutdown();
+                shutting_down = true;
             }
         }
+    }
+}
+
+/// A connection whose first bytes were read to tell its protocol: they are read again.
+struct Rewind {
+    early: Bytes,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.early.is_empty() {
+            return Pin::new(&mut self.stream).poll_read(cx, buf);
+        }
+        let n = self.early.len().min(buf.remaining());
+        buf.put_slice(&self.early[..n]);
+        self.early.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 

@@ -12,12 +12,14 @@
 //!    leaving; then the request is counted in the route's metrics and SLIs, and the
 //!    connection to the service goes back to the pool if the body was read whole.
 //!
-//! [`listener`] accepts connections and serves HTTP/1.1 and h2c on them (with hyper), on
-//! one worker thread per CPU.
+//! [`listener`] accepts connections, on one worker thread per CPU, and serves each:
+//! HTTP/1.1 with sluice's own [`front`] (which reads the request head and body, and
+//! writes the response), h2c with hyper.
 
 pub mod admit;
 mod body;
 mod conn;
+mod front;
 mod h1;
 pub mod listener;
 mod pool;
@@ -30,9 +32,9 @@ use std::time::Instant;
 
 use http::header::{HeaderValue, CONNECTION};
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::{Body, Incoming};
+use http_body::Body;
 
-pub use body::{Guard, Measure, ProxyBody, Tracker};
+pub use body::{Guard, Measure, ProxyBody, RequestBody, Tracker};
 
 use crate::metrics::{Decision, Origin};
 use crate::route::{self, BadPath};
@@ -69,7 +71,7 @@ impl Proxy {
         Self { live, pool: pool::Pool::new(), tracker }
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<RequestBody>, peer: &Peer) -> Response<ProxyBody> {
         let http1 = req.version() <= Version::HTTP_11;
         let mut response = self.serve(req, peer).await;
         if http1 && self.live.draining() {
@@ -79,7 +81,7 @@ impl Proxy {
         response
     }
 
-    async fn serve(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+    async fn serve(&self, mut req: Request<RequestBody>, peer: &Peer) -> Response<ProxyBody> {
         let start = Instant::now();
         let in_flight = self.tracker.enter();
         let snapshot = self.live.load();
@@ -127,7 +129,6 @@ impl Proxy {
         }
 
         let upgrade = upstream::is_upgrade(&req);
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let service = &snapshot.config.upstream;
         upstream::prepare(&mut req, service, &peer.forwarded_for, upgrade);
         let sent = tokio::time::timeout(route.timeout, self.pool.send(service, req, upgrade)).await;
@@ -149,20 +150,13 @@ impl Proxy {
         if let Some(measure) = &mut guard.measure {
             measure.status = response.status().as_u16();
         }
-        let mut guard = Some(guard);
-        let mut lease = Some(lease);
-        if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, response.status()) {
-            let service = lease.take().expect("just leased").into_tunnel();
-            let mut guard = guard.take();
+        if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
             // The upgrade is measured as answered now; the tunnel holds the request's
             // slots for as long as it is open.
-            guard.as_mut().and_then(|g| g.measure.take());
-            tokio::spawn(async move {
-                upstream::tunnel(client, service).await;
-                drop(guard);
-            });
+            guard.measure.take();
+            return response.map(|()| ProxyBody::tunnel(lease.into_tunnel(), Some(guard)));
         }
-        response.map(|()| ProxyBody::upstream(body, guard, lease))
+        response.map(|()| ProxyBody::upstream(body, Some(guard), Some(lease)))
     }
 }
 

@@ -21,11 +21,11 @@ use bytes::Bytes;
 use http::uri::Authority;
 use http::{Request, Response};
 use http_body::Frame;
-use hyper::body::Incoming;
 use tokio::net::TcpStream;
 
 use super::conn::{Conn, Upload};
 use super::h1::{Decoder, Head};
+use super::RequestBody;
 
 /// How long a connection may sit unused before the pool closes it.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -99,7 +99,7 @@ impl Pool {
     pub async fn send(
         self: &Arc<Self>,
         upstream: &Authority,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         upgrade: bool,
     ) -> io::Result<(Response<()>, Decoder, Lease)> {
         let (mut parts, body) = req.into_parts();
@@ -168,7 +168,6 @@ mod tests {
 
     use bytes::Bytes;
     use http::Method;
-    use hyper_util::rt::TokioIo;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -221,10 +220,8 @@ mod tests {
         .await
     }
 
-    /// A request for the pool: `Incoming` bodies only come from hyper, so this one is a
-    /// request received by a real hyper server (there is no other way to make one).
     async fn get(pool: &Arc<Pool>, upstream: &Authority) -> (u16, Bytes, Lease) {
-        let (response, mut body, mut lease) = pool.send(upstream, request().await, false).await.expect("sent");
+        let (response, mut body, mut lease) = pool.send(upstream, request(), false).await.expect("sent");
         let mut bytes = Vec::new();
         while let Some(frame) = std::future::poll_fn(|cx| lease.poll_body(&mut body, cx)).await {
             bytes.extend_from_slice(&frame.unwrap().into_data().unwrap());
@@ -232,39 +229,14 @@ mod tests {
         (response.status().as_u16(), Bytes::from(bytes), lease)
     }
 
-    async fn request() -> Request<Incoming> {
-        request_with(Method::GET).await
+    fn request() -> Request<RequestBody> {
+        request_with(Method::GET)
     }
 
-    async fn request_with(method: Method) -> Request<Incoming> {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let tx = std::sync::Mutex::new(Some(tx));
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let tx = tx.lock().unwrap().take();
-                async move {
-                    let (parts, body) = req.into_parts();
-                    let mut req = Request::from_parts(parts, body);
-                    *req.uri_mut() = "/".parse().unwrap();
-                    if let Some(tx) = tx {
-                        let _ = tx.send(req);
-                    }
-                    Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Empty::<Bytes>::new()))
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-        });
-        let mut client = TcpStream::connect(addr).await.unwrap();
-        let head = format!("{method} / HTTP/1.1\r\nhost: test\r\ncontent-length: 0\r\n\r\n");
-        client.write_all(head.as_bytes()).await.unwrap();
-        let req = rx.await.unwrap();
-        tokio::spawn(async move {
-            let mut sink = Vec::new();
-            let _ = client.read_to_end(&mut sink).await;
-        });
+    fn request_with(method: Method) -> Request<RequestBody> {
+        let mut req = Request::new(RequestBody::Empty);
+        *req.method_mut() = method;
+        req.headers_mut().insert(http::header::HOST, http::HeaderValue::from_static("test"));
         req
     }
 
@@ -344,7 +316,7 @@ mod tests {
         assert_eq!((status, &body[..]), (200, &b"ok"[..]), "a GET is sent again on a new connection");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         lease.give_back();
-        let post = pool.send(&upstream, request_with(Method::POST).await, false).await;
+        let post = pool.send(&upstream, request_with(Method::POST), false).await;
         assert!(post.is_err(), "a POST may have been acted on: not sent again");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
@@ -364,7 +336,7 @@ mod tests {
             let _ = stream.read(&mut head).await; // keeps the connection open
         });
         let pool = Pool::new();
-        let (response, mut body, mut lease) = pool.send(&upstream, request().await, false).await.unwrap();
+        let (response, mut body, mut lease) = pool.send(&upstream, request(), false).await.unwrap();
         assert_eq!(response.status(), 200);
         let (mut total, mut largest) = (0, 0);
         while let Some(frame) = std::future::poll_fn(|cx| lease.poll_body(&mut body, cx)).await {
@@ -382,6 +354,6 @@ mod tests {
         let unused = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream: Authority = unused.local_addr().unwrap().to_string().parse().unwrap();
         drop(unused);
-        assert!(Pool::new().send(&upstream, request().await, false).await.is_err());
+        assert!(Pool::new().send(&upstream, request(), false).await.is_err());
     }
 }

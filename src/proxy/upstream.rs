@@ -6,8 +6,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -19,14 +17,14 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Whether the request asks to switch protocols (WebSocket and the like, HTTP/1 only).
-pub fn is_upgrade(req: &Request<Incoming>) -> bool {
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
         && h1::connection_options(req.headers()).any(|option| option.eq_ignore_ascii_case(b"upgrade"))
 }
 
 /// Turns the client's request into the request for the service, in place.
-pub fn prepare(req: &mut Request<Incoming>, upstream: &Authority, client: &HeaderValue, upgrade: bool) {
+pub fn prepare<B>(req: &mut Request<B>, upstream: &Authority, client: &HeaderValue, upgrade: bool) {
     // HTTP/2 carries the host in :authority; the service, spoken to in HTTP/1.1, needs
     // Host. A request with neither (HTTP/1.0) names the service itself (whose URL the
     // config refuses with credentials in it).
@@ -111,18 +109,12 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
     headers.insert(X_FORWARDED_FOR, HeaderValue::try_from(value).expect("visible ASCII"));
 }
 
-/// Joins the client's upgraded connection and the service's socket (with `early`, what
-/// the service sent after its `101` head) until either side closes.
-pub async fn tunnel(client: hyper::upgrade::OnUpgrade, (mut service, early): (TcpStream, Bytes)) {
-    let mut client = match client.await {
-        Ok(client) => TokioIo::new(client),
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade failed");
-            return;
-        }
-    };
+/// Joins the client's connection, after the `101`, and the service's, each with what
+/// its side sent early (after its head), until either side closes.
+pub async fn tunnel((mut client, client_early): (TcpStream, Bytes), (mut service, early): (TcpStream, Bytes)) {
     let joined = async {
         client.write_all(&early).await?;
+        service.write_all(&client_early).await?;
         tokio::io::copy_bidirectional(&mut client, &mut service).await
     };
     if let Err(e) = joined.await {

@@ -1,0 +1,431 @@
+//! One client's HTTP/1.1 connection: read a request head, hand the request to the
+//! [`Proxy`], write its response, and go on while the connection is kept alive
+//! (pipelined requests included). [`h1`] reads and writes the bytes.
+//!
+//! sluice serves HTTP/1.1 itself rather than with hyper: hyper's server was two thirds
+//! of the instructions nginx spends on a whole request, and its buffers two thirds of an
+//! idle connection's memory (BENCHMARKS.md, session 7). h2c is still hyper's
+//! ([`super::listener`]).
+//!
+//! The socket is split: the connection writes responses with one half; the other half,
+//! and the read buffer, go to the request's body while the request is served (it reads the
+//! body as the service takes it), and come back when the body is dropped.
+
+use std::future::{pending, poll_fn, Future};
+use std::io;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{ready, Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use http::{Method, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::h1::{self, Decoder, Event, Framing, Refused, RequestHead};
+use super::listener::Phase;
+use super::{respond, upstream, Peer, Proxy, ProxyBody, RequestBody};
+use crate::config::Limits;
+
+/// The room a read gets. An idle connection keeps a buffer no larger than this.
+pub const READ_CHUNK: usize = 4 * 1024;
+/// The room a read of a request body gets.
+const BODY_READ: usize = 32 * 1024;
+/// Body bytes up to this size are copied after the head (or the previous piece) and
+/// written with it in one call; a larger piece is written as it is.
+const GATHER: usize = 16 * 1024;
+
+/// The reading half of a connection, with what was read and not yet taken.
+struct Reader {
+    half: OwnedReadHalf,
+    buf: BytesMut,
+}
+
+/// What a connection and the body of its current request share.
+struct Shared {
+    /// The body, dropped, leaves the reader here, with whether it was read to its end
+    /// (if not, where the next request starts is unknown).
+    returned: Mutex<Option<(Reader, bool)>>,
+    /// The final response head is on its way: no `100 Continue` may be sent any more.
+    answered: AtomicBool,
+}
+
+/// Serves HTTP/1.1 on `stream` until the client closes it, it stays idle past the
+/// header timeout, a response closes it, or the phase reaches `Closing` between
+/// requests. `buf` holds what was already read.
+pub async fn serve(
+    stream: TcpStream,
+    buf: BytesMut,
+    peer: Peer,
+    proxy: Proxy,
+    limits: Limits,
+    mut phase: watch::Receiver<Phase>,
+) {
+    let (half, mut writer) = stream.into_split();
+    let mut reader = Reader { half, buf };
+    let shared = Arc::new(Shared { returned: Mutex::new(None), answered: AtomicBool::new(false) });
+    let mut out = Vec::new();
+    loop {
+        let head = match read_head(&mut reader, &limits, &mut phase).await {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(Refused(status, why)) => {
+                tracing::debug!(peer = %peer.addr, status = status.as_u16(), why, "request refused");
+                let refusal = respond::problem(status, why, true);
+                let _ = respond(&mut writer, &shared, &mut out, refusal, false, Version::HTTP_11, false).await;
+                return linger(writer, reader).await;
+            }
+        };
+        let RequestHead { request, body, keep_alive, expect_continue } = head;
+        let (head_request, version) = (request.method() == Method::HEAD, request.version());
+
+        let keep = if body.is_done() {
+            // Pinned where it is made: the request's future is large, and moving it costs.
+            let mut handling = pin!(proxy.handle(request.map(|()| RequestBody::Empty), &peer));
+            // A client that hangs up while its request is served frees what it holds.
+            let mut response = tokio::select! {
+                biased;
+                response = &mut handling => response,
+                () = hung_up(&mut reader.half) => return,
+            };
+            if let Some(service) = upgraded(&mut response) {
+                return switch(reader, writer, out, response, service).await;
+            }
+            respond(&mut writer, &shared, &mut out, response, head_request, version, keep_alive).await
+        } else {
+            shared.answered.store(false, Ordering::Relaxed);
+            let body = ClientBody::new(shared.clone(), reader, body, expect_continue);
+            let response = proxy.handle(request.map(|()| RequestBody::Client(body)), &peer).await;
+            let sent = respond(&mut writer, &shared, &mut out, response, head_request, version, keep_alive).await;
+            let returned = shared.returned.lock().unwrap_or_else(PoisonError::into_inner).take();
+            reader = match returned {
+                Some((reader, true)) => reader,
+                // The body was not read to its end: where the next request starts is
+                // unknown, and the client may still be sending it.
+                Some((reader, false)) => return linger(writer, reader).await,
+                None => return,
+            };
+            sent
+        };
+        if !keep.unwrap_or(false) {
+            return;
+        }
+        if reader.buf.is_empty() && reader.buf.capacity() > READ_CHUNK {
+            reader.buf = BytesMut::new(); // a large body grew it; an idle connection stays small
+        }
+        if out.capacity() > GATHER * 2 {
+            out = Vec::new();
+        }
+    }
+}
+
+/// Reads until a whole request head is in the buffer. `None`: the client closed the
+/// connection, sent nothing more within the header timeout (the keep-alive idle timeout
+/// too), or the phase reached `Closing`.
+async fn read_head(
+    reader: &mut Reader,
+    limits: &Limits,
+    phase: &mut watch::Receiver<Phase>,
+) -> Result<Option<RequestHead>, Refused> {
+    let deadline = Instant::now() + limits.header_read_timeout;
+    loop {
+        if let Some(head) = h1::parse_request(&mut reader.buf, limits.max_header_bytes)? {
+            return Ok(Some(head));
+        }
+        tokio::select! {
+            biased;
+            read = read(&mut reader.half, &mut reader.buf) => match read {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                return if reader.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(Refused(StatusCode::REQUEST_TIMEOUT, "the request head did not arrive in time"))
+                };
+            }
+            () = closing(phase) => return Ok(None),
+        }
+    }
+}
+
+async fn closing(phase: &mut watch::Receiver<Phase>) {
+    // An error: nobody can change the phase any more, so the server is gone.
+    let _ = phase.wait_for(|p| *p == Phase::Closing).await;
+}
+
+/// Resolves if the client closes the connection; pends for good once it sends anything
+/// (the next request, pipelined), which stays unread until its turn.
+async fn hung_up(half: &mut OwnedReadHalf) {
+    match half.peek(&mut [0]).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => pending().await,
+    }
+}
+
+/// Reads what `from` has into `buf`, with at least half a [`READ_CHUNK`] of room.
+pub async fn read(from: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+        buf.reserve(READ_CHUNK);
+    }
+    from.read_buf(buf).await
+}
+
+/// Sends `response` to a request made with `version` (a HEAD request if `head_request`;
+/// `keep_alive` if the client asked to keep the connection): whether the connection can
+/// carry another request after it.
+async fn respond(
+    writer: &mut OwnedWriteHalf,
+    shared: &Shared,
+    out: &mut Vec<u8>,
+    response: Response<ProxyBody>,
+    head_request: bool,
+    version: Version,
+    keep_alive: bool,
+) -> io::Result<bool> {
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status;
+    let mut keep_alive =
+        keep_alive && !h1::connection_options(&parts.headers).any(|o| o.eq_ignore_ascii_case(b"close"));
+    let framing = if status.is_informational() || status == StatusCode::NO_CONTENT {
+        Framing::None
+    } else if head_request || status == StatusCode::NOT_MODIFIED {
+        Framing::AsSent
+    } else {
+        match body.size_hint().exact() {
+            Some(len) => Framing::Length(len),
+            None if version == Version::HTTP_11 => Framing::Chunked,
+            None => Framing::UntilClose,
+        }
+    };
+    keep_alive &= framing != Framing::UntilClose;
+    let connection = match (keep_alive, version) {
+        (false, _) => Some("close"),
+        (true, Version::HTTP_10) => Some("keep-alive"),
+        (true, _) => None,
+    };
+    out.clear();
+    h1::write_response_head(status, &parts.headers, framing, connection, &date(), out);
+    shared.answered.store(true, Ordering::Relaxed);
+    let mut left = match framing {
+        Framing::None | Framing::AsSent => {
+            drop(body); // over: the request is measured now
+            writer.write_all(out).await?;
+            return Ok(keep_alive);
+        }
+        Framing::Length(len) => len,
+        Framing::Chunked | Framing::UntilClose => u64::MAX,
+    };
+    let chunked = framing == Framing::Chunked;
+
+    loop {
+        // Frames that are ready are gathered; what is gathered is written before waiting.
+        let next = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+            Poll::Pending if !out.is_empty() => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(frame) => Poll::Ready(Some(frame)),
+        })
+        .await;
+        let Some(frame) = next else {
+            writer.write_all(out).await?;
+            out.clear();
+            continue;
+        };
+        let data = match frame {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue, // trailers: HTTP/1.1 clients are not sent them
+            },
+            // The service's body broke off: the client sees the message cut short.
+            Some(Err(e)) => return Err(e),
+            None if chunked => {
+                out.extend_from_slice(b"0\r\n\r\n");
+                writer.write_all(out).await?;
+                return Ok(keep_alive);
+            }
+            None if left == 0 || framing == Framing::UntilClose => {
+                writer.write_all(out).await?;
+                return Ok(keep_alive);
+            }
+            None => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the body ended short of its length")),
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if data.len() as u64 > left {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "the body ran past its length"));
+        }
+        left -= data.len() as u64;
+        if chunked {
+            out.extend_from_slice(h1::chunk_size_line(data.len(), &mut [0; 18]));
+        }
+        if data.len() <= GATHER {
+            out.extend_from_slice(&data);
+        } else {
+            writer.write_all(out).await?;
+            out.clear();
+            writer.write_all(&data).await?;
+        }
+        if chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+        if out.len() >= GATHER {
+            writer.write_all(out).await?;
+            out.clear();
+        }
+    }
+}
+
+/// The service's connection, if `response` is a `101` that switched protocols.
+fn upgraded(response: &mut Response<ProxyBody>) -> Option<(TcpStream, Bytes)> {
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return None;
+    }
+    response.body_mut().take_tunnel()
+}
+
+/// After a `101`: the head goes out, and the connection becomes a tunnel to the service
+/// (with what either side sent early), holding the request's slots until it closes.
+async fn switch(
+    reader: Reader,
+    mut writer: OwnedWriteHalf,
+    mut out: Vec<u8>,
+    response: Response<ProxyBody>,
+    service: (TcpStream, Bytes),
+) {
+    out.clear();
+    h1::write_response_head(response.status(), response.headers(), Framing::None, Some("upgrade"), &date(), &mut out);
+    if writer.write_all(&out).await.is_err() {
+        return;
+    }
+    let Ok(client) = reader.half.reunite(writer) else { return };
+    upstream::tunnel((client, reader.buf.freeze()), service).await;
+    drop(response); // the slots go back
+}
+
+/// Closes a connection the client may still be sending on: closing at once, with its
+/// bytes unread, would reset the connection and could destroy the response on its way.
+/// So the sending side closes, and what comes is read and dropped, for a second at most.
+async fn linger(mut writer: OwnedWriteHalf, mut reader: Reader) {
+    let _ = writer.shutdown().await;
+    let drained = async {
+        let mut total = 0;
+        while total < 1 << 20 {
+            reader.buf.clear();
+            match read(&mut reader.half, &mut reader.buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drained).await;
+}
+
+/// The `Date` field's value for now, formatted once a second per thread.
+fn date() -> [u8; 29] {
+    thread_local!(static DATE: std::cell::Cell<(u64, [u8; 29])> = const { std::cell::Cell::new((0, [0; 29])) });
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|cached| {
+        let (at, text) = cached.get();
+        if at == second {
+            return text;
+        }
+        let mut text = [0; 29];
+        text.copy_from_slice(httpdate::fmt_http_date(now).as_bytes());
+        cached.set((second, text));
+        text
+    })
+}
+
+/// A request body read off the client's connection as the request is served.
+pub struct ClientBody {
+    shared: Arc<Shared>,
+    /// Always here until the body is dropped.
+    reader: Option<Reader>,
+    decoder: Decoder,
+    /// What is left to send of `100 Continue`, before the body is read.
+    interim: &'static [u8],
+    closed: bool,
+}
+
+impl ClientBody {
+    fn new(shared: Arc<Shared>, reader: Reader, decoder: Decoder, expect_continue: bool) -> Self {
+        let interim: &[u8] = if expect_continue { b"HTTP/1.1 100 Continue\r\n\r\n" } else { b"" };
+        Self { shared, reader: Some(reader), decoder, interim, closed: false }
+    }
+}
+
+/// Sends what is left of `interim` (`100 Continue`) on `socket`, unless the final
+/// response got there first.
+fn poll_interim(
+    interim: &mut &[u8],
+    shared: &Shared,
+    socket: &TcpStream,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    while !interim.is_empty() && !shared.answered.load(Ordering::Relaxed) {
+        ready!(socket.poll_write_ready(cx))?;
+        match socket.try_write(interim) {
+            Ok(n) => *interim = &interim[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+    *interim = b"";
+    Poll::Ready(Ok(()))
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        let this = self.get_mut();
+        let Some(Reader { half, buf }) = &mut this.reader else { return Poll::Ready(None) };
+        if let Err(e) = ready!(poll_interim(&mut this.interim, &this.shared, half.as_ref(), cx)) {
+            return Poll::Ready(Some(Err(e)));
+        }
+        loop {
+            match this.decoder.decode(buf, this.closed) {
+                Ok(Event::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(Event::Trailers(trailers)) => return Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+                Ok(Event::End) => return Poll::Ready(None),
+                Err(e) => return Poll::Ready(Some(Err(e))),
+                Ok(Event::More) => {}
+            }
+            if buf.capacity() - buf.len() < BODY_READ / 2 {
+                buf.reserve(BODY_READ);
+            }
+            let n = match ready!(pin!(half.read_buf(buf)).poll(cx)) {
+                Ok(n) => n,
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            };
+            this.closed |= n == 0;
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.decoder.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.decoder.remaining().map_or_else(SizeHint::default, SizeHint::with_exact)
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            let whole = self.decoder.is_done();
+            *self.shared.returned.lock().unwrap_or_else(PoisonError::into_inner) = Some((reader, whole));
+        }
+    }
+}
