@@ -145,7 +145,7 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<Reque
         }
         Decoder::chunked()
     } else if cl {
-        match content_length(&headers).ok_or(bad("bad Content-Length"))? {
+        match single_content_length(&headers).ok_or(bad("bad Content-Length"))? {
             0 => Decoder::Done,
             len => Decoder::Length(len),
         }
@@ -371,6 +371,20 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         length = Some(n);
     }
     length
+}
+
+/// The length every Content-Length field of a request gives, each a plain number (a
+/// list, which the service's reading might not match, is refused), or none.
+fn single_content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let first = values.next()?.as_bytes();
+    if first.is_empty() || first.len() > 19 || !first.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    if values.any(|v| v.as_bytes() != first) {
+        return None;
+    }
+    std::str::from_utf8(first).ok()?.parse().ok()
 }
 
 /// The framing of a response body, and where in it the reader is.
@@ -737,5 +751,99 @@ mod tests {
         let mut chunked = Decoder::chunked();
         assert_eq!(chunked.decode(&mut BytesMut::from("5\r\nab"), true).map(|_| ()).ok(), Some(()));
         assert!(chunked.decode(&mut BytesMut::new(), true).is_err());
+    }
+
+    fn request(text: &str) -> Result<Option<RequestHead>, Refused> {
+        parse_request(&mut BytesMut::from(text), 8192)
+    }
+
+    #[test]
+    fn a_request_head_is_taken_off_the_buffer_with_its_framing() {
+        let mut buf = BytesMut::from("POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nX-A: 1\r\n\r\nabcGET");
+        let head = parse_request(&mut buf, 8192).unwrap().unwrap();
+        assert_eq!((head.request.method(), head.request.uri().to_string()), (&Method::POST, "/a?b=1".to_owned()));
+        assert_eq!(head.request.headers()["x-a"], "1");
+        assert_eq!((head.body, head.keep_alive, head.expect_continue), (Decoder::Length(3), true, false));
+        assert_eq!(&buf[..], b"abcGET");
+
+        let head = request("PUT / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked \r\nExpect: 100-Continue\r\n\r\n");
+        let head = head.unwrap().unwrap();
+        assert_eq!((head.body, head.expect_continue), (Decoder::chunked(), true));
+        let head = request("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let head = head.unwrap().unwrap();
+        assert_eq!((head.body, head.keep_alive), (Decoder::Done, false));
+        assert!(request("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none(), "a partial head waits");
+    }
+
+    #[test]
+    fn http10_keeps_the_connection_only_when_asked_and_needs_no_host() {
+        let keep = |text: &str| request(text).unwrap().unwrap().keep_alive;
+        assert!(!keep("GET / HTTP/1.0\r\n\r\n"));
+        assert!(keep("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+        assert!(!keep("GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n"));
+        assert!(!request("GET / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n").unwrap().unwrap().expect_continue);
+    }
+
+    #[test]
+    fn heads_that_could_be_read_two_ways_are_refused() {
+        let status = |text: &str| request(text).map(|_| ()).map_err(|Refused(status, _)| status.as_u16());
+        for (text, code) in [
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
+            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 1\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            ("GET x:1 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n folded\r\n\r\n", 400),
+            ("GET / HTTP/3\r\nHost: x\r\n\r\n", 505),
+        ] {
+            assert_eq!(status(text), Err(code), "{text:?}");
+        }
+        // The same length twice, in two fields, is one length.
+        let head = request("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n");
+        assert_eq!(head.unwrap().unwrap().body, Decoder::Length(2));
+    }
+
+    #[test]
+    fn heads_over_the_limit_are_431() {
+        let long = format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n", "a".repeat(9000));
+        assert_eq!(request(&long).unwrap_err().0, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        let endless = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(9000));
+        assert_eq!(request(&endless).unwrap_err().0, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        let many: String = (0..=MAX_FIELDS).map(|i| format!("X-{i}: 1\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+        assert_eq!(request(&many).unwrap_err().0, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    }
+
+    #[test]
+    fn response_heads_carry_sluices_framing_and_connection() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        let write = |headers: &HeaderMap, framing, connection| {
+            let mut out = Vec::new();
+            write_response_head(StatusCode::OK, headers, framing, connection, b"D", &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            write(&headers, Framing::Length(3), None),
+            "HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 3\r\ndate: D\r\n\r\n"
+        );
+        assert_eq!(
+            write(&headers, Framing::Chunked, Some("close")),
+            "HTTP/1.1 200 OK\r\nx-a: 1\r\ntransfer-encoding: chunked\r\nconnection: close\r\ndate: D\r\n\r\n"
+        );
+        assert_eq!(
+            write(&headers, Framing::AsSent, None),
+            "HTTP/1.1 200 OK\r\ncontent-length: 99\r\ntransfer-encoding: chunked\r\nx-a: 1\r\ndate: D\r\n\r\n"
+        );
+        headers.insert(header::DATE, HeaderValue::from_static("Then"));
+        assert!(write(&headers, Framing::None, None).ends_with("date: Then\r\n\r\n"), "a date that came is kept");
     }
 }

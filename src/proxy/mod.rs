@@ -19,6 +19,8 @@
 pub mod admit;
 mod body;
 mod conn;
+#[cfg(test)]
+mod differential;
 mod front;
 mod h1;
 pub mod listener;

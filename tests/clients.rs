@@ -1,0 +1,127 @@
+//! HTTP/1.1 from clients, as sluice reads it itself: pipelining, keep-alive, HEAD,
+//! framing it refuses before anything reaches the service, and refusals a client still
+//! sending its body gets to read.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use support::*;
+
+const ROUTES: &str = "routes:\n  - name: all\n    match: { path: \"/*\" }\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_requests_are_answered_in_order() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, ROUTES).await;
+    let requests = "GET /p1 HTTP/1.1\r\nHost: x\r\n\r\n\
+                    POST /p2 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc\
+                    PUT /p3 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nde\r\n0\r\n\r\n\
+                    GET /p4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let answer = raw(sluice.addr, requests.as_bytes(), Duration::from_secs(5));
+    assert_eq!(answer.matches("HTTP/1.1 200 OK\r\n").count(), 4, "{answer}");
+    assert!(answer.ends_with("hello from upstream"), "{answer}");
+    let seen: Vec<_> = upstream.seen().into_iter().map(|s| (s.uri.to_string(), s.body)).collect();
+    let expected = [("/p1", ""), ("/p2", "abc"), ("/p3", "de"), ("/p4", "")];
+    assert_eq!(seen.len(), expected.len(), "{seen:?}");
+    for ((uri, body), (want_uri, want_body)) in seen.iter().zip(expected) {
+        assert_eq!((uri.as_str(), &body[..]), (want_uri, want_body.as_bytes()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ambiguous_or_malformed_heads_are_refused_and_nothing_is_smuggled() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, ROUTES).await;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let cases = [
+        ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", "400"),
+        ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", "400"),
+        ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "501"),
+        ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n", "501"),
+        ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", "400"),
+        ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\n", "400"),
+        ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", "400"),
+        ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\n", "400"),
+        ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length : 3\r\n\r\n", "400"),
+        ("GET / HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n", "400"),
+        ("GET / HTTP/1.1\r\n\r\n", "400"),
+        ("GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", "400"),
+        ("CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n", "400"),
+        ("GET / HTTP/2.0\r\nHost: x\r\n\r\n", "505"),
+        ("GET / HTTP/1.1\r\nHost: x\r\nX: a\0b\r\n\r\n", "400"),
+    ];
+    for (head, status) in cases {
+        let answer = raw(sluice.addr, format!("{head}{smuggled}").as_bytes(), Duration::from_secs(5));
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status} ")), "{head:?}: {answer}");
+        let answers = answer.lines().filter(|line| line.starts_with("HTTP/1.1 ")).count();
+        assert_eq!(answers, 1, "{head:?}: one answer, then the connection closes: {answer}");
+        assert!(answer.contains("\r\nconnection: close\r\n"), "{head:?}: {answer}");
+        assert!(answer.contains("application/problem+json"), "{head:?}: {answer}");
+    }
+    assert!(upstream.seen().is_empty(), "{:?}", upstream.seen());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http10_client_keeps_its_connection_only_when_it_asks() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, ROUTES).await;
+    let requests = "GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.0\r\n\r\nGET /c HTTP/1.0\r\n\r\n";
+    let answer = raw(sluice.addr, requests.as_bytes(), Duration::from_secs(5));
+    let answers: Vec<&str> = answer.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 2, "the connection closes after the second: {answer}");
+    assert!(answers[0].contains("\r\nconnection: keep-alive\r\n"), "{answer}");
+    assert!(answers[1].contains("\r\nconnection: close\r\n"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_head_answer_keeps_its_length_and_sends_no_body() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, ROUTES).await;
+    let requests = "HEAD /h HTTP/1.1\r\nHost: x\r\n\r\nGET /g HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let answer = raw(sluice.addr, requests.as_bytes(), Duration::from_secs(5));
+    let (head, rest) = answer.split_once("\r\n\r\n").expect("a head");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(head.contains("\r\ncontent-length: 19"), "the length a GET would have: {answer}");
+    assert!(rest.starts_with("HTTP/1.1 200 OK"), "no body after a HEAD answer: {answer}");
+    assert!(rest.ends_with("hello from upstream"), "{answer}");
+}
+
+/// A refused request whose body is still coming: sluice sends the 429, closes its side,
+/// and reads what keeps coming for a moment (up to a second, or 1 MiB) before it closes
+/// the connection. Closing at once with the body unread would reset the connection: the
+/// client's next writes would fail, and on a real network the reset can destroy the
+/// answer before it is read.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_still_sending_a_refused_body_reads_the_refusal() {
+    let upstream = Upstream::start().await;
+    let routes = "routes:\n  - name: closed\n    match: { path: \"/*\" }\n    quota: { rate: 1, per: 1h, burst: 1 }\n";
+    let sluice = Sluice::start(&upstream, routes).await;
+    get(&client(), &sluice.url("/spend")).await;
+    let addr = sluice.addr;
+    let (read, answer, sent) = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let pieces = 256;
+        let head = format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", pieces * 1024);
+        stream.write_all(head.as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        let read = stream.read_to_end(&mut answer).map(|_| ()).map_err(|e| e.kind());
+        // The answer is read, and sluice has closed its side: the rest of the body still
+        // goes out, slowly, without a reset.
+        let sent = (0..pieces)
+            .take_while(|_| {
+                std::thread::sleep(Duration::from_micros(500));
+                stream.write_all(&[b'x'; 1024]).is_ok()
+            })
+            .count();
+        (read, String::from_utf8_lossy(&answer).into_owned(), sent)
+    })
+    .await
+    .unwrap();
+    assert_eq!(read, Ok(()), "the answer ends cleanly: {answer}");
+    assert!(answer.starts_with("HTTP/1.1 429 "), "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert_eq!(sent, 256, "the body was taken after the answer");
+}
