@@ -2,7 +2,7 @@
 //!
 //! Where things are:
 //! - [`proxy`]: the request path, start at [`proxy::Proxy::handle`]; the listener in
-//!   [`proxy::listener`].
+//!   [`proxy::listener`], which hands HTTP/1.1 connections to `proxy::front`.
 //! - [`route`]: matching a request to a route.
 //! - [`quota`]: the rate (GCRA) and concurrency engines; no HTTP in there.
 //! - [`config`]: YAML → validated [`config::Config`]; [`config::reload`] watches the file.

@@ -125,3 +125,18 @@ async fn a_client_still_sending_a_refused_body_reads_the_refusal() {
     assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
     assert_eq!(sent, 256, "the body was taken after the answer");
 }
+
+/// An upgrade asked with a body goes to the service as a plain request: after a `101`,
+/// the rest of the body and the new protocol's bytes could not be told apart.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_with_a_body_is_forwarded_as_a_plain_request() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, ROUTES).await;
+    let request = "POST /plain HTTP/1.1\r\nHost: x\r\nConnection: upgrade, close\r\nUpgrade: echo\r\n\
+                   Content-Length: 3\r\n\r\nabc";
+    let answer = raw(sluice.addr, request.as_bytes(), Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    let seen = upstream.last();
+    assert_eq!(&seen.body[..], b"abc");
+    assert!(!seen.headers.contains_key("upgrade"), "{:?}", seen.headers);
+}

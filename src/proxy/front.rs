@@ -33,8 +33,9 @@ use super::listener::Phase;
 use super::{respond, upstream, Peer, Proxy, ProxyBody, RequestBody};
 use crate::config::Limits;
 
-/// The room a read gets. An idle connection keeps a buffer no larger than this.
-pub const READ_CHUNK: usize = 4 * 1024;
+/// The room a read of a head gets: most heads fit, and a buffer this small comes from the
+/// allocator's fast per-thread cache. A larger head takes more reads.
+pub const READ_CHUNK: usize = 1024;
 /// The room a read of a request body gets.
 const BODY_READ: usize = 32 * 1024;
 /// Body bytes up to this size are copied after the head (or the previous piece) and
@@ -116,8 +117,10 @@ pub async fn serve(
         if !keep.unwrap_or(false) {
             return;
         }
-        if reader.buf.is_empty() && reader.buf.capacity() > READ_CHUNK {
-            reader.buf = BytesMut::new(); // a large body grew it; an idle connection stays small
+        if reader.buf.is_empty() {
+            // An idle connection holds no buffer: the next read takes one once the client
+            // sends (the memory per idle connection: BENCHMARKS.md, session 7).
+            reader.buf = BytesMut::new();
         }
         if out.capacity() > GATHER * 2 {
             out = Vec::new();
@@ -140,7 +143,7 @@ async fn read_head(
         }
         tokio::select! {
             biased;
-            read = read(&mut reader.half, &mut reader.buf) => match read {
+            read = read_when_ready(reader) => match read {
                 Ok(0) | Err(_) => return Ok(None),
                 Ok(_) => {}
             },
@@ -154,6 +157,14 @@ async fn read_head(
             () = closing(phase) => return Ok(None),
         }
     }
+}
+
+/// Reads what the client sends, taking a buffer only once there is something to read.
+async fn read_when_ready(reader: &mut Reader) -> io::Result<usize> {
+    if reader.buf.capacity() == 0 {
+        poll_fn(|cx| reader.half.as_ref().poll_read_ready(cx)).await?;
+    }
+    read(&mut reader.half, &mut reader.buf).await
 }
 
 async fn closing(phase: &mut watch::Receiver<Phase>) {

@@ -17,8 +17,11 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Whether the request asks to switch protocols (WebSocket and the like, HTTP/1 only).
-pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+/// One with a body is forwarded as a plain request (`Upgrade` removed): its body and the
+/// new protocol's bytes would share the client's connection.
+pub fn is_upgrade<B: http_body::Body>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
+        && req.body().is_end_stream()
         && req.headers().contains_key(header::UPGRADE)
         && h1::connection_options(req.headers()).any(|option| option.eq_ignore_ascii_case(b"upgrade"))
 }
