@@ -309,6 +309,7 @@ fn unusual_answers(path: &str) -> (&'static [u8], bool) {
         "/upgrade" => (b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\nhello after 101", true),
         // Answers at once, without reading the body.
         "/upload" => (b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 8\r\n\r\ntoo long", false),
+        "/trailers" => (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-sum: 7\r\n\r\n", false),
         _ => (b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n", false),
     }
 }
@@ -424,4 +425,19 @@ async fn expect_100_continue_is_answered_and_the_body_goes_through() {
     }
     assert!(answer.starts_with(b"HTTP/1.1 200 OK"), "{}", String::from_utf8_lossy(&answer));
     assert_eq!(upstream.last().body, "hello");
+}
+
+/// Trailers reach an HTTP/1.1 client that says it takes them (`TE: trailers`), at the end
+/// of a chunked body; one that does not say so gets the body without them.
+#[tokio::test(flavor = "multi_thread")]
+async fn trailers_reach_a_client_that_takes_them() {
+    let service = Scripted::start(unusual_answers).await;
+    let sluice = Sluice::start_before(service.addr, "").await;
+    let asked = "GET /trailers HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n";
+    let answer = raw(sluice.addr, asked.as_bytes(), Duration::from_secs(5));
+    assert!(answer.contains("\r\ntransfer-encoding: chunked\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n2\r\nok\r\n0\r\nx-sum: 7\r\n\r\n"), "{answer}");
+    let plain = "GET /trailers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let answer = raw(sluice.addr, plain.as_bytes(), Duration::from_secs(5));
+    assert!(answer.ends_with("\r\n\r\n2\r\nok\r\n0\r\n\r\n"), "{answer}");
 }

@@ -79,12 +79,13 @@ pub async fn serve(
             Err(Refused(status, why)) => {
                 tracing::debug!(peer = %peer.addr, status = status.as_u16(), why, "request refused");
                 let refusal = respond::problem(status, why, true);
-                let _ = respond(&mut writer, &shared, &mut out, refusal, false, Version::HTTP_11, false).await;
+                let asked = Asked { head: false, version: Version::HTTP_11, keep_alive: false, trailers: false };
+                let _ = respond(&mut writer, &shared, &mut out, refusal, asked).await;
                 return linger(writer, reader).await;
             }
         };
-        let RequestHead { request, body, keep_alive, expect_continue } = head;
-        let (head_request, version) = (request.method() == Method::HEAD, request.version());
+        let RequestHead { request, body, keep_alive, expect_continue, trailers } = head;
+        let asked = Asked { head: request.method() == Method::HEAD, version: request.version(), keep_alive, trailers };
 
         let keep = if body.is_done() {
             // Pinned where it is made: the request's future is large, and moving it costs.
@@ -98,12 +99,12 @@ pub async fn serve(
             if let Some(service) = upgraded(&mut response) {
                 return switch(reader, writer, out, response, service).await;
             }
-            respond(&mut writer, &shared, &mut out, response, head_request, version, keep_alive).await
+            respond(&mut writer, &shared, &mut out, response, asked).await
         } else {
             shared.answered.store(false, Ordering::Relaxed);
             let body = ClientBody::new(shared.clone(), reader, body, expect_continue);
             let response = proxy.handle(request.map(|()| RequestBody::Client(body)), &peer).await;
-            let sent = respond(&mut writer, &shared, &mut out, response, head_request, version, keep_alive).await;
+            let sent = respond(&mut writer, &shared, &mut out, response, asked).await;
             let returned = shared.returned.lock().unwrap_or_else(PoisonError::into_inner).take();
             reader = match returned {
                 Some((reader, true)) => reader,
@@ -189,18 +190,28 @@ pub async fn read(from: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) -> io
     from.read_buf(buf).await
 }
 
-/// Sends `response` to a request made with `version` (a HEAD request if `head_request`;
-/// `keep_alive` if the client asked to keep the connection): whether the connection can
+/// What the request said about the answer it takes.
+#[derive(Clone, Copy)]
+struct Asked {
+    /// A `HEAD` request: the answer has no body.
+    head: bool,
+    version: Version,
+    /// The client asked to keep the connection.
+    keep_alive: bool,
+    /// The client takes trailers after a chunked body.
+    trailers: bool,
+}
+
+/// Sends `response` to a request that asked as `asked` says: whether the connection can
 /// carry another request after it.
 async fn respond(
     writer: &mut OwnedWriteHalf,
     shared: &Shared,
     out: &mut Vec<u8>,
     response: Response<ProxyBody>,
-    head_request: bool,
-    version: Version,
-    keep_alive: bool,
+    asked: Asked,
 ) -> io::Result<bool> {
+    let Asked { head: head_request, version, keep_alive, trailers } = asked;
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
     let mut keep_alive =
@@ -252,7 +263,17 @@ async fn respond(
         let data = match frame {
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => data,
-                Err(_) => continue, // trailers: HTTP/1.1 clients are not sent them
+                // Trailers end a chunked body, for a client that takes them; else they go.
+                Err(frame) => {
+                    if let (true, Ok(fields)) = (chunked && trailers, frame.into_trailers()) {
+                        out.extend_from_slice(b"0\r\n");
+                        h1::write_fields(&fields, out);
+                        out.extend_from_slice(b"\r\n");
+                        writer.write_all(out).await?;
+                        return Ok(keep_alive);
+                    }
+                    continue;
+                }
             },
             // The service's body broke off: the client sees the message cut short.
             Some(Err(e)) => return Err(e),

@@ -66,6 +66,8 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// The client waits for `100 Continue` before it sends the body.
     pub expect_continue: bool,
+    /// The client takes trailers (`TE: trailers`) after a chunked response body.
+    pub trailers: bool,
 }
 
 /// A request head that cannot be served: the status to answer with, and why. The
@@ -115,13 +117,14 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<Reque
     let mut headers = HeaderMap::with_capacity(fields.len() + 4);
     // Which fields that matter here are present, noted in the pass that builds the map:
     // most requests have none of them but Host, and a lookup hashes.
-    let (mut hosts, mut te, mut cl, mut connection, mut expect) = (0, false, false, false, false);
+    let (mut hosts, mut te, mut cl, mut connection, mut expect, mut accepts) = (0, false, false, false, false, false);
     for (name, (start, end)) in fields {
         hosts += usize::from(name == header::HOST);
         te |= name == header::TRANSFER_ENCODING;
         cl |= name == header::CONTENT_LENGTH;
         connection |= name == header::CONNECTION;
         expect |= name == header::EXPECT;
+        accepts |= name == header::TE;
         let value = HeaderValue::from_maybe_shared(head.slice(start..end)).map_err(|_| bad("bad field value"))?;
         headers.append(name, value);
     }
@@ -158,12 +161,17 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<Reque
     let expect_continue = expect
         && version == Version::HTTP_11
         && headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let trailers = accepts
+        && headers.get_all(header::TE).iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')).any(|coding| {
+            let name = coding.split(|&b| b == b';').next().unwrap_or_default();
+            name.trim_ascii().eq_ignore_ascii_case(b"trailers")
+        });
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = version;
     *request.headers_mut() = headers;
-    Ok(Some(RequestHead { request, body, keep_alive, expect_continue }))
+    Ok(Some(RequestHead { request, body, keep_alive, expect_continue, trailers }))
 }
 
 fn bad(why: &'static str) -> Refused {
@@ -768,7 +776,9 @@ mod tests {
 
         let head = request("PUT / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked \r\nExpect: 100-Continue\r\n\r\n");
         let head = head.unwrap().unwrap();
-        assert_eq!((head.body, head.expect_continue), (Decoder::chunked(), true));
+        assert_eq!((head.body, head.expect_continue, head.trailers), (Decoder::chunked(), true, false));
+        let head = request("GET / HTTP/1.1\r\nHost: x\r\nTE: gzip;q=0.5, Trailers\r\n\r\n").unwrap().unwrap();
+        assert!(head.trailers);
         let head = request("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         let head = head.unwrap().unwrap();
         assert_eq!((head.body, head.keep_alive), (Decoder::Done, false));
