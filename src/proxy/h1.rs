@@ -292,12 +292,17 @@ pub fn parse_response(buf: &mut BytesMut, request: &Method, upgrade: bool) -> io
     }
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(fields.len());
+    // The framing fields present, noted in the pass that builds the map (a lookup hashes).
+    let (mut te, mut cl, mut connection) = (false, false, false);
     for (name, start, end) in fields {
+        te |= name == header::TRANSFER_ENCODING;
+        cl |= name == header::CONTENT_LENGTH;
+        connection |= name == header::CONNECTION;
         let value = HeaderValue::from_maybe_shared(head.slice(start..end)).map_err(|_| invalid("bad field value"))?;
         headers.append(name, value);
     }
 
-    let (close, keep_alive_token) = connection_tokens(&headers);
+    let (close, keep_alive_token) = if connection { connection_tokens(&headers) } else { (false, false) };
     let mut keep_alive = if version == Version::HTTP_11 { !close } else { keep_alive_token && !close };
     let body = if status == StatusCode::SWITCHING_PROTOCOLS {
         if !upgrade {
@@ -307,10 +312,11 @@ pub fn parse_response(buf: &mut BytesMut, request: &Method, upgrade: bool) -> io
         Decoder::Done
     } else if request == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         Decoder::Done
-    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+    } else if te {
         // Transfer-Encoding overrides Content-Length, which must not be passed on
         // (RFC 9112 §6.3); a message that had both is not trusted with the next request.
-        if headers.remove(header::CONTENT_LENGTH).is_some() {
+        if cl {
+            headers.remove(header::CONTENT_LENGTH);
             keep_alive = false;
         }
         if last_coding_is_chunked(&headers) {
@@ -319,7 +325,7 @@ pub fn parse_response(buf: &mut BytesMut, request: &Method, upgrade: bool) -> io
             keep_alive = false;
             Decoder::UntilClose
         }
-    } else if headers.contains_key(header::CONTENT_LENGTH) {
+    } else if cl {
         let len = content_length(&headers).ok_or_else(|| invalid("bad Content-Length"))?;
         // Repeated (`5, 5`, or in two fields) with one value: passed on once, as a number.
         let mut digits = itoa::Buffer::new();
