@@ -140,3 +140,26 @@ async fn an_upgrade_with_a_body_is_forwarded_as_a_plain_request() {
     assert_eq!(&seen.body[..], b"abc");
     assert!(!seen.headers.contains_key("upgrade"), "{:?}", seen.headers);
 }
+
+/// A client that sent its whole body and then hangs up while the service works frees its
+/// concurrency slot at once, as one whose request had no body does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_hangs_up_after_its_body_frees_its_slot() {
+    use std::sync::atomic::Ordering;
+    use tokio::io::AsyncWriteExt;
+    let upstream = Upstream::start().await;
+    let routes = "routes:\n  - name: one\n    match: { path: \"/*\" }\n    concurrency: { max: 1 }\n";
+    let sluice = Sluice::start(&upstream, routes).await;
+    let mut holder = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
+    let request = "POST /hold?delay=10000 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc";
+    holder.write_all(request.as_bytes()).await.unwrap();
+    eventually("the slow request", Duration::from_secs(5), async || upstream.in_flight.load(Ordering::SeqCst) == 1)
+        .await;
+    let client = client();
+    assert_eq!(get(&client, &sluice.url("/second")).await.0.status(), 429);
+    drop(holder);
+    eventually("the slot of the client that left", Duration::from_secs(3), async || {
+        get(&client, &sluice.url("/fast")).await.0.status() == 200
+    })
+    .await;
+}

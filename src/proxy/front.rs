@@ -25,7 +25,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::h1::{self, Decoder, Event, Framing, Refused, RequestHead};
@@ -55,6 +55,14 @@ struct Shared {
     returned: Mutex<Option<(Reader, bool)>>,
     /// The final response head is on its way: no `100 Continue` may be sent any more.
     answered: AtomicBool,
+    /// Told when the reader is left in `returned`.
+    back: Notify,
+}
+
+impl Shared {
+    fn take_returned(&self) -> Option<(Reader, bool)> {
+        self.returned.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
 }
 
 /// Serves HTTP/1.1 on `stream` until the client closes it, it stays idle past the
@@ -70,7 +78,7 @@ pub async fn serve(
 ) {
     let (half, mut writer) = stream.into_split();
     let mut reader = Reader { half, buf };
-    let shared = Arc::new(Shared { returned: Mutex::new(None), answered: AtomicBool::new(false) });
+    let shared = Arc::new(Shared { returned: Mutex::new(None), answered: AtomicBool::new(false), back: Notify::new() });
     let mut out = Vec::new();
     loop {
         let head = match read_head(&mut reader, &limits, &mut phase).await {
@@ -103,10 +111,27 @@ pub async fn serve(
         } else {
             shared.answered.store(false, Ordering::Relaxed);
             let body = ClientBody::new(shared.clone(), reader, body, expect_continue);
-            let response = proxy.handle(request.map(|()| RequestBody::Client(body)), &peer).await;
+            let mut handling = pin!(proxy.handle(request.map(|()| RequestBody::Client(body)), &peer));
+            // Once the body has gone whole, the reading half comes back, and a hang-up
+            // from then on is noticed as for a request without a body.
+            let mut returned: Option<(Reader, bool)> = None;
+            let response = loop {
+                match &mut returned {
+                    Some((reader, true)) => tokio::select! {
+                        biased;
+                        response = &mut handling => break response,
+                        () = hung_up(&mut reader.half) => return,
+                    },
+                    Some((_, false)) => break handling.as_mut().await,
+                    None => tokio::select! {
+                        biased;
+                        response = &mut handling => break response,
+                        () = shared.back.notified() => returned = shared.take_returned(),
+                    },
+                }
+            };
             let sent = respond(&mut writer, &shared, &mut out, response, asked).await;
-            let returned = shared.returned.lock().unwrap_or_else(PoisonError::into_inner).take();
-            reader = match returned {
+            reader = match returned.or_else(|| shared.take_returned()) {
                 Some((reader, true)) => reader,
                 // The body was not read to its end: where the next request starts is
                 // unknown, and the client may still be sending it.
@@ -458,6 +483,7 @@ impl Drop for ClientBody {
         if let Some(reader) = self.reader.take() {
             let whole = self.decoder.is_done();
             *self.shared.returned.lock().unwrap_or_else(PoisonError::into_inner) = Some((reader, whole));
+            self.shared.back.notify_one();
         }
     }
 }
