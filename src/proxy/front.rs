@@ -207,10 +207,11 @@ async fn hung_up(half: &mut OwnedReadHalf) {
     }
 }
 
-/// Reads what `from` has into `buf`, with at least half a [`READ_CHUNK`] of room.
+/// Reads what `from` has into `buf`, with at least half a [`READ_CHUNK`] of room. A head
+/// longer than that doubles the room, so a large one takes few reads and copies.
 pub async fn read(from: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) -> io::Result<usize> {
     if buf.capacity() - buf.len() < READ_CHUNK / 2 {
-        buf.reserve(READ_CHUNK);
+        buf.reserve(READ_CHUNK.max(buf.len()));
     }
     from.read_buf(buf).await
 }
