@@ -95,50 +95,46 @@ pub async fn serve(
         let RequestHead { request, body, keep_alive, expect_continue, trailers } = head;
         let asked = Asked { head: request.method() == Method::HEAD, version: request.version(), keep_alive, trailers };
 
-        let keep = if body.is_done() {
-            // Pinned where it is made: the request's future is large, and moving it costs.
-            let mut handling = pin!(proxy.handle(request.map(|()| RequestBody::Empty), &peer));
-            // A client that hangs up while its request is served frees what it holds.
-            let mut response = tokio::select! {
-                biased;
-                response = &mut handling => response,
-                () = hung_up(&mut reader.half) => return,
-            };
-            if let Some(service) = upgraded(&mut response) {
-                return switch(reader, writer, out, response, service).await;
-            }
-            respond(&mut writer, &shared, &mut out, response, asked).await
+        // The reading half stays here for a request without a body; one with a body takes
+        // it, and leaves it in `shared` when dropped (read whole or not).
+        let (body, mut returned) = if body.is_done() {
+            (RequestBody::Empty, Some((reader, true)))
         } else {
             shared.answered.store(false, Ordering::Relaxed);
-            let body = ClientBody::new(shared.clone(), reader, body, expect_continue);
-            let mut handling = pin!(proxy.handle(request.map(|()| RequestBody::Client(body)), &peer));
-            // Once the body has gone whole, the reading half comes back, and a hang-up
-            // from then on is noticed as for a request without a body.
-            let mut returned: Option<(Reader, bool)> = None;
-            let response = loop {
-                match &mut returned {
-                    Some((reader, true)) => tokio::select! {
-                        biased;
-                        response = &mut handling => break response,
-                        () = hung_up(&mut reader.half) => return,
-                    },
-                    Some((_, false)) => break handling.as_mut().await,
-                    None => tokio::select! {
-                        biased;
-                        response = &mut handling => break response,
-                        () = shared.back.notified() => returned = shared.take_returned(),
-                    },
-                }
-            };
-            let sent = respond(&mut writer, &shared, &mut out, response, asked).await;
-            reader = match returned.or_else(|| shared.take_returned()) {
-                Some((reader, true)) => reader,
-                // The body was not read to its end: where the next request starts is
-                // unknown, and the client may still be sending it.
-                Some((reader, false)) => return linger(writer, reader).await,
-                None => return,
-            };
-            sent
+            (RequestBody::Client(ClientBody::new(shared.clone(), reader, body, expect_continue)), None)
+        };
+        // Pinned where it is made, once: the request's future is large, and moving it (or
+        // holding two) costs.
+        let mut handling = pin!(proxy.handle(request.map(|()| body), &peer));
+        // A client that hangs up while its request is served (once its body has gone
+        // whole) frees what it holds.
+        let mut response = loop {
+            match &mut returned {
+                Some((reader, true)) => tokio::select! {
+                    biased;
+                    response = &mut handling => break response,
+                    () = hung_up(&mut reader.half) => return,
+                },
+                Some((_, false)) => break handling.as_mut().await,
+                None => tokio::select! {
+                    biased;
+                    response = &mut handling => break response,
+                    () = shared.back.notified() => returned = shared.take_returned(),
+                },
+            }
+        };
+        if let Some(service) = upgraded(&mut response) {
+            // Only a request without a body is upgraded (`upstream::is_upgrade`).
+            let Some((reader, true)) = returned else { return };
+            return switch(reader, writer, out, response, service).await;
+        }
+        let keep = respond(&mut writer, &shared, &mut out, response, asked).await;
+        reader = match returned.or_else(|| shared.take_returned()) {
+            Some((reader, true)) => reader,
+            // The body was not read to its end: where the next request starts is unknown,
+            // and the client may still be sending it.
+            Some((reader, false)) => return linger(writer, reader).await,
+            None => return,
         };
         if !keep.unwrap_or(false) {
             return;
