@@ -83,17 +83,19 @@ impl ProxyBody {
         Self { inner: Inner::Local(Some(bytes.into())), guard: None }
     }
 
-    pub fn upstream(body: Decoder, guard: Option<Guard>, mut lease: Option<Lease>) -> Self {
+    pub fn upstream(body: Decoder, guard: Guard, lease: Lease) -> Self {
+        let mut lease = Some(lease);
         // A body that is over before it starts (HEAD, 204, 304, `Content-Length: 0`) is
         // not polled.
         if body.is_done() {
             give_back(&mut lease);
         }
-        Self { inner: Inner::Upstream(body, lease), guard }
+        Self { inner: Inner::Upstream(body, lease), guard: Some(guard) }
     }
 
-    pub fn tunnel(service: (TcpStream, Bytes), guard: Option<Guard>) -> Self {
-        Self { inner: Inner::Tunnel(Some(service)), guard }
+    /// The body of a `101`: the connection to the service, holding the request's slots.
+    pub fn tunnel(service: (TcpStream, Bytes), guard: Guard) -> Self {
+        Self { inner: Inner::Tunnel(Some(service)), guard: Some(guard) }
     }
 
     /// The connection to the service, if this is the body of a `101`.

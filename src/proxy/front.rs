@@ -123,7 +123,8 @@ pub async fn serve(
                 },
             }
         };
-        if let Some(service) = upgraded(&mut response) {
+        // Only the body of a `101` that switched protocols holds a tunnel.
+        if let Some(service) = response.body_mut().take_tunnel() {
             // Only a request without a body is upgraded (`upstream::is_upgrade`).
             let Some((reader, true)) = returned else { return };
             return switch(reader, writer, out, response, service).await;
@@ -335,14 +336,6 @@ async fn respond(
             out.clear();
         }
     }
-}
-
-/// The service's connection, if `response` is a `101` that switched protocols.
-fn upgraded(response: &mut Response<ProxyBody>) -> Option<(TcpStream, Bytes)> {
-    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return None;
-    }
-    response.body_mut().take_tunnel()
 }
 
 /// After a `101`: the head goes out, and the connection becomes a tunnel to the service

@@ -156,9 +156,9 @@ impl Proxy {
             // The upgrade is measured as answered now; the tunnel holds the request's
             // slots for as long as it is open.
             guard.measure.take();
-            return response.map(|()| ProxyBody::tunnel(lease.into_tunnel(), Some(guard)));
+            return response.map(|()| ProxyBody::tunnel(lease.into_tunnel(), guard));
         }
-        response.map(|()| ProxyBody::upstream(body, Some(guard), Some(lease)))
+        response.map(|()| ProxyBody::upstream(body, guard, lease))
     }
 }
 
