@@ -306,9 +306,8 @@ impl Upload {
                     let Ok(trailers) = frame.into_trailers() else { continue };
                     self.ended = true;
                     if self.chunked {
-                        let mut end = b"0\r\n".to_vec();
-                        h1::write_fields(&trailers, &mut end);
-                        end.extend_from_slice(b"\r\n");
+                        let mut end = Vec::new();
+                        h1::write_last_chunk(&trailers, &mut end);
                         self.pending.push_back(end.into());
                     }
                 }

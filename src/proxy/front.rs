@@ -20,7 +20,7 @@ use std::task::{ready, Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, Response, StatusCode, Version};
+use http::{HeaderMap, Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -289,9 +289,7 @@ async fn respond(
                 // Trailers end a chunked body, for a client that takes them; else they go.
                 Err(frame) => {
                     if let (true, Ok(fields)) = (chunked && trailers, frame.into_trailers()) {
-                        out.extend_from_slice(b"0\r\n");
-                        h1::write_fields(&fields, out);
-                        out.extend_from_slice(b"\r\n");
+                        h1::write_last_chunk(&fields, out);
                         writer.write_all(out).await?;
                         return Ok(keep_alive);
                     }
@@ -301,7 +299,7 @@ async fn respond(
             // The service's body broke off: the client sees the message cut short.
             Some(Err(e)) => return Err(e),
             None if chunked => {
-                out.extend_from_slice(b"0\r\n\r\n");
+                h1::write_last_chunk(&HeaderMap::new(), out);
                 writer.write_all(out).await?;
                 return Ok(keep_alive);
             }

@@ -46,6 +46,13 @@ pub fn write_fields(fields: &HeaderMap, out: &mut Vec<u8>) {
     }
 }
 
+/// Writes the end of a chunked body: the last (empty) chunk and the trailers.
+pub fn write_last_chunk(trailers: &HeaderMap, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"0\r\n");
+    write_fields(trailers, out);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// The line that starts a chunk of `len` bytes: its size in hex, CRLF.
 pub fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> &[u8] {
     let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
