@@ -145,6 +145,9 @@ async fn h2c_prior_knowledge_on_the_same_listener() {
     let (response, bytes) = send(&client, req).await;
     assert_eq!(response.version(), Version::HTTP_2);
     assert_eq!((response.status().as_u16(), &bytes[..]), (200, &b"hello from upstream"[..]));
+    // The service's fields reach an h2c client too, less the hop-by-hop ones.
+    assert_eq!(response.headers()["x-upstream"], "yes");
+    assert!(!response.headers().contains_key("x-upstream-private"), "{:?}", response.headers());
     let seen = upstream.last();
     assert_eq!(seen.uri.to_string(), "/over-h2?q=1");
     assert_eq!(seen.headers["x-h2"], "yes");

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::front::ClientBody;
-use super::h1::Decoder;
+use super::h1::{Decoder, Fields};
 use super::pool::Lease;
 use crate::metrics::Origin;
 use crate::quota::Permit;
@@ -63,9 +63,12 @@ impl Body for RequestBody {
     }
 }
 
+/// A response's body; for an answer from the service, its fields too: they are bytes of
+/// its head, which the client's connection writes as they are or (h2c) makes a map of.
 pub struct ProxyBody {
     inner: Inner,
     guard: Option<Guard>,
+    fields: Option<Fields>,
 }
 
 enum Inner {
@@ -80,22 +83,27 @@ enum Inner {
 
 impl ProxyBody {
     pub fn local(bytes: impl Into<Bytes>) -> Self {
-        Self { inner: Inner::Local(Some(bytes.into())), guard: None }
+        Self { inner: Inner::Local(Some(bytes.into())), guard: None, fields: None }
     }
 
-    pub fn upstream(body: Decoder, guard: Guard, lease: Lease) -> Self {
+    pub fn upstream(body: Decoder, fields: Fields, guard: Guard, lease: Lease) -> Self {
         let mut lease = Some(lease);
         // A body that is over before it starts (HEAD, 204, 304, `Content-Length: 0`) is
         // not polled.
         if body.is_done() {
             give_back(&mut lease);
         }
-        Self { inner: Inner::Upstream(body, lease), guard: Some(guard) }
+        Self { inner: Inner::Upstream(body, lease), guard: Some(guard), fields: Some(fields) }
     }
 
     /// The body of a `101`: the connection to the service, holding the request's slots.
-    pub fn tunnel(service: (TcpStream, Bytes), guard: Guard) -> Self {
-        Self { inner: Inner::Tunnel(Some(service)), guard: Some(guard) }
+    pub fn tunnel(service: (TcpStream, Bytes), fields: Fields, guard: Guard) -> Self {
+        Self { inner: Inner::Tunnel(Some(service)), guard: Some(guard), fields: Some(fields) }
+    }
+
+    /// The service's fields, for the response head.
+    pub fn take_fields(&mut self) -> Option<Fields> {
+        self.fields.take()
     }
 
     /// The connection to the service, if this is the body of a `101`.

@@ -257,7 +257,9 @@ async fn respond(
         (true, _) => None,
     };
     out.clear();
-    h1::write_response_head(status, &parts.headers, framing, connection, &date(), out);
+    // The service's fields are a temporary here: a local would be kept across the awaits
+    // below, in every connection's task.
+    h1::write_response_head(status, body.take_fields().as_ref(), &parts.headers, framing, connection, &date(), out);
     shared.answered.store(true, Ordering::Relaxed);
     let mut left = match framing {
         Framing::None | Framing::AsSent => {
@@ -342,11 +344,14 @@ async fn switch(
     reader: Reader,
     mut writer: OwnedWriteHalf,
     mut out: Vec<u8>,
-    response: Response<ProxyBody>,
+    mut response: Response<ProxyBody>,
     service: (TcpStream, Bytes),
 ) {
     out.clear();
-    h1::write_response_head(response.status(), response.headers(), Framing::None, Some("upgrade"), &date(), &mut out);
+    let fields = response.body_mut().take_fields();
+    let (status, headers) = (response.status(), response.headers());
+    h1::write_response_head(status, fields.as_ref(), headers, Framing::None, Some("upgrade"), &date(), &mut out);
+    drop(fields);
     if writer.write_all(&out).await.is_err() {
         return;
     }

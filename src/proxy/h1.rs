@@ -14,7 +14,7 @@ use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, StatusCode, Uri, Version};
 
 /// The longest response head accepted, and the most fields in a head.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -180,11 +180,12 @@ pub enum Framing {
     UntilClose,
 }
 
-/// Writes a response head: the status line, the fields but the framing ones and
-/// `Connection`, then `framing`'s field, `connection` (`close`, `keep-alive`, `upgrade`)
-/// if given, and `date` if the fields have none.
+/// Writes a response head: the status line, the service's `fields` if any, the `headers`
+/// but the framing ones and `Connection`, then `framing`'s field, `connection` (`close`,
+/// `keep-alive`, `upgrade`) if given, and `date` if no field is `Date`.
 pub fn write_response_head(
     status: StatusCode,
+    fields: Option<&Fields>,
     headers: &HeaderMap,
     framing: Framing,
     connection: Option<&str>,
@@ -197,6 +198,15 @@ pub fn write_response_head(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut dated = false;
+    if let Some(fields) = fields {
+        for (name, value) in fields.iter() {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+        dated = fields.dated();
+    }
     for (name, value) in headers {
         if name == header::CONNECTION
             || (framing != Framing::AsSent && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING))
@@ -233,10 +243,51 @@ pub fn write_response_head(
 
 /// A response head read from the service.
 pub struct Head {
-    pub response: Response<()>,
+    pub status: StatusCode,
+    /// What of its fields goes on to the client.
+    pub fields: Fields,
     pub body: Decoder,
     /// The service will take another request on this connection after the body.
     pub keep_alive: bool,
+}
+
+/// The fields of the service's response that go on to the client, as the service sent
+/// them: its head, and the place of each field's name and value in it. Hop-by-hop fields
+/// are left out (RFC 9110 §7.6.1), and so is `Content-Length` but where it describes a
+/// body that is not sent (HEAD, 304): the client's framing is sluice's own.
+///
+/// They reach an HTTP/1.1 client as the bytes they came as. Only an h2c client, which
+/// hyper answers, needs them as a map ([`Fields::into_map`]): a map hashes and checks
+/// every field, the largest cost of a proxied request when it was built for each.
+pub struct Fields {
+    head: Bytes,
+    places: Vec<(Range<usize>, Range<usize>)>,
+    dated: bool,
+}
+
+impl Fields {
+    /// Each field's name (in the service's case) and value, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.places.iter().map(|(name, value)| (&self.head[name.clone()], &self.head[value.clone()]))
+    }
+
+    /// Whether one of them is `Date`.
+    pub fn dated(&self) -> bool {
+        self.dated
+    }
+
+    /// Appends them to `map`, each value a shared slice of the head.
+    pub fn into_map(self, map: &mut HeaderMap) {
+        map.reserve(self.places.len());
+        for (name, value) in self.places {
+            // httparse checked both as HTTP defines them, and so does `http`: neither fails.
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(&self.head[name]), HeaderValue::from_maybe_shared(self.head.slice(value)))
+            {
+                map.append(name, value);
+            }
+        }
+    }
 }
 
 /// What the start of `buf` holds.
@@ -255,66 +306,148 @@ pub fn parse_response(buf: &mut BytesMut, request: &Method, upgrade: bool) -> io
     // Uninitialized slots: zeroing a hundred of them would cost more than the parse.
     let mut slots = [const { MaybeUninit::uninit() }; MAX_FIELDS];
     let mut parsed = httparse::Response::new(&mut []);
+    let too_large = || invalid("response head too large");
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => return Err(too_large()),
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(invalid("response head too large")),
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(too_large()),
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(httparse::Error::TooManyHeaders) => return Err(invalid("too many fields in the response head")),
         Err(_) => return Err(invalid("malformed response head")),
     };
     let status = StatusCode::from_u16(parsed.code.unwrap_or(0)).map_err(|_| invalid("bad status code"))?;
-    let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
         let _ = buf.split_to(len);
         return Ok(Parsed::Interim);
     }
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    if switching && !upgrade {
+        return Err(invalid("101 without an upgrade asked for"));
+    }
+    // A HEAD or 304 answer's length is the body's it stands for, sent as it came.
+    let length_as_sent =
+        (request == Method::HEAD && status != StatusCode::NO_CONTENT) || status == StatusCode::NOT_MODIFIED;
 
-    let fields = field_places(buf, parsed.headers).ok_or_else(|| invalid("bad field name"))?;
-    let head = buf.split_to(len).freeze();
-    let (mut headers, present) = header_map(&head, fields, 0).ok_or_else(|| invalid("bad field value"))?;
-
-    let mut keep_alive = present.keep_alive(&headers, version);
-    let body = if status == StatusCode::SWITCHING_PROTOCOLS {
-        if !upgrade {
-            return Err(invalid("101 without an upgrade asked for"));
+    // One pass: the fields the client gets, and those that frame the body and decide the
+    // connection's reuse. A 101 keeps what belongs to the protocol switched to.
+    let mut places = Vec::with_capacity(parsed.headers.len());
+    let (mut dated, mut close, mut keep_alive_asked, mut names_fields) = (false, false, false, false);
+    // The Content-Length values (the first, and whether there are more), and the last
+    // Transfer-Encoding one.
+    let (mut lengths, mut more_lengths, mut codings) = (None, false, None);
+    for field in &*parsed.headers {
+        let (name, value) = (field.name.as_bytes(), field.value);
+        let passed = match Known::of(name) {
+            Known::Connection => {
+                for option in options(value) {
+                    let (is_close, is_keep_alive) =
+                        (option.eq_ignore_ascii_case(b"close"), option.eq_ignore_ascii_case(b"keep-alive"));
+                    (close, keep_alive_asked) = (close | is_close, keep_alive_asked | is_keep_alive);
+                    names_fields |= !is_close && !is_keep_alive;
+                }
+                false
+            }
+            Known::ContentLength => {
+                more_lengths |= lengths.is_some();
+                lengths = lengths.or(Some(value));
+                length_as_sent
+            }
+            Known::TransferEncoding => {
+                codings = Some(value);
+                false
+            }
+            Known::KeepAlive | Known::ProxyConnection | Known::Upgrade => switching,
+            // `TE: trailers` is how gRPC asks for trailers; any other TE is hop-by-hop.
+            Known::Te => switching || value == b"trailers",
+            Known::Date => {
+                dated = true;
+                true
+            }
+            Known::Host | Known::Expect | Known::Other => true,
+        };
+        if passed {
+            places.push((place(buf, name), place(buf, value)));
         }
+    }
+    if names_fields && !switching {
+        // Rare: `Connection` names fields that describe this connection only.
+        let connection = parsed.headers.iter().filter(|f| Known::of(f.name.as_bytes()) == Known::Connection);
+        let named: Vec<&[u8]> = connection.flat_map(|f| options(f.value)).collect();
+        places.retain(|(name, _)| !named.iter().any(|n| n.eq_ignore_ascii_case(&buf[name.clone()])));
+    }
+
+    let version_11 = parsed.version != Some(0);
+    let mut keep_alive = !close && (version_11 || keep_alive_asked);
+    let body = if switching {
         keep_alive = false;
         Decoder::Done
     } else if request == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         Decoder::Done
-    } else if present.transfer_encoding {
-        // Transfer-Encoding overrides Content-Length, which must not be passed on
-        // (RFC 9112 §6.3); a message that had both is not trusted with the next request.
-        if present.content_length {
-            headers.remove(header::CONTENT_LENGTH);
-            keep_alive = false;
-        }
-        if last_coding_is_chunked(&headers) {
+    } else if let Some(codings) = codings {
+        // Transfer-Encoding overrides Content-Length, which is not passed on (RFC 9112
+        // §6.3); a message that had both is not trusted with the next request.
+        keep_alive &= lengths.is_none();
+        if last_coding_is_chunked(codings) {
             Decoder::chunked()
         } else {
             keep_alive = false;
             Decoder::UntilClose
         }
-    } else if present.content_length {
-        let len = content_length(&headers).ok_or_else(|| invalid("bad Content-Length"))?;
-        // Repeated (`5, 5`, or in two fields) with one value: passed on once, as a number.
-        let mut digits = itoa::Buffer::new();
-        let canonical = digits.format(len).as_bytes();
-        let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-        if values.next().is_some_and(|v| v.as_bytes() != canonical) || values.next().is_some() {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        }
-        Decoder::Length(len)
+    } else if let Some(first) = lengths {
+        let length = if more_lengths {
+            let fields = parsed.headers.iter().filter(|f| Known::of(f.name.as_bytes()) == Known::ContentLength);
+            content_length(fields.map(|f| f.value))
+        } else {
+            content_length(std::iter::once(first))
+        };
+        Decoder::Length(length.ok_or_else(|| invalid("bad Content-Length"))?)
     } else {
         keep_alive = false;
         Decoder::UntilClose
     };
 
-    let mut response = Response::new(());
-    *response.status_mut() = status;
-    *response.version_mut() = version;
-    *response.headers_mut() = headers;
-    Ok(Parsed::Head(Head { response, body, keep_alive }))
+    let fields = Fields { head: buf.split_to(len).freeze(), places, dated };
+    Ok(Parsed::Head(Head { status, fields, body, keep_alive }))
+}
+
+/// The fields whose names sluice reads a head for, told apart without hashing.
+#[derive(Clone, Copy, PartialEq)]
+enum Known {
+    Connection,
+    ContentLength,
+    Date,
+    Expect,
+    Host,
+    KeepAlive,
+    ProxyConnection,
+    Te,
+    TransferEncoding,
+    Upgrade,
+    Other,
+}
+
+impl Known {
+    /// What `name`, a token as httparse checked it, is.
+    fn of(name: &[u8]) -> Known {
+        // In a token, `| 0x20` makes a letter lowercase, keeps `-`, and turns no other byte
+        // into either: so one OR and compare a byte matches a lowercase name of letters
+        // and dashes in any case, for a third of what `eq_ignore_ascii_case` costs.
+        let is = |known: &str| name.iter().zip(known.as_bytes()).all(|(&byte, &known)| byte | 0x20 == known);
+        // The length and first letter leave one name to compare, most often none.
+        match (name.len(), name.first().map_or(0, u8::to_ascii_lowercase)) {
+            (2, b't') if is("te") => Known::Te,
+            (4, b'd') if is("date") => Known::Date,
+            (4, b'h') if is("host") => Known::Host,
+            (6, b'e') if is("expect") => Known::Expect,
+            (7, b'u') if is("upgrade") => Known::Upgrade,
+            (10, b'c') if is("connection") => Known::Connection,
+            (10, b'k') if is("keep-alive") => Known::KeepAlive,
+            (14, b'c') if is("content-length") => Known::ContentLength,
+            (16, b'p') if is("proxy-connection") => Known::ProxyConnection,
+            (17, b't') if is("transfer-encoding") => Known::TransferEncoding,
+            _ => Known::Other,
+        }
+    }
 }
 
 /// The place of `part`, a slice of `buf`, in it.
@@ -386,8 +519,12 @@ fn header_map(head: &Bytes, fields: Vec<(HeaderName, Range<usize>)>, room: usize
 /// The options the `Connection` fields list (`close`, `keep-alive`, names of fields that
 /// go no further), trimmed.
 pub fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
-    let values = headers.get_all(header::CONNECTION).into_iter();
-    values.flat_map(|v| v.as_bytes().split(|&b| b == b',')).map(<[u8]>::trim_ascii)
+    headers.get_all(header::CONNECTION).into_iter().flat_map(|v| options(v.as_bytes()))
+}
+
+/// The options one `Connection` value lists.
+fn options(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
 }
 
 /// Whether `Connection` says `close`, and whether it says `keep-alive`.
@@ -400,17 +537,16 @@ fn connection_tokens(headers: &HeaderMap) -> (bool, bool) {
     (close, keep_alive)
 }
 
-fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
-    let last = headers.get_all(header::TRANSFER_ENCODING).iter().next_back();
-    last.and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
-        .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+/// Whether the last coding a `Transfer-Encoding` value lists is `chunked`.
+fn last_coding_is_chunked(codings: &[u8]) -> bool {
+    codings.rsplit(|&b| b == b',').next().is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// The one length every Content-Length value (and list member) gives, or none.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
+fn content_length<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<u64> {
     let mut length = None;
-    for member in headers.get_all(header::CONTENT_LENGTH).iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')) {
-        let n = decimal(member.trim_ascii())?;
+    for member in values.flat_map(options) {
+        let n = decimal(member)?;
         if length.is_some_and(|l| l != n) {
             return None;
         }
@@ -623,11 +759,21 @@ mod tests {
     }
 
     fn head(text: &str) -> Head {
-        match parse(text, Method::GET) {
+        head_of(text, Method::GET)
+    }
+
+    fn head_of(text: &str, method: Method) -> Head {
+        match parse(text, method) {
             Ok(Parsed::Head(head)) => head,
             Ok(_) => panic!("not a whole head: {text:?}"),
             Err(e) => panic!("refused {text:?}: {e}"),
         }
+    }
+
+    /// The fields a client gets, as `name: value` lines.
+    fn passed(head: &Head) -> Vec<String> {
+        let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+        head.fields.iter().map(|(name, value)| format!("{}: {}", text(name), text(value))).collect()
     }
 
     #[test]
@@ -654,8 +800,8 @@ mod tests {
     fn a_head_is_taken_off_the_buffer_with_its_fields() {
         let mut buf = BytesMut::from("HTTP/1.1 201 Created\r\nX-A: 1\r\nx-a: 2\r\ncontent-length: 3\r\n\r\nabc");
         let Ok(Parsed::Head(head)) = parse_response(&mut buf, &Method::GET, false) else { panic!("no head") };
-        assert_eq!(head.response.status(), StatusCode::CREATED);
-        assert_eq!(head.response.headers().get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
+        assert_eq!(head.status, StatusCode::CREATED);
+        assert_eq!(passed(&head), ["X-A: 1", "x-a: 2"]);
         assert_eq!((head.body, head.keep_alive), (Decoder::Length(3), true));
         assert_eq!(&buf[..], b"abc");
     }
@@ -676,12 +822,13 @@ mod tests {
         let mut buf = BytesMut::from("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n");
         assert!(matches!(parse_response(&mut buf, &Method::POST, false), Ok(Parsed::Interim)));
         let Ok(Parsed::Head(head)) = parse_response(&mut buf, &Method::POST, false) else { panic!("no head") };
-        assert_eq!((head.response.status(), head.body), (StatusCode::NO_CONTENT, Decoder::Done));
+        assert_eq!((head.status, head.body), (StatusCode::NO_CONTENT, Decoder::Done));
         let switch = "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n";
         assert!(parse(switch, Method::GET).is_err());
         let Ok(Parsed::Head(head)) = parse_response(&mut BytesMut::from(switch), &Method::GET, true) else {
             panic!("no head")
         };
+        assert_eq!(passed(&head), ["upgrade: websocket"], "the front writes its own Connection");
         assert_eq!((head.body, head.keep_alive), (Decoder::Done, false));
     }
 
@@ -706,11 +853,30 @@ mod tests {
             (Decoder::Length(5), true)
         );
         // A HEAD answer has no body whatever its fields say.
-        let Ok(Parsed::Head(head)) = parse("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", Method::HEAD) else {
-            panic!("no head")
-        };
+        let head = head_of("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", Method::HEAD);
         assert_eq!(head.body, Decoder::Done);
-        assert_eq!(head.response.headers()[header::CONTENT_LENGTH], "5");
+        assert_eq!(passed(&head), ["content-length: 5"], "the length of the body a GET would get");
+        let head = head_of("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n", Method::HEAD);
+        assert_eq!((passed(&head), head.body), (vec![], Decoder::Done), "a 204 has no length");
+        let head = head_of("HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n", Method::GET);
+        assert_eq!((passed(&head), head.body), (vec!["content-length: 5".to_string()], Decoder::Done));
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_not_passed_on() {
+        let head = head(
+            "HTTP/1.1 200 OK\r\nServer: s\r\nConnection: keep-alive, X-Private\r\nx-private: 1\r\n\
+             Keep-Alive: timeout=5\r\nProxy-Connection: x\r\nUpgrade: y\r\nTE: gzip\r\nDate: D\r\n\
+             Content-Length: 2\r\nX-Empty:\r\n\r\n",
+        );
+        assert_eq!(passed(&head), ["Server: s", "Date: D", "X-Empty: "]);
+        assert!(head.fields.dated());
+        assert_eq!(passed(&self::head("HTTP/1.1 200 OK\r\nTE: trailers\r\n\r\n")), ["TE: trailers"]);
+        // An h2c client gets them as a map, lowercase.
+        let mut map = HeaderMap::new();
+        head.fields.into_map(&mut map);
+        let names: Vec<_> = map.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["server", "date", "x-empty"]);
     }
 
     #[test]
@@ -722,11 +888,11 @@ mod tests {
         for same in ["content-length: 5\r\ncontent-length: 5, 5", "content-length: 5,5", "content-length:  5 "] {
             let same = head(&format!("HTTP/1.1 200 OK\r\n{same}\r\n\r\n"));
             assert_eq!(same.body, Decoder::Length(5));
-            assert_eq!(same.response.headers().get_all(header::CONTENT_LENGTH).iter().collect::<Vec<_>>(), ["5"]);
+            assert!(passed(&same).is_empty(), "the client's length is sluice's");
         }
         let both = head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n");
+        assert!(passed(&both).is_empty(), "neither is passed on");
         assert_eq!((both.body, both.keep_alive), (Decoder::chunked(), false));
-        assert!(!both.response.headers().contains_key(header::CONTENT_LENGTH), "not passed on");
     }
 
     /// Feeds `wire` to a decoder in pieces of `step` bytes; the body, its trailers and
@@ -882,7 +1048,7 @@ mod tests {
         headers.insert("x-a", HeaderValue::from_static("1"));
         let write = |headers: &HeaderMap, framing, connection| {
             let mut out = Vec::new();
-            write_response_head(StatusCode::OK, headers, framing, connection, b"D", &mut out);
+            write_response_head(StatusCode::OK, None, headers, framing, connection, b"D", &mut out);
             String::from_utf8(out).unwrap()
         };
         assert_eq!(
@@ -899,5 +1065,12 @@ mod tests {
         );
         headers.insert(header::DATE, HeaderValue::from_static("Then"));
         assert!(write(&headers, Framing::None, None).ends_with("date: Then\r\n\r\n"), "a date that came is kept");
+
+        // The service's fields go first, as they came; sluice's after them.
+        let service = head("HTTP/1.1 200 OK\r\nServer: s\r\nDate: Then\r\nContent-Length: 1\r\n\r\n");
+        let local = HeaderMap::from_iter([(header::CONNECTION, HeaderValue::from_static("close"))]);
+        let mut out = Vec::new();
+        write_response_head(StatusCode::OK, Some(&service.fields), &local, Framing::Length(1), None, b"D", &mut out);
+        assert_eq!(out, b"HTTP/1.1 200 OK\r\nServer: s\r\nDate: Then\r\ncontent-length: 1\r\n\r\n");
     }
 }

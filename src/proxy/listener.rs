@@ -178,7 +178,14 @@ async fn http2(stream: Rewind, peer: Peer, proxy: Proxy, limits: Limits, mut pha
     let service = service_fn(move |req: Request<Incoming>| {
         let (proxy, peer) = (proxy.clone(), peer.clone());
         // Boxed: the request's future is about 2 KB, and hyper moves it more than once.
-        Box::pin(async move { Ok::<_, Infallible>(proxy.handle(req.map(RequestBody::Hyper), &peer).await) })
+        Box::pin(async move {
+            let mut response = proxy.handle(req.map(RequestBody::Hyper), &peer).await;
+            // hyper writes a response's fields from its map.
+            if let Some(fields) = response.body_mut().take_fields() {
+                fields.into_map(response.headers_mut());
+            }
+            Ok::<_, Infallible>(response)
+        })
     });
     let conn = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new()) // without a timer the keep-alive pings panic

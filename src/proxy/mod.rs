@@ -134,7 +134,7 @@ impl Proxy {
         let service = &snapshot.config.upstream;
         upstream::prepare(&mut req, service, &peer.forwarded_for, upgrade);
         let sent = tokio::time::timeout(route.timeout, self.pool.send(service, req, upgrade)).await;
-        let (mut response, body, lease) = match sent {
+        let (head, lease) = match sent {
             Ok(Ok(sent)) => sent,
             Ok(Err(e)) => {
                 tracing::debug!(route = &*route.name, error = %e, "upstream request failed");
@@ -148,17 +148,20 @@ impl Proxy {
             }
         };
 
-        upstream::clean_response(&mut response);
         if let Some(measure) = &mut guard.measure {
-            measure.status = response.status().as_u16();
+            measure.status = head.status.as_u16();
         }
-        if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let body = if upgrade && head.status == StatusCode::SWITCHING_PROTOCOLS {
             // The upgrade is measured as answered now; the tunnel holds the request's
             // slots for as long as it is open.
             guard.measure.take();
-            return response.map(|()| ProxyBody::tunnel(lease.into_tunnel(), guard));
-        }
-        response.map(|()| ProxyBody::upstream(body, guard, lease))
+            ProxyBody::tunnel(lease.into_tunnel(), head.fields, guard)
+        } else {
+            ProxyBody::upstream(head.body, head.fields, guard, lease)
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = head.status;
+        response
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::Authority;
-use http::{Request, Response};
+use http::Request;
 use http_body::Frame;
 use tokio::net::TcpStream;
 
@@ -101,7 +101,7 @@ impl Pool {
         upstream: &Authority,
         req: Request<RequestBody>,
         upgrade: bool,
-    ) -> io::Result<(Response<()>, Decoder, Lease)> {
+    ) -> io::Result<(Head, Lease)> {
         let (mut parts, body) = req.into_parts();
         let mut upload = Upload::new(&mut parts.headers, body);
         loop {
@@ -113,9 +113,10 @@ impl Pool {
             };
             // Only a request without a body is tried again, so the upload is never needed twice.
             match conn.exchange(&parts, upload.take(), upgrade).await {
-                Ok(Head { response, body, keep_alive }) => {
+                Ok(head) => {
+                    let keep_alive = head.keep_alive;
                     let lease = Lease { pool: self.clone(), upstream: upstream.clone(), conn, keep_alive };
-                    return Ok((response, body, lease));
+                    return Ok((head, lease));
                 }
                 Err(failure) if pooled && failure.retryable => {}
                 Err(failure) => return Err(failure.error),
@@ -221,12 +222,12 @@ mod tests {
     }
 
     async fn get(pool: &Arc<Pool>, upstream: &Authority) -> (u16, Bytes, Lease) {
-        let (response, mut body, mut lease) = pool.send(upstream, request(), false).await.expect("sent");
+        let (Head { status, mut body, .. }, mut lease) = pool.send(upstream, request(), false).await.expect("sent");
         let mut bytes = Vec::new();
         while let Some(frame) = std::future::poll_fn(|cx| lease.poll_body(&mut body, cx)).await {
             bytes.extend_from_slice(&frame.unwrap().into_data().unwrap());
         }
-        (response.status().as_u16(), Bytes::from(bytes), lease)
+        (status.as_u16(), Bytes::from(bytes), lease)
     }
 
     fn request() -> Request<RequestBody> {
@@ -336,8 +337,8 @@ mod tests {
             let _ = stream.read(&mut head).await; // keeps the connection open
         });
         let pool = Pool::new();
-        let (response, mut body, mut lease) = pool.send(&upstream, request(), false).await.unwrap();
-        assert_eq!(response.status(), 200);
+        let (Head { status, mut body, .. }, mut lease) = pool.send(&upstream, request(), false).await.unwrap();
+        assert_eq!(status, 200);
         let (mut total, mut largest) = (0, 0);
         while let Some(frame) = std::future::poll_fn(|cx| lease.poll_body(&mut body, cx)).await {
             let data = frame.unwrap().into_data().unwrap();

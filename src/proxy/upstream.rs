@@ -1,11 +1,12 @@
-//! The header rewriting of a proxy (RFC 9110 §7.6): hop-by-hop fields removed,
+//! The request's header rewriting of a proxy (RFC 9110 §7.6): hop-by-hop fields removed,
 //! `X-Forwarded-For` appended, `X-Forwarded-Proto` set, `Host` kept; and the tunnel of an
-//! upgraded connection.
+//! upgraded connection. (The response's hop-by-hop fields are left out as
+//! [`h1::parse_response`] reads it.)
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
-use http::{Request, Response, StatusCode, Version};
+use http::{Request, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -49,14 +50,6 @@ pub fn prepare<B>(req: &mut Request<B>, upstream: &Authority, client: &HeaderVal
     }
     append_forwarded_for(headers, client);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-}
-
-/// Cleans the service's response for the client, in place.
-pub fn clean_response<B>(response: &mut Response<B>) {
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return; // Connection and Upgrade are the point of a 101.
-    }
-    remove_hop_by_hop(response.headers_mut());
 }
 
 /// Removes the fields that describe one connection, not the message: the fixed list and
