@@ -11,8 +11,6 @@ use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderValue};
-use http::request::Parts;
 use http::uri::Authority;
 use http::Method;
 use http_body::Body;
@@ -20,7 +18,7 @@ use http_body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::h1::{self, Decoder, Event, Head, Parsed};
+use super::h1::{self, Decoder, Event, Framing, Head, Parsed};
 use super::RequestBody;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -99,27 +97,26 @@ impl Conn {
         }
     }
 
-    /// Sends a request (its head from `parts`, in origin form and with its fields
-    /// prepared; its body from `upload`) and reads the answer's head. The body goes on
-    /// being sent while the answer is awaited and, if the answer comes first, while its
-    /// body is read: a service may answer before it has read the request (an echo, a 413).
+    /// Sends a request (its head as `write_head` writes it, its body from `upload`) and
+    /// reads the answer's head. The body goes on being sent while the answer is awaited
+    /// and, if the answer comes first, while its body is read: a service may answer before
+    /// it has read the request (an echo, a 413).
     pub async fn exchange(
         &mut self,
-        parts: &Parts,
+        method: &Method,
+        write_head: impl Fn(&mut Vec<u8>),
         upload: Option<Box<Upload>>,
         upgrade: bool,
     ) -> Result<Head, Failure> {
-        let retryable = upload.is_none() && is_idempotent(&parts.method);
+        let retryable = upload.is_none() && is_idempotent(method);
         self.out.clear();
-        // Origin form, whatever form the client used (HTTP/2's is absolute).
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        h1::write_request_head(&parts.method, path, &parts.headers, &mut self.out);
+        write_head(&mut self.out);
         self.upload = upload;
         let exchanged = async {
             self.stream.write_all(&self.out).await?;
             std::future::poll_fn(|cx| {
                 self.poll_upload(cx)?;
-                self.poll_head(&parts.method, upgrade, cx)
+                self.poll_head(method, upgrade, cx)
             })
             .await
         };
@@ -235,24 +232,17 @@ enum UploadError {
 }
 
 impl Upload {
-    /// The upload of `body`, with the framing fields in `headers` set to match: none for
-    /// an empty body, the known length, or chunked.
-    pub fn new(headers: &mut HeaderMap, body: RequestBody) -> Option<Box<Upload>> {
+    /// The upload of `body`, and how the request head frames it: not at all for an
+    /// empty body, by its length if known, else chunked.
+    pub fn new(body: RequestBody) -> (Option<Box<Upload>>, Framing) {
         if body.is_end_stream() {
-            return None;
+            return (None, Framing::None);
         }
-        let chunked = match body.size_hint().exact() {
-            Some(len) => {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-                false
-            }
-            None => {
-                headers.remove(header::CONTENT_LENGTH);
-                headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-                true
-            }
+        let (chunked, framing) = match body.size_hint().exact() {
+            Some(len) => (false, Framing::Length(len)),
+            None => (true, Framing::Chunked),
         };
-        Some(Box::new(Upload { body, chunked, pending: VecDeque::new(), ended: false }))
+        (Some(Box::new(Upload { body, chunked, pending: VecDeque::new(), ended: false })), framing)
     }
 
     fn poll_send(&mut self, stream: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), UploadError>> {

@@ -26,17 +26,6 @@ fn invalid(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
-/// Writes the request head: `path` in origin form, `headers` as they are (framing fields
-/// included: [`super::upstream::prepare`] and [`super::conn::Upload::new`] set them).
-pub fn write_request_head(method: &Method, path: &str, headers: &HeaderMap, out: &mut Vec<u8>) {
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(path.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    write_fields(headers, out);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// Writes each field as a `name: value` line (of a head, or of trailers).
 pub fn write_fields(fields: &HeaderMap, out: &mut Vec<u8>) {
     for (name, value) in fields {
@@ -166,10 +155,10 @@ fn bad(why: &'static str) -> Refused {
     Refused(StatusCode::BAD_REQUEST, why)
 }
 
-/// How a response body is framed to the client.
+/// How a body is framed: a response's to the client, a request's to the service.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Framing {
-    /// No body, and no framing field (1xx, 204).
+    /// No body, and no framing field (1xx, 204; a request without a body).
     None,
     /// No body, but the framing fields the service sent describe the body a GET would
     /// have had (HEAD, 304): they are written as they are.
@@ -363,7 +352,7 @@ pub fn parse_response(buf: &mut BytesMut, request: &Method, upgrade: bool) -> io
                 dated = true;
                 true
             }
-            Known::Host | Known::Expect | Known::Other => true,
+            Known::Host | Known::Expect | Known::XForwardedFor | Known::XForwardedProto | Known::Other => true,
         };
         if passed {
             places.push((place(buf, name), place(buf, value)));
@@ -412,7 +401,7 @@ pub fn parse_response(buf: &mut BytesMut, request: &Method, upgrade: bool) -> io
 
 /// The fields whose names sluice reads a head for, told apart without hashing.
 #[derive(Clone, Copy, PartialEq)]
-enum Known {
+pub enum Known {
     Connection,
     ContentLength,
     Date,
@@ -423,12 +412,14 @@ enum Known {
     Te,
     TransferEncoding,
     Upgrade,
+    XForwardedFor,
+    XForwardedProto,
     Other,
 }
 
 impl Known {
     /// What `name`, a token as httparse checked it, is.
-    fn of(name: &[u8]) -> Known {
+    pub fn of(name: &[u8]) -> Known {
         // In a token, `| 0x20` makes a letter lowercase, keeps `-`, and turns no other byte
         // into either: so one OR and compare a byte matches a lowercase name of letters
         // and dashes in any case, for a third of what `eq_ignore_ascii_case` costs.
@@ -445,6 +436,8 @@ impl Known {
             (14, b'c') if is("content-length") => Known::ContentLength,
             (16, b'p') if is("proxy-connection") => Known::ProxyConnection,
             (17, b't') if is("transfer-encoding") => Known::TransferEncoding,
+            (15, b'x') if is("x-forwarded-for") => Known::XForwardedFor,
+            (17, b'x') if is("x-forwarded-proto") => Known::XForwardedProto,
             _ => Known::Other,
         }
     }
@@ -523,7 +516,7 @@ pub fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
 }
 
 /// The options one `Connection` value lists.
-fn options(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub fn options(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
 }
 
@@ -774,17 +767,6 @@ mod tests {
     fn passed(head: &Head) -> Vec<String> {
         let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
         head.fields.iter().map(|(name, value)| format!("{}: {}", text(name), text(value))).collect()
-    }
-
-    #[test]
-    fn request_heads_are_written_in_origin_form() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::HOST, HeaderValue::from_static("svc"));
-        headers.append("x-a", HeaderValue::from_static("1"));
-        headers.append("x-a", HeaderValue::from_static("2"));
-        let mut out = Vec::new();
-        write_request_head(&Method::POST, "/p?q=1", &headers, &mut out);
-        assert_eq!(out, b"POST /p?q=1 HTTP/1.1\r\nhost: svc\r\nx-a: 1\r\nx-a: 2\r\n\r\n");
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! 1. [`Proxy::handle`] loads the live snapshot once; the request finishes on it.
 //! 2. The target is checked (414, 400) and normalized, and matched to a route.
 //! 3. [`admit`] applies the route's quotas, then the service's (429).
-//! 4. [`upstream::prepare`] rewrites the request for the service; it goes out on one of
-//!    the worker's [`pool`]ed connections under the route's timeout (504); failures are
+//! 4. [`upstream::write_head`] writes the request's head for the service; it goes out on
+//!    one of the worker's [`pool`]ed connections under the route's timeout (504); failures are
 //!    502s. sluice speaks HTTP/1.1 to the service itself: [`conn`] drives the connection
 //!    on the request's task, [`h1`] writes and parses the bytes.
 //! 5. The response streams back in a [`ProxyBody`] that holds the request's [`Guard`]
@@ -83,7 +83,7 @@ impl Proxy {
         response
     }
 
-    async fn serve(&self, mut req: Request<RequestBody>, peer: &Peer) -> Response<ProxyBody> {
+    async fn serve(&self, req: Request<RequestBody>, peer: &Peer) -> Response<ProxyBody> {
         let start = Instant::now();
         let in_flight = self.tracker.enter();
         let snapshot = self.live.load();
@@ -132,8 +132,20 @@ impl Proxy {
 
         let upgrade = upstream::is_upgrade(&req);
         let service = &snapshot.config.upstream;
-        upstream::prepare(&mut req, service, &peer.forwarded_for, upgrade);
-        let sent = tokio::time::timeout(route.timeout, self.pool.send(service, req, upgrade)).await;
+        let (parts, body) = req.into_parts();
+        let (upload, framing) = conn::Upload::new(body);
+        let forward = upstream::Forward {
+            host: parts.uri.authority().unwrap_or(service).as_str(),
+            client: peer.forwarded_for.as_bytes(),
+            upgrade,
+            body: framing,
+        };
+        // Origin form, whatever form the client used (HTTP/2's is absolute).
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let fields = || parts.headers.iter().map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
+        let write_head = |out: &mut Vec<u8>| upstream::write_head(&parts.method, path, fields, &forward, out);
+        let send = self.pool.send(service, &parts.method, write_head, upload, upgrade);
+        let sent = tokio::time::timeout(route.timeout, send).await;
         let (head, lease) = match sent {
             Ok(Ok(sent)) => sent,
             Ok(Err(e)) => {

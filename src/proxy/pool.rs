@@ -19,13 +19,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::Authority;
-use http::Request;
+use http::Method;
 use http_body::Frame;
 use tokio::net::TcpStream;
 
 use super::conn::{Conn, Upload};
 use super::h1::{Decoder, Head};
-use super::RequestBody;
 
 /// How long a connection may sit unused before the pool closes it.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -92,18 +91,19 @@ impl Pool {
         pool
     }
 
-    /// Sends `req` (in origin form, its fields prepared) to `upstream` on a pooled
-    /// connection, or a new one, and reads the response head. The service may close an
-    /// idle connection at any time: a request that a pooled connection failed before
-    /// anything of it can have been acted on is sent again on the next.
+    /// Sends a request (its head as `write_head` writes it, its body from `upload`) to
+    /// `upstream` on a pooled connection, or a new one, and reads the response head. The
+    /// service may close an idle connection at any time: a request that a pooled
+    /// connection failed before anything of it can have been acted on is sent again on
+    /// the next.
     pub async fn send(
         self: &Arc<Self>,
         upstream: &Authority,
-        req: Request<RequestBody>,
+        method: &Method,
+        write_head: impl Fn(&mut Vec<u8>),
+        mut upload: Option<Box<Upload>>,
         upgrade: bool,
     ) -> io::Result<(Head, Lease)> {
-        let (mut parts, body) = req.into_parts();
-        let mut upload = Upload::new(&mut parts.headers, body);
         loop {
             let (mut conn, pooled) = match self.take(upstream) {
                 Some(conn) => (conn, true),
@@ -112,7 +112,7 @@ impl Pool {
                 None => (Box::pin(Conn::open(upstream)).await?, false),
             };
             // Only a request without a body is tried again, so the upload is never needed twice.
-            match conn.exchange(&parts, upload.take(), upgrade).await {
+            match conn.exchange(method, &write_head, upload.take(), upgrade).await {
                 Ok(head) => {
                     let keep_alive = head.keep_alive;
                     let lease = Lease { pool: self.clone(), upstream: upstream.clone(), conn, keep_alive };
@@ -222,7 +222,7 @@ mod tests {
     }
 
     async fn get(pool: &Arc<Pool>, upstream: &Authority) -> (u16, Bytes, Lease) {
-        let (Head { status, mut body, .. }, mut lease) = pool.send(upstream, request(), false).await.expect("sent");
+        let (Head { status, mut body, .. }, mut lease) = send(pool, upstream, Method::GET).await.expect("sent");
         let mut bytes = Vec::new();
         while let Some(frame) = std::future::poll_fn(|cx| lease.poll_body(&mut body, cx)).await {
             bytes.extend_from_slice(&frame.unwrap().into_data().unwrap());
@@ -230,15 +230,10 @@ mod tests {
         (status.as_u16(), Bytes::from(bytes), lease)
     }
 
-    fn request() -> Request<RequestBody> {
-        request_with(Method::GET)
-    }
-
-    fn request_with(method: Method) -> Request<RequestBody> {
-        let mut req = Request::new(RequestBody::Empty);
-        *req.method_mut() = method;
-        req.headers_mut().insert(http::header::HOST, http::HeaderValue::from_static("test"));
-        req
+    /// Sends a request without a body.
+    async fn send(pool: &Arc<Pool>, upstream: &Authority, method: Method) -> io::Result<(Head, Lease)> {
+        let head = format!("{method} / HTTP/1.1\r\nhost: test\r\n\r\n");
+        pool.send(upstream, &method, |out: &mut Vec<u8>| out.extend_from_slice(head.as_bytes()), None, false).await
     }
 
     #[tokio::test]
@@ -317,7 +312,7 @@ mod tests {
         assert_eq!((status, &body[..]), (200, &b"ok"[..]), "a GET is sent again on a new connection");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         lease.give_back();
-        let post = pool.send(&upstream, request_with(Method::POST), false).await;
+        let post = send(&pool, &upstream, Method::POST).await;
         assert!(post.is_err(), "a POST may have been acted on: not sent again");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
@@ -337,7 +332,7 @@ mod tests {
             let _ = stream.read(&mut head).await; // keeps the connection open
         });
         let pool = Pool::new();
-        let (Head { status, mut body, .. }, mut lease) = pool.send(&upstream, request(), false).await.unwrap();
+        let (Head { status, mut body, .. }, mut lease) = send(&pool, &upstream, Method::GET).await.unwrap();
         assert_eq!(status, 200);
         let (mut total, mut largest) = (0, 0);
         while let Some(frame) = std::future::poll_fn(|cx| lease.poll_body(&mut body, cx)).await {
@@ -355,6 +350,6 @@ mod tests {
         let unused = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream: Authority = unused.local_addr().unwrap().to_string().parse().unwrap();
         drop(unused);
-        assert!(Pool::new().send(&upstream, request(), false).await.is_err());
+        assert!(send(&Pool::new(), &upstream, Method::GET).await.is_err());
     }
 }

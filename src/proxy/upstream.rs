@@ -1,24 +1,18 @@
-//! The request's header rewriting of a proxy (RFC 9110 §7.6): hop-by-hop fields removed,
-//! `X-Forwarded-For` appended, `X-Forwarded-Proto` set, `Host` kept; and the tunnel of an
-//! upgraded connection. (The response's hop-by-hop fields are left out as
-//! [`h1::parse_response`] reads it.)
+//! The request for the service, as a proxy rewrites it (RFC 9110 §7.6): hop-by-hop fields
+//! left out (and every field `Connection` names), `X-Forwarded-For` appended,
+//! `X-Forwarded-Proto` set, `Host` kept; and the tunnel of an upgraded connection. (The
+//! response's hop-by-hop fields are left out as [`h1::parse_response`] reads it.)
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::Authority;
-use http::{Request, Version};
+use http::header;
+use http::{Method, Request, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::h1;
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+use super::h1::{self, Framing, Known};
 
 /// Whether the request asks to switch protocols (WebSocket and the like, HTTP/1 only).
-/// One with a body is forwarded as a plain request (`Upgrade` removed): its body and the
+/// One with a body is forwarded as a plain request (`Upgrade` left out): its body and the
 /// new protocol's bytes would share the client's connection.
 pub fn is_upgrade<B: http_body::Body>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
@@ -27,82 +21,136 @@ pub fn is_upgrade<B: http_body::Body>(req: &Request<B>) -> bool {
         && h1::connection_options(req.headers()).any(|option| option.eq_ignore_ascii_case(b"upgrade"))
 }
 
-/// Turns the client's request into the request for the service, in place.
-pub fn prepare<B>(req: &mut Request<B>, upstream: &Authority, client: &HeaderValue, upgrade: bool) {
-    // HTTP/2 carries the host in :authority; the service, spoken to in HTTP/1.1, needs
-    // Host. A request with neither (HTTP/1.0) names the service itself (whose URL the
-    // config refuses with credentials in it).
-    if !req.headers().contains_key(header::HOST) {
-        let authority = req.uri().authority().unwrap_or(upstream);
-        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-            req.headers_mut().insert(header::HOST, host);
-        }
-    }
-    // The URI and version stay as they came: `h1::write_request_head` writes the request
-    // line in origin form and HTTP/1.1 whatever the client spoke.
-
-    let headers = req.headers_mut();
-    let upgrade_to = if upgrade { headers.get(header::UPGRADE).cloned() } else { None };
-    remove_hop_by_hop(headers);
-    if let Some(protocol) = upgrade_to {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, protocol);
-    }
-    append_forwarded_for(headers, client);
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+/// What sluice sets in the request it forwards.
+pub struct Forward<'a> {
+    /// `Host` for a request that has none: its target's authority (HTTP/2), or the
+    /// service's (HTTP/1.0; the config refuses a service URL with credentials in it).
+    pub host: &'a str,
+    /// The client's address, formatted once per connection.
+    pub client: &'a [u8],
+    /// The request switches protocols: its `Upgrade` goes on, with `Connection: upgrade`.
+    pub upgrade: bool,
+    /// How its body goes: `None` (no body), `Length` or `Chunked`.
+    pub body: Framing,
 }
 
-/// Removes the fields that describe one connection, not the message: the fixed list and
-/// every field the `Connection` header names.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names finds which are here: most messages carry none or only
-    // `Connection`, and a hashed removal of each absent name costs more than the pass.
-    const FIXED: [HeaderName; 4] = [KEEP_ALIVE, PROXY_CONNECTION, header::TRANSFER_ENCODING, header::UPGRADE];
-    let (mut connection, mut fixed, mut te) = (false, [false; 4], false);
-    for name in headers.keys() {
-        connection |= name == header::CONNECTION;
-        te |= name == header::TE;
-        for (present, hop) in fixed.iter_mut().zip(&FIXED) {
-            *present |= name == hop;
+/// Writes the head of the request for the service: the request line in origin form and
+/// HTTP/1.1 (whatever the client spoke), the client's fields (each call of `fields` goes
+/// over them) but those that describe its connection or that sluice sets, then sluice's
+/// own. Written straight from the client's fields, with no map to edit: an edit of a map
+/// hashes.
+pub fn write_head<'a, I>(method: &Method, path: &str, fields: impl Fn() -> I, forward: &Forward, out: &mut Vec<u8>)
+where
+    I: Iterator<Item = (&'a [u8], &'a [u8])>,
+{
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let start = out.len();
+    let mut passed = pass_fields(fields(), &[], out);
+    if passed.names_fields {
+        // Rare: `Connection` names fields of its own. They are written again, without those.
+        out.truncate(start);
+        let connection = fields().filter(|&(name, _)| Known::of(name) == Known::Connection);
+        let named: Vec<&[u8]> = connection.flat_map(|(_, value)| h1::options(value)).collect();
+        passed = pass_fields(fields(), &named, out);
+    }
+    if !passed.host {
+        field(b"host", forward.host.as_bytes(), out);
+    }
+    if let (true, Some(protocol)) = (forward.upgrade, passed.upgrade) {
+        field(b"connection", b"upgrade", out);
+        field(b"upgrade", protocol, out);
+    }
+    // The client is appended to the addresses a proxy before sluice sent.
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if passed.forwarded_for {
+        for (_, value) in fields().filter(|&(name, _)| Known::of(name) == Known::XForwardedFor) {
+            out.extend_from_slice(value);
+            out.extend_from_slice(b", ");
         }
     }
-    if connection {
-        // `close` and `keep-alive`, the usual options, name no field to look up (and
-        // Keep-Alive is on the fixed list): then nothing is collected or allocated.
-        let named: Vec<HeaderName> = h1::connection_options(headers)
-            .filter(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
-            .filter_map(|t| HeaderName::from_bytes(t).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-        headers.remove(header::CONNECTION);
+    out.extend_from_slice(forward.client);
+    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    match forward.body {
+        Framing::Length(len) => field(b"content-length", itoa::Buffer::new().format(len).as_bytes(), out),
+        Framing::Chunked => field(b"transfer-encoding", b"chunked", out),
+        // An empty body whose length the client gave keeps it: some services want a
+        // length on every POST.
+        _ if passed.length => field(b"content-length", b"0", out),
+        _ => {}
     }
-    for (present, name) in fixed.into_iter().zip(FIXED) {
-        if present {
-            headers.remove(name);
-        }
-    }
-    // `TE: trailers` is how gRPC asks for trailers; any other TE is hop-by-hop.
-    if te && headers.get(header::TE).is_some_and(|v| v != "trailers") {
-        headers.remove(header::TE);
-    }
+    out.extend_from_slice(b"\r\n");
 }
 
-/// `client` is the client's address, formatted once per connection: with no proxy before
-/// sluice, it is the whole value.
-fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
-    if !headers.contains_key(X_FORWARDED_FOR) {
-        headers.insert(X_FORWARDED_FOR, client.clone());
-        return;
+/// What [`pass_fields`] saw.
+#[derive(Default)]
+struct Passed<'a> {
+    host: bool,
+    length: bool,
+    forwarded_for: bool,
+    /// The first `Upgrade` value.
+    upgrade: Option<&'a [u8]>,
+    /// `Connection` names fields other than itself (`close`, `keep-alive`).
+    names_fields: bool,
+}
+
+/// Writes the fields that go on as they came, but those `named` in `Connection`.
+fn pass_fields<'a>(
+    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    named: &[&[u8]],
+    out: &mut Vec<u8>,
+) -> Passed<'a> {
+    let mut passed = Passed::default();
+    for (name, value) in fields {
+        let known = Known::of(name);
+        if known == Known::Upgrade && passed.upgrade.is_none() {
+            passed.upgrade = Some(value);
+        }
+        if named.iter().any(|named| named.eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        let pass = match known {
+            Known::Connection => {
+                let own =
+                    |option: &[u8]| option.eq_ignore_ascii_case(b"close") || option.eq_ignore_ascii_case(b"keep-alive");
+                passed.names_fields |= h1::options(value).any(|option| !own(option));
+                false
+            }
+            Known::Host => {
+                passed.host = true;
+                true
+            }
+            Known::ContentLength => {
+                passed.length = true;
+                false
+            }
+            Known::XForwardedFor => {
+                passed.forwarded_for = true;
+                false
+            }
+            // `TE: trailers` is how gRPC asks for trailers; any other TE is hop-by-hop.
+            Known::Te => value == b"trailers",
+            Known::KeepAlive
+            | Known::ProxyConnection
+            | Known::TransferEncoding
+            | Known::Upgrade
+            | Known::XForwardedProto => false,
+            Known::Date | Known::Expect | Known::Other => true,
+        };
+        if pass {
+            field(name, value, out);
+        }
     }
-    let mut value = String::new();
-    for previous in headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()) {
-        value.push_str(previous);
-        value.push_str(", ");
-    }
-    value.push_str(client.to_str().expect("an address is ASCII"));
-    headers.insert(X_FORWARDED_FOR, HeaderValue::try_from(value).expect("visible ASCII"));
+    passed
+}
+
+fn field(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Joins the client's connection, after the `101`, and the service's, each with what
@@ -122,28 +170,51 @@ pub async fn tunnel((mut client, client_early): (TcpStream, Bytes), (mut service
 mod tests {
     use super::*;
 
+    fn head(fields: &[(&str, &str)], forward: &Forward) -> String {
+        let mut out = Vec::new();
+        let each = || fields.iter().map(|(name, value)| (name.as_bytes(), value.as_bytes()));
+        write_head(&Method::GET, "/p?q", each, forward, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    const PLAIN: Forward = Forward { host: "svc:80", client: b"127.0.0.1", upgrade: false, body: Framing::None };
+
     #[test]
-    fn hop_by_hop_fields_go() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TE, HeaderValue::from_static("gzip"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        remove_hop_by_hop(&mut h);
-        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
-        let mut h = HeaderMap::new();
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        remove_hop_by_hop(&mut h);
-        assert!(h.contains_key(header::TE));
+    fn hop_by_hop_fields_go_and_sluices_are_set() {
+        let fields = [
+            ("Host", "example.test"),
+            ("Connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "gzip"),
+            ("Transfer-Encoding", "chunked"),
+            ("Content-Length", "3"),
+            ("X-Forwarded-Proto", "https"),
+            ("Upgrade", "websocket"),
+            ("X-Kept", "1"),
+        ];
+        let forward = Forward { body: Framing::Length(3), ..PLAIN };
+        assert_eq!(
+            head(&fields, &forward),
+            "GET /p?q HTTP/1.1\r\nHost: example.test\r\nX-Kept: 1\r\nx-forwarded-for: 127.0.0.1\r\n\
+             x-forwarded-proto: http\r\ncontent-length: 3\r\n\r\n"
+        );
+        assert_eq!(
+            head(&[("te", "trailers")], &Forward { body: Framing::Chunked, ..PLAIN }),
+            "GET /p?q HTTP/1.1\r\nte: trailers\r\nhost: svc:80\r\nx-forwarded-for: 127.0.0.1\r\n\
+             x-forwarded-proto: http\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
     }
 
     #[test]
-    fn forwarded_for_appends() {
-        let mut h = HeaderMap::new();
-        h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
-        h.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
-        append_forwarded_for(&mut h, &HeaderValue::from_static("127.0.0.1"));
-        assert_eq!(h.get_all(X_FORWARDED_FOR).iter().collect::<Vec<_>>(), ["1.1.1.1, 2.2.2.2, 127.0.0.1"]);
+    fn forwarded_for_appends_and_an_upgrade_goes_on() {
+        let fields = [("host", "h"), ("x-forwarded-for", "1.1.1.1"), ("X-Forwarded-For", "2.2.2.2")];
+        assert!(head(&fields, &PLAIN).contains("\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 127.0.0.1\r\n"));
+        let fields = [("host", "h"), ("connection", "Upgrade"), ("upgrade", "websocket")];
+        let upgraded = head(&fields, &Forward { upgrade: true, ..PLAIN });
+        assert!(upgraded.contains("\r\nconnection: upgrade\r\nupgrade: websocket\r\n"), "{upgraded}");
+        assert!(!head(&fields, &PLAIN).contains("pgrade"), "an upgrade not taken goes no further");
+        // An empty body keeps the length the client gave it.
+        assert!(head(&[("host", "h"), ("content-length", "0")], &PLAIN).contains("\r\ncontent-length: 0\r\n"));
     }
 }
