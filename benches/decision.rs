@@ -8,6 +8,7 @@ use std::time::Instant;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
 use sluice::proxy::admit::admit;
+use sluice::proxy::RequestFields;
 use sluice::snapshot::Snapshot;
 
 /// `routes` routes with exact paths `/r0` … and a keyed quota that never refuses.
@@ -21,11 +22,12 @@ fn snapshot(routes: usize) -> Snapshot {
     Snapshot::build(sluice::config::parse(&text).unwrap(), 1, None, &sluice::metrics::Metrics::new())
 }
 
-/// The headers of request `i`, as hyper hands them over: just parsed, so in cache.
-fn headers(i: usize) -> HeaderMap {
+/// The fields of request `i`, as an h2c request has them (a map from hyper): just
+/// parsed, so in cache.
+fn headers(i: usize) -> RequestFields {
     let mut h = HeaderMap::new();
     h.insert("x-consumer-id", HeaderValue::from_str(&format!("consumer-{i:06}")).unwrap());
-    h
+    RequestFields::Map(h)
 }
 
 fn decision(c: &mut Criterion) {

@@ -59,6 +59,13 @@ async fn header_keys_have_their_own_buckets_and_no_header_shares_one() {
         assert_eq!(send(&client, request(consumer)).await.0.status(), 200);
         assert_eq!(send(&client, request(consumer)).await.0.status(), 429, "{consumer:?}");
     }
+    // A field name matches in any case: consumer `c` has its own bucket (the bucket of
+    // requests without the field is empty by now), and `a` is out of tokens.
+    for (consumer, status) in [("c", "200"), ("a", "429")] {
+        let request = format!("GET /k HTTP/1.1\r\nHost: x\r\nX-Consumer-ID: {consumer}\r\nConnection: close\r\n\r\n");
+        let answer = raw(sluice.addr, request.as_bytes(), Duration::from_secs(5));
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{consumer}: {answer}");
+    }
 }
 
 /// Connects from `source` (any 127.0.0.0/8 address is loopback) and sends one request.

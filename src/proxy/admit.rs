@@ -4,9 +4,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use http::HeaderMap;
-
 use super::respond::{Refusal, RefusalKind};
+use super::RequestFields;
 use crate::quota::{KeySpec, Mode, Permit, RateDecision};
 use crate::snapshot::{Quotas, RouteState, Snapshot};
 
@@ -20,24 +19,24 @@ pub struct Admitted {
 pub fn admit(
     snapshot: &Snapshot,
     route: &RouteState,
-    headers: &HeaderMap,
+    fields: &RequestFields,
     client_ip: IpAddr,
     now: Duration,
 ) -> Result<Admitted, Refusal> {
     let mut shadow_limited = false;
     for quotas in [&route.quotas, &snapshot.service] {
-        shadow_limited |= check_rate(quotas, headers, client_ip, now)?;
+        shadow_limited |= check_rate(quotas, fields, client_ip, now)?;
     }
-    let route_slot = acquire(&route.quotas, headers, client_ip)?;
-    let service_slot = acquire(&snapshot.service, headers, client_ip)?;
+    let route_slot = acquire(&route.quotas, fields, client_ip)?;
+    let service_slot = acquire(&snapshot.service, fields, client_ip)?;
     Ok(Admitted { permits: [route_slot, service_slot], shadow_limited })
 }
 
 /// Takes from the rate quota of `quotas`; `Ok(true)` when a shadow quota would have refused.
 #[inline]
-fn check_rate(quotas: &Quotas, headers: &HeaderMap, ip: IpAddr, now: Duration) -> Result<bool, Refusal> {
+fn check_rate(quotas: &Quotas, fields: &RequestFields, ip: IpAddr, now: Duration) -> Result<bool, Refusal> {
     let Some(quota) = &quotas.rate else { return Ok(false) };
-    match with_key(&quota.limit.spec().key, headers, ip, |key| quota.limit.check(key, now)) {
+    match with_key(&quota.limit.spec().key, fields, ip, |key| quota.limit.check(key, now)) {
         RateDecision::Allowed => Ok(false),
         RateDecision::Limited { .. } if quota.mode == Mode::Shadow => Ok(true),
         RateDecision::Limited { retry_after } => Err(rate_refusal(quotas, retry_after)),
@@ -54,9 +53,9 @@ fn rate_refusal(quotas: &Quotas, retry_after: std::time::Duration) -> Refusal {
 }
 
 #[inline(always)]
-fn acquire(quotas: &Quotas, headers: &HeaderMap, ip: IpAddr) -> Result<Option<Permit>, Refusal> {
+fn acquire(quotas: &Quotas, fields: &RequestFields, ip: IpAddr) -> Result<Option<Permit>, Refusal> {
     let Some(concurrency) = &quotas.concurrency else { return Ok(None) };
-    match with_key(concurrency.key_spec(), headers, ip, |key| concurrency.try_acquire(key)) {
+    match with_key(concurrency.key_spec(), fields, ip, |key| concurrency.try_acquire(key)) {
         Some(permit) => Ok(Some(permit)),
         None => Err(Refusal { scope: quotas.scope.clone(), kind: RefusalKind::Concurrency { max: concurrency.max() } }),
     }
@@ -66,13 +65,13 @@ fn acquire(quotas: &Quotas, headers: &HeaderMap, ip: IpAddr) -> Result<Option<Pe
 /// first value of the header (empty when absent), or the client address (an IPv4 client
 /// seen through an IPv6 socket is its IPv4 address).
 #[inline]
-pub fn with_key<R>(spec: &KeySpec, headers: &HeaderMap, client_ip: IpAddr, f: impl FnOnce(&[u8]) -> R) -> R {
+pub fn with_key<R>(spec: &KeySpec, fields: &RequestFields, client_ip: IpAddr, f: impl FnOnce(&[u8]) -> R) -> R {
     match spec {
         KeySpec::None => f(b""),
         KeySpec::ClientIp => match client_ip.to_canonical() {
             IpAddr::V4(ip) => f(&ip.octets()),
             IpAddr::V6(ip) => f(&ip.octets()),
         },
-        KeySpec::Header(name) => f(headers.get(name).map_or(&b""[..], |v| v.as_bytes())),
+        KeySpec::Header(name) => f(fields.get(name).unwrap_or_default()),
     }
 }

@@ -29,7 +29,7 @@ fn ours(bytes: &[u8]) -> Vec<Seen> {
     let mut buf = BytesMut::from(bytes);
     let mut seen = Vec::new();
     while let Ok(Some(head)) = parse_request(&mut buf, 64 * 1024) {
-        let (method, target) = (head.request.method().to_string(), head.request.uri().to_string());
+        let (method, target) = (head.method.to_string(), head.uri.to_string());
         let mut decoder = head.body;
         let mut body = Some(BytesMut::new());
         loop {

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use super::h1::{self, Decoder, Event, Framing, Refused, RequestHead};
 use super::listener::Phase;
-use super::{respond, upstream, Peer, Proxy, ProxyBody, RequestBody};
+use super::{respond, upstream, Peer, Proxy, ProxyBody, ProxyRequest, RequestBody, RequestFields};
 use crate::config::Limits;
 
 /// The room a read of a head gets: most heads fit, and a buffer this small comes from the
@@ -92,8 +92,8 @@ pub async fn serve(
                 return linger(writer, reader).await;
             }
         };
-        let RequestHead { request, body, keep_alive, expect_continue, trailers } = head;
-        let asked = Asked { head: request.method() == Method::HEAD, version: request.version(), keep_alive, trailers };
+        let RequestHead { method, uri, version, fields, body, keep_alive, expect_continue, trailers } = head;
+        let asked = Asked { head: method == Method::HEAD, version, keep_alive, trailers };
 
         // The reading half stays here for a request without a body; one with a body takes
         // it, and leaves it in `shared` when dropped (read whole or not).
@@ -105,7 +105,8 @@ pub async fn serve(
         };
         // Pinned where it is made, once: the request's future is large, and moving it (or
         // holding two) costs.
-        let mut handling = pin!(proxy.handle(request.map(|()| body), &peer));
+        let request = ProxyRequest { method, uri, version, fields: RequestFields::Sent(fields), body };
+        let mut handling = pin!(proxy.handle(request, &peer));
         // A client that hangs up while its request is served (once its body has gone
         // whole) frees what it holds.
         let mut response = loop {

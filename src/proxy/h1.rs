@@ -14,7 +14,7 @@ use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, StatusCode, Uri, Version};
+use http::{Method, StatusCode, Uri, Version};
 
 /// The longest response head accepted, and the most fields in a head.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -56,7 +56,11 @@ pub fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> &[u8] {
 /// A request head read from a client.
 #[derive(Debug)]
 pub struct RequestHead {
-    pub request: Request<()>,
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    /// All its fields, as they came.
+    pub fields: Fields,
     /// `Length` or `Chunked`; `Done` when the request has no body.
     pub body: Decoder,
     /// The client will send another request on this connection after this one.
@@ -100,33 +104,62 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<Reque
         return Err(bad("the request target must be a path or an absolute URL"));
     }
 
-    let target = place(buf, target.as_bytes());
-    let fields = field_places(buf, parsed.headers).ok_or(bad("bad field name"))?;
-    let head = buf.split_to(len).freeze();
-    let uri = Uri::from_maybe_shared(head.slice(target)).map_err(|_| bad("bad request target"))?;
-    // Room for the fields the forward step adds (X-Forwarded-*): growing the map rehashes it.
-    let (headers, present) = header_map(&head, fields, 4).ok_or(bad("bad field value"))?;
+    // One pass: each field's place, and those that frame the body or decide the
+    // connection's reuse.
+    let mut places = Vec::with_capacity(parsed.headers.len());
+    let mut hosts = 0;
+    let (mut lengths, mut lengths_differ, mut codings, mut more_codings) = (None, false, None, false);
+    let (mut close, mut keep_alive_asked, mut expect_continue, mut trailers) = (false, false, false, false);
+    for field in &*parsed.headers {
+        let (name, value) = (field.name.as_bytes(), field.value);
+        match Known::of(name) {
+            Known::Host => hosts += 1,
+            Known::ContentLength => {
+                lengths_differ |= lengths.is_some_and(|first| first != value);
+                lengths = lengths.or(Some(value));
+            }
+            Known::TransferEncoding => {
+                more_codings |= codings.is_some();
+                codings = codings.or(Some(value));
+            }
+            Known::Connection => {
+                for option in options(value) {
+                    close |= option.eq_ignore_ascii_case(b"close");
+                    keep_alive_asked |= option.eq_ignore_ascii_case(b"keep-alive");
+                }
+            }
+            Known::Expect => expect_continue |= value.eq_ignore_ascii_case(b"100-continue"),
+            Known::Te => {
+                trailers |= options(value).any(|coding| {
+                    let name = coding.split(|&b| b == b';').next().unwrap_or_default();
+                    name.trim_ascii().eq_ignore_ascii_case(b"trailers")
+                })
+            }
+            _ => {}
+        }
+        places.push((place(buf, name), place(buf, value)));
+    }
 
-    if version == Version::HTTP_11 && present.host != 1 {
+    if version == Version::HTTP_11 && hosts != 1 {
         return Err(bad("an HTTP/1.1 request needs exactly one Host field"));
     }
     // One framing or none (RFC 9112 §6): a request with both, or a coding sluice does not
     // decode, could be read one way here and another by the service.
-    let body = if present.transfer_encoding {
+    let body = if let Some(codings) = codings {
         if version == Version::HTTP_10 {
             return Err(bad("Transfer-Encoding in an HTTP/1.0 request"));
         }
-        if present.content_length {
+        if lengths.is_some() {
             return Err(bad("both Content-Length and Transfer-Encoding"));
         }
-        let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
-        let only_chunked = codings.next().is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        if !only_chunked || codings.next().is_some() {
+        if more_codings || !codings.eq_ignore_ascii_case(b"chunked") {
             return Err(Refused(StatusCode::NOT_IMPLEMENTED, "only the chunked transfer coding is served"));
         }
         Decoder::chunked()
-    } else if present.content_length {
-        match single_content_length(&headers).ok_or(bad("bad Content-Length"))? {
+    } else if let Some(length) = lengths {
+        // Each a plain number, the same in every field: a list, which the service might
+        // read otherwise, is refused.
+        match decimal(length).filter(|_| !lengths_differ).ok_or(bad("bad Content-Length"))? {
             0 => Decoder::Done,
             len => Decoder::Length(len),
         }
@@ -134,21 +167,13 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<Reque
         Decoder::Done
     };
 
-    let keep_alive = present.keep_alive(&headers, version);
-    let expect_continue = present.expect
-        && version == Version::HTTP_11
-        && headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let trailers = present.te
-        && headers.get_all(header::TE).iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')).any(|coding| {
-            let name = coding.split(|&b| b == b';').next().unwrap_or_default();
-            name.trim_ascii().eq_ignore_ascii_case(b"trailers")
-        });
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = version;
-    *request.headers_mut() = headers;
-    Ok(Some(RequestHead { request, body, keep_alive, expect_continue, trailers }))
+    let keep_alive = !close && (version == Version::HTTP_11 || keep_alive_asked);
+    let expect_continue = expect_continue && version == Version::HTTP_11;
+    let target = place(buf, target.as_bytes());
+    let head = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(target)).map_err(|_| bad("bad request target"))?;
+    let fields = Fields { head, places, dated: false };
+    Ok(Some(RequestHead { method, uri, version, fields, body, keep_alive, expect_continue, trailers }))
 }
 
 fn bad(why: &'static str) -> Refused {
@@ -233,21 +258,22 @@ pub fn write_response_head(
 /// A response head read from the service.
 pub struct Head {
     pub status: StatusCode,
-    /// What of its fields goes on to the client.
+    /// The fields that go on to the client. Hop-by-hop fields are left out (RFC 9110
+    /// §7.6.1), and so is `Content-Length` but where it describes a body that is not sent
+    /// (HEAD, 304): the client's framing is sluice's own.
     pub fields: Fields,
     pub body: Decoder,
     /// The service will take another request on this connection after the body.
     pub keep_alive: bool,
 }
 
-/// The fields of the service's response that go on to the client, as the service sent
-/// them: its head, and the place of each field's name and value in it. Hop-by-hop fields
-/// are left out (RFC 9110 §7.6.1), and so is `Content-Length` but where it describes a
-/// body that is not sent (HEAD, 304): the client's framing is sluice's own.
-///
-/// They reach an HTTP/1.1 client as the bytes they came as. Only an h2c client, which
-/// hyper answers, needs them as a map ([`Fields::into_map`]): a map hashes and checks
-/// every field, the largest cost of a proxied request when it was built for each.
+/// The fields of a head as they came: the head's bytes, and the place of each field's
+/// name and value in them. They are written on as these bytes (names in the sender's
+/// case), and looked up by a pass that tells the few names sluice reads apart without
+/// hashing ([`Known`]). A map is built only for hyper, which answers h2c clients
+/// ([`Fields::into_map`]): building one hashes and checks every field, and was the
+/// largest cost of a proxied request when every head had one.
+#[derive(Debug)]
 pub struct Fields {
     head: Bytes,
     places: Vec<(Range<usize>, Range<usize>)>,
@@ -260,9 +286,14 @@ impl Fields {
         self.places.iter().map(|(name, value)| (&self.head[name.clone()], &self.head[value.clone()]))
     }
 
-    /// Whether one of them is `Date`.
+    /// Whether one of them is `Date` (noted for a response only).
     pub fn dated(&self) -> bool {
         self.dated
+    }
+
+    /// The first value of the field `name` (lowercase, as `HeaderName`s are), if any.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.iter().find(|(field, _)| field.eq_ignore_ascii_case(name.as_bytes())).map(|(_, value)| value)
     }
 
     /// Appends them to `map`, each value a shared slice of the head.
@@ -449,66 +480,6 @@ fn place(buf: &[u8], part: &[u8]) -> Range<usize> {
     start..start + part.len()
 }
 
-/// The names of the fields httparse found in `buf`, and the places of their values:
-/// noted while the parse still borrows the buffer, cut by [`header_map`] once the head is
-/// split off. `None` if a name is not a field name.
-#[inline(always)]
-fn field_places(buf: &[u8], fields: &[httparse::Header<'_>]) -> Option<Vec<(HeaderName, Range<usize>)>> {
-    let mut places = Vec::with_capacity(fields.len());
-    for field in fields {
-        places.push((HeaderName::from_bytes(field.name.as_bytes()).ok()?, place(buf, field.value)));
-    }
-    Some(places)
-}
-
-/// Which of the fields that decide a head's framing and its connection's reuse it has,
-/// noted in the pass that builds its map: most heads have none of them but Host, and a
-/// lookup hashes.
-#[derive(Default)]
-struct Present {
-    host: usize,
-    transfer_encoding: bool,
-    content_length: bool,
-    connection: bool,
-    expect: bool,
-    te: bool,
-}
-
-impl Present {
-    /// Whether the sender will carry another message on the connection after this one.
-    #[inline(always)]
-    fn keep_alive(&self, headers: &HeaderMap, version: Version) -> bool {
-        let (close, keep_alive) = if self.connection { connection_tokens(headers) } else { (false, false) };
-        if version == Version::HTTP_11 {
-            !close
-        } else {
-            keep_alive && !close
-        }
-    }
-}
-
-/// The map of a head's fields, each value a shared slice of `head` rather than a copy,
-/// with room for `room` fields more; and which fields that matter are there. `None` if a
-/// value is not a field value.
-// Inlined into each parser, like the two helpers above: the flags a parser does not read
-// are then not computed, and nothing is moved out of a call (as calls, the three cost 300
-// instructions a request, measured).
-#[inline(always)]
-fn header_map(head: &Bytes, fields: Vec<(HeaderName, Range<usize>)>, room: usize) -> Option<(HeaderMap, Present)> {
-    let mut headers = HeaderMap::with_capacity(fields.len() + room);
-    let mut present = Present::default();
-    for (name, value) in fields {
-        present.host += usize::from(name == header::HOST);
-        present.transfer_encoding |= name == header::TRANSFER_ENCODING;
-        present.content_length |= name == header::CONTENT_LENGTH;
-        present.connection |= name == header::CONNECTION;
-        present.expect |= name == header::EXPECT;
-        present.te |= name == header::TE;
-        headers.append(name, HeaderValue::from_maybe_shared(head.slice(value)).ok()?);
-    }
-    Some((headers, present))
-}
-
 /// The options the `Connection` fields list (`close`, `keep-alive`, names of fields that
 /// go no further), trimmed.
 pub fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
@@ -518,16 +489,6 @@ pub fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
 /// The options one `Connection` value lists.
 pub fn options(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
-}
-
-/// Whether `Connection` says `close`, and whether it says `keep-alive`.
-fn connection_tokens(headers: &HeaderMap) -> (bool, bool) {
-    let (mut close, mut keep_alive) = (false, false);
-    for option in connection_options(headers) {
-        close |= option.eq_ignore_ascii_case(b"close");
-        keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
-    }
-    (close, keep_alive)
 }
 
 /// Whether the last coding a `Transfer-Encoding` value lists is `chunked`.
@@ -546,17 +507,6 @@ fn content_length<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<u64> {
         length = Some(n);
     }
     length
-}
-
-/// The length every Content-Length field of a request gives, each a plain number (a
-/// list, which the service's reading might not match, is refused), or none.
-fn single_content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-    let first = values.next()?.as_bytes();
-    if values.any(|v| v.as_bytes() != first) {
-        return None;
-    }
-    decimal(first)
 }
 
 /// A length as RFC 9110 writes it: decimal digits only, no sign or spaces, at most 19 (so
@@ -961,8 +911,8 @@ mod tests {
     fn a_request_head_is_taken_off_the_buffer_with_its_framing() {
         let mut buf = BytesMut::from("POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nX-A: 1\r\n\r\nabcGET");
         let head = parse_request(&mut buf, 8192).unwrap().unwrap();
-        assert_eq!((head.request.method(), head.request.uri().to_string()), (&Method::POST, "/a?b=1".to_owned()));
-        assert_eq!(head.request.headers()["x-a"], "1");
+        assert_eq!((&head.method, head.uri.to_string()), (&Method::POST, "/a?b=1".to_owned()));
+        assert_eq!(head.fields.get("x-a"), Some(&b"1"[..]));
         assert_eq!((head.body, head.keep_alive, head.expect_continue), (Decoder::Length(3), true, false));
         assert_eq!(&buf[..], b"abcGET");
 

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use super::{front, Peer, Proxy, RequestBody, Tracker};
+use super::{front, Peer, Proxy, ProxyRequest, RequestBody, Tracker};
 use crate::config::Limits;
 use crate::snapshot::Live;
 
@@ -179,7 +179,7 @@ async fn http2(stream: Rewind, peer: Peer, proxy: Proxy, limits: Limits, mut pha
         let (proxy, peer) = (proxy.clone(), peer.clone());
         // Boxed: the request's future is about 2 KB, and hyper moves it more than once.
         Box::pin(async move {
-            let mut response = proxy.handle(req.map(RequestBody::Hyper), &peer).await;
+            let mut response = proxy.handle(ProxyRequest::from(req.map(RequestBody::Hyper)), &peer).await;
             // hyper writes a response's fields from its map.
             if let Some(fields) = response.body_mut().take_fields() {
                 fields.into_map(response.headers_mut());

@@ -14,7 +14,8 @@
 //!
 //! [`listener`] accepts connections, on one worker thread per CPU, and serves each:
 //! HTTP/1.1 with sluice's own [`front`] (which reads the request head and body, and
-//! writes the response), h2c with hyper.
+//! writes the response), h2c with hyper. Both hand [`Proxy::handle`] a [`ProxyRequest`]:
+//! its fields the bytes they came as (HTTP/1.1) or hyper's map (h2c).
 
 pub mod admit;
 mod body;
@@ -25,6 +26,7 @@ mod front;
 mod h1;
 pub mod listener;
 mod pool;
+mod request;
 pub mod respond;
 mod upstream;
 
@@ -33,10 +35,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{HeaderValue, CONNECTION};
-use http::{Request, Response, StatusCode, Version};
+use http::{Response, StatusCode, Version};
 use http_body::Body;
 
 pub use body::{Guard, Measure, ProxyBody, RequestBody, Tracker};
+pub use request::{ProxyRequest, RequestFields};
 
 use crate::metrics::{Decision, Origin};
 use crate::route::{self, BadPath};
@@ -73,8 +76,8 @@ impl Proxy {
         Self { live, pool: pool::Pool::new(), tracker }
     }
 
-    pub async fn handle(&self, req: Request<RequestBody>, peer: &Peer) -> Response<ProxyBody> {
-        let http1 = req.version() <= Version::HTTP_11;
+    pub async fn handle(&self, req: ProxyRequest, peer: &Peer) -> Response<ProxyBody> {
+        let http1 = req.version <= Version::HTTP_11;
         let mut response = self.serve(req, peer).await;
         if http1 && self.live.draining() {
             // Draining: each HTTP/1 connection closes after its current response.
@@ -83,25 +86,25 @@ impl Proxy {
         response
     }
 
-    async fn serve(&self, req: Request<RequestBody>, peer: &Peer) -> Response<ProxyBody> {
+    async fn serve(&self, req: ProxyRequest, peer: &Peer) -> Response<ProxyBody> {
         let start = Instant::now();
         let in_flight = self.tracker.enter();
         let snapshot = self.live.load();
         let limits = &snapshot.config.limits;
         // A body left unread must not be parsed as the next request: close instead.
-        let close = req.version() <= Version::HTTP_11 && !req.body().is_end_stream();
+        let close = req.version <= Version::HTTP_11 && !req.body.is_end_stream();
 
-        let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+        let target_len = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
         let path = if target_len > limits.max_uri_bytes {
             Err((StatusCode::URI_TOO_LONG, "request target too long", true))
         } else {
-            route::normalize(req.uri().path()).map_err(|bad| match bad {
+            route::normalize(req.uri.path()).map_err(|bad| match bad {
                 BadPath::DotSegment => (StatusCode::BAD_REQUEST, "dot segments are not allowed in the path", close),
                 BadPath::BadEscape => (StatusCode::BAD_REQUEST, "malformed percent-escape in the path", close),
             })
         };
         let index = match &path {
-            Ok(path) => snapshot.find_index(req.method(), path),
+            Ok(path) => snapshot.find_index(&req.method, path),
             Err(_) => snapshot.routes.len(), // counted as `unmatched`
         };
         let mut guard = Guard {
@@ -114,7 +117,7 @@ impl Proxy {
         }
         let route = snapshot.route_at(index);
 
-        match admit::admit(&snapshot, route, req.headers(), peer.addr.ip(), self.live.at(start)) {
+        match admit::admit(&snapshot, route, &req.fields, peer.addr.ip(), self.live.at(start)) {
             Ok(admitted) => {
                 let shadow = admitted.shadow_limited;
                 route.metrics.decided(if shadow { Decision::ShadowLimited } else { Decision::Allowed });
@@ -130,21 +133,20 @@ impl Proxy {
             }
         }
 
-        let upgrade = upstream::is_upgrade(&req);
+        let upgrade = req.is_upgrade();
         let service = &snapshot.config.upstream;
-        let (parts, body) = req.into_parts();
+        let ProxyRequest { method, uri, fields, body, .. } = req;
         let (upload, framing) = conn::Upload::new(body);
         let forward = upstream::Forward {
-            host: parts.uri.authority().unwrap_or(service).as_str(),
+            host: uri.authority().unwrap_or(service).as_str(),
             client: peer.forwarded_for.as_bytes(),
             upgrade,
             body: framing,
         };
         // Origin form, whatever form the client used (HTTP/2's is absolute).
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let fields = || parts.headers.iter().map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
-        let write_head = |out: &mut Vec<u8>| upstream::write_head(&parts.method, path, fields, &forward, out);
-        let send = self.pool.send(service, &parts.method, write_head, upload, upgrade);
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let write_head = |out: &mut Vec<u8>| upstream::write_head(&method, path, || fields.iter(), &forward, out);
+        let send = self.pool.send(service, &method, write_head, upload, upgrade);
         let sent = tokio::time::timeout(route.timeout, send).await;
         let (head, lease) = match sent {
             Ok(Ok(sent)) => sent,

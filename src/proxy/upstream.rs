@@ -4,22 +4,11 @@
 //! response's hop-by-hop fields are left out as [`h1::parse_response`] reads it.)
 
 use bytes::Bytes;
-use http::header;
-use http::{Method, Request, Version};
+use http::Method;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::h1::{self, Framing, Known};
-
-/// Whether the request asks to switch protocols (WebSocket and the like, HTTP/1 only).
-/// One with a body is forwarded as a plain request (`Upgrade` left out): its body and the
-/// new protocol's bytes would share the client's connection.
-pub fn is_upgrade<B: http_body::Body>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.body().is_end_stream()
-        && req.headers().contains_key(header::UPGRADE)
-        && h1::connection_options(req.headers()).any(|option| option.eq_ignore_ascii_case(b"upgrade"))
-}
 
 /// What sluice sets in the request it forwards.
 pub struct Forward<'a> {
