@@ -2,6 +2,7 @@
 
 mod support;
 
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -277,6 +278,62 @@ async fn slow_and_silent_clients_are_cut_off() {
     assert!(start.elapsed() < Duration::from_secs(2), "held for {:?}", start.elapsed());
     assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(upstream.seen().is_empty());
+}
+
+/// The header timeout runs from when sluice starts waiting for each head (the keep-alive
+/// idle time included), on a kept-alive connection too: a request that took longer than
+/// the timeout leaves the next head its whole time, and an idle connection is closed once
+/// it has waited that long, not before.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_head_on_a_kept_connection_has_the_whole_header_timeout() {
+    let upstream = Upstream::start().await;
+    let rest = format!("limits: {{ header_read_timeout: 2s }}\n{ROUTES}");
+    let sluice = Sluice::start(&upstream, &rest).await;
+    let addr = sluice.addr;
+    tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // Answered at 1.5 s; the next head is begun at 2.5 s (past 2 s from the first
+        // head) and finished at 3 s (within 2 s of the first answer).
+        stream.write_all(b"GET /first?delay=1500 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let answer = read_response(&mut stream);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        std::thread::sleep(Duration::from_secs(1));
+        stream.write_all(b"GET /second HTTP/1.1\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        stream.write_all(b"Host: x\r\n\r\n").unwrap();
+        let answer = read_response(&mut stream);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // Then idle: closed after the timeout, not before.
+        let idle = Instant::now();
+        let mut rest = Vec::new();
+        assert_eq!(stream.read_to_end(&mut rest).unwrap(), 0, "{}", String::from_utf8_lossy(&rest));
+        let held = idle.elapsed();
+        assert!(held >= Duration::from_millis(1900) && held < Duration::from_secs(5), "held for {held:?}");
+    })
+    .await
+    .unwrap();
+    assert_eq!(upstream.seen().len(), 2);
+}
+
+/// Reads one response with a `Content-Length` off `stream`.
+fn read_response(stream: &mut std::net::TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut byte = [0u8; 1];
+    while !out.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).unwrap() == 0 {
+            return String::from_utf8_lossy(&out).into_owned(); // closed: what came, for the message
+        }
+        out.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&out).into_owned();
+    let length = head
+        .lines()
+        .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+        .unwrap_or(0usize);
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).unwrap();
+    head + &String::from_utf8_lossy(&body)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -281,7 +281,7 @@ pub struct Fields {
 }
 
 impl Fields {
-    /// Each field's name (in the service's case) and value, in order.
+    /// Each field's name (in the sender's case) and value, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.places.iter().map(|(name, value)| (&self.head[name.clone()], &self.head[value.clone()]))
     }
@@ -291,7 +291,7 @@ impl Fields {
         self.dated
     }
 
-    /// The first value of the field `name` (lowercase, as `HeaderName`s are), if any.
+    /// The first value of the field `name` (in any case), if any.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         self.iter().find(|(field, _)| field.eq_ignore_ascii_case(name.as_bytes())).map(|(_, value)| value)
     }
