@@ -15,8 +15,9 @@ use http::uri::Authority;
 use http::Method;
 use http_body::Body;
 use http_body::Frame;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use super::h1::{self, Decoder, Event, Framing, Head, Parsed};
 use super::RequestBody;
@@ -40,6 +41,9 @@ pub struct Conn {
     read_size: usize,
     /// The service closed its side, or stopped taking the request body.
     closed: bool,
+    /// The timer of the route's timeout, the connection's for all its requests and moved
+    /// on lazily (see [`Conn::poll_deadline`]).
+    timer: Pin<Box<Sleep>>,
 }
 
 /// A request that did not get its answer.
@@ -52,14 +56,27 @@ pub struct Failure {
 }
 
 impl Conn {
-    pub async fn open(upstream: &Authority) -> io::Result<Conn> {
+    /// A new connection to `upstream`, for a request whose answer is due by `deadline`.
+    /// An error of kind `TimedOut`: the deadline passed first.
+    pub async fn open(upstream: &Authority, deadline: Instant) -> io::Result<Conn> {
         let connect = TcpStream::connect(address(upstream));
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        let bound = Instant::now() + CONNECT_TIMEOUT;
+        let stream = match tokio::time::timeout_at(deadline.min(bound), connect).await {
+            Ok(stream) => stream?,
+            Err(_) if deadline <= bound => return Err(timed_out()),
+            // Not the route's timeout: the service is unreachable (502).
+            Err(_) => return Err(io::Error::new(io::ErrorKind::HostUnreachable, "no connection within 5 s")),
+        };
         stream.set_nodelay(true)?;
-        let buf = BytesMut::with_capacity(READ_CHUNK);
-        Ok(Conn { stream, buf, out: Vec::with_capacity(1024), upload: None, read_size: READ_CHUNK, closed: false })
+        Ok(Conn {
+            stream,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            out: Vec::with_capacity(1024),
+            upload: None,
+            read_size: READ_CHUNK,
+            closed: false,
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
+        })
     }
 
     /// Whether an idle connection may still carry a request: the service has neither
@@ -98,28 +115,41 @@ impl Conn {
     }
 
     /// Sends a request (its head as `write_head` writes it, its body from `upload`) and
-    /// reads the answer's head. The body goes on being sent while the answer is awaited
-    /// and, if the answer comes first, while its body is read: a service may answer before
-    /// it has read the request (an echo, a 413).
+    /// reads the answer's head, by `deadline` (else an error of kind `TimedOut`). The body
+    /// goes on being sent while the answer is awaited and, if the answer comes first,
+    /// while its body is read: a service may answer before it has read the request (an
+    /// echo, a 413).
     pub async fn exchange(
         &mut self,
         method: &Method,
         write_head: impl Fn(&mut Vec<u8>),
         upload: Option<Box<Upload>>,
         upgrade: bool,
+        deadline: Instant,
     ) -> Result<Head, Failure> {
         let retryable = upload.is_none() && is_idempotent(method);
         self.out.clear();
         write_head(&mut self.out);
         self.upload = upload;
-        let exchanged = async {
-            self.stream.write_all(&self.out).await?;
-            std::future::poll_fn(|cx| {
-                self.poll_upload(cx)?;
-                self.poll_head(method, upgrade, cx)
-            })
-            .await
-        };
+        if self.timer.deadline() > deadline {
+            self.timer.as_mut().reset(deadline); // a route with a shorter timeout than the last
+        }
+        let mut written = 0;
+        let exchanged = std::future::poll_fn(|cx| {
+            while written < self.out.len() {
+                match Pin::new(&mut self.stream).poll_write(cx, &self.out[written..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => written += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return self.poll_deadline(deadline, cx),
+                }
+            }
+            self.poll_upload(cx)?;
+            match self.poll_head(method, upgrade, cx) {
+                Poll::Pending => self.poll_deadline(deadline, cx),
+                done => done,
+            }
+        });
         exchanged.await.map_err(|error| {
             let retryable = retryable
                 && self.buf.is_empty()
@@ -132,6 +162,20 @@ impl Conn {
                 );
             Failure { error, retryable }
         })
+    }
+
+    /// Pending until `deadline`, then the timeout's error. The connection's timer is not
+    /// set anew for each request (a registration in tokio's timer wheel and a removal, 500
+    /// instructions a request): one set for an earlier request is left to fire, and only
+    /// then moved on to this one's deadline. `exchange` has made sure it is not later.
+    fn poll_deadline<T>(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            if self.timer.deadline() >= deadline {
+                return Poll::Ready(Err(timed_out()));
+            }
+            self.timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
     }
 
     fn poll_head(&mut self, method: &Method, upgrade: bool, cx: &mut Context<'_>) -> Poll<io::Result<Head>> {
@@ -207,6 +251,10 @@ impl Conn {
     pub fn into_tunnel(self) -> (TcpStream, Bytes) {
         (self.stream, self.buf.freeze())
     }
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "the service did not answer in time")
 }
 
 /// RFC 9110 §9.2.2.

@@ -181,7 +181,7 @@ async fn read_head(
                 Ok(_) => {}
             },
             () = timer.as_mut() => {
-                if Instant::now() < deadline {
+                if timer.deadline() < deadline {
                     timer.as_mut().reset(deadline);
                     continue;
                 }

@@ -30,6 +30,7 @@ mod request;
 pub mod respond;
 mod upstream;
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -146,19 +147,18 @@ impl Proxy {
         // Origin form, whatever form the client used (HTTP/2's is absolute).
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let write_head = |out: &mut Vec<u8>| upstream::write_head(&method, path, || fields.iter(), &forward, out);
-        let send = self.pool.send(service, &method, write_head, upload, upgrade);
-        let sent = tokio::time::timeout(route.timeout, send).await;
-        let (head, lease) = match sent {
-            Ok(Ok(sent)) => sent,
-            Ok(Err(e)) => {
-                tracing::debug!(route = &*route.name, error = %e, "upstream request failed");
-                let response = respond::problem(StatusCode::BAD_GATEWAY, "the service could not be reached", false);
-                return local(response, guard, Origin::UpstreamError);
-            }
-            Err(_) => {
+        let deadline = tokio::time::Instant::from_std(start) + route.timeout; // from the request's start
+        let (head, lease) = match self.pool.send(service, &method, write_head, upload, upgrade, deadline).await {
+            Ok(sent) => sent,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                 let response =
                     respond::problem(StatusCode::GATEWAY_TIMEOUT, "the service did not answer in time", false);
                 return local(response, guard, Origin::Timeout);
+            }
+            Err(e) => {
+                tracing::debug!(route = &*route.name, error = %e, "upstream request failed");
+                let response = respond::problem(StatusCode::BAD_GATEWAY, "the service could not be reached", false);
+                return local(response, guard, Origin::UpstreamError);
             }
         };
 

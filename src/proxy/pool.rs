@@ -92,10 +92,10 @@ impl Pool {
     }
 
     /// Sends a request (its head as `write_head` writes it, its body from `upload`) to
-    /// `upstream` on a pooled connection, or a new one, and reads the response head. The
-    /// service may close an idle connection at any time: a request that a pooled
-    /// connection failed before anything of it can have been acted on is sent again on
-    /// the next.
+    /// `upstream` on a pooled connection, or a new one, and reads the response head by
+    /// `deadline` (else an error of kind `TimedOut`). The service may close an idle
+    /// connection at any time: a request that a pooled connection failed before anything
+    /// of it can have been acted on is sent again on the next.
     pub async fn send(
         self: &Arc<Self>,
         upstream: &Authority,
@@ -103,16 +103,17 @@ impl Pool {
         write_head: impl Fn(&mut Vec<u8>),
         mut upload: Option<Box<Upload>>,
         upgrade: bool,
+        deadline: tokio::time::Instant,
     ) -> io::Result<(Head, Lease)> {
         loop {
             let (mut conn, pooled) = match self.take(upstream) {
                 Some(conn) => (conn, true),
                 // Boxed: connecting (and resolving) is rare, and its future would otherwise
                 // make every request's future larger to move (530 instructions a request).
-                None => (Box::pin(Conn::open(upstream)).await?, false),
+                None => (Box::pin(Conn::open(upstream, deadline)).await?, false),
             };
             // Only a request without a body is tried again, so the upload is never needed twice.
-            match conn.exchange(method, &write_head, upload.take(), upgrade).await {
+            match conn.exchange(method, &write_head, upload.take(), upgrade, deadline).await {
                 Ok(head) => {
                     let keep_alive = head.keep_alive;
                     let lease = Lease { pool: self.clone(), upstream: upstream.clone(), conn, keep_alive };
@@ -222,7 +223,13 @@ mod tests {
     }
 
     async fn get(pool: &Arc<Pool>, upstream: &Authority) -> (u16, Bytes, Lease) {
-        let (Head { status, mut body, .. }, mut lease) = send(pool, upstream, Method::GET).await.expect("sent");
+        get_within(pool, upstream, Duration::from_secs(5)).await
+    }
+
+    /// A GET answered within `timeout`, its body read.
+    async fn get_within(pool: &Arc<Pool>, upstream: &Authority, timeout: Duration) -> (u16, Bytes, Lease) {
+        let sent = send_within(pool, upstream, Method::GET, timeout).await;
+        let (Head { status, mut body, .. }, mut lease) = sent.expect("sent");
         let mut bytes = Vec::new();
         while let Some(frame) = std::future::poll_fn(|cx| lease.poll_body(&mut body, cx)).await {
             bytes.extend_from_slice(&frame.unwrap().into_data().unwrap());
@@ -230,10 +237,20 @@ mod tests {
         (status.as_u16(), Bytes::from(bytes), lease)
     }
 
-    /// Sends a request without a body.
+    /// Sends a request without a body, answered within 5 s.
     async fn send(pool: &Arc<Pool>, upstream: &Authority, method: Method) -> io::Result<(Head, Lease)> {
+        send_within(pool, upstream, method, Duration::from_secs(5)).await
+    }
+
+    async fn send_within(
+        pool: &Arc<Pool>,
+        upstream: &Authority,
+        method: Method,
+        timeout: Duration,
+    ) -> io::Result<(Head, Lease)> {
         let head = format!("{method} / HTTP/1.1\r\nhost: test\r\n\r\n");
-        pool.send(upstream, &method, |out: &mut Vec<u8>| out.extend_from_slice(head.as_bytes()), None, false).await
+        let write_head = |out: &mut Vec<u8>| out.extend_from_slice(head.as_bytes());
+        pool.send(upstream, &method, write_head, None, false, tokio::time::Instant::now() + timeout).await
     }
 
     #[tokio::test]
@@ -343,6 +360,53 @@ mod tests {
         assert!(largest > 16 * 1024, "reads never grew past the first size: {largest}");
         lease.give_back();
         assert_eq!(pool.next_read_size(), Some(16 * 1024), "the grown buffer is let go when idle");
+    }
+
+    /// A service that answers the first request on its connection at once and the second
+    /// after 400 ms.
+    async fn slow_on_the_second() -> (Authority, Arc<AtomicUsize>) {
+        service_with(|mut stream| async move {
+            let mut chunk = [0u8; 1024];
+            for delay in [0, 400] {
+                if stream.read(&mut chunk).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                stream.write_all(OK).await.unwrap();
+            }
+            let _ = stream.read(&mut chunk).await;
+        })
+        .await
+    }
+
+    /// The connection's timer is moved on lazily: a deadline of its last request, passed
+    /// while it was idle, does not cut the next request short.
+    #[tokio::test]
+    async fn a_deadline_passed_while_idle_does_not_cut_the_next_request_short() {
+        let (upstream, accepted) = slow_on_the_second().await;
+        let pool = Pool::new();
+        let (status, _, lease) = get_within(&pool, &upstream, Duration::from_millis(200)).await;
+        assert_eq!(status, 200);
+        lease.give_back();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (status, _, _) = get_within(&pool, &upstream, Duration::from_secs(2)).await;
+        assert_eq!(status, 200);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// ... and a request with a shorter timeout than its connection's last gets its own.
+    #[tokio::test]
+    async fn a_shorter_deadline_than_the_last_requests_is_kept() {
+        let (upstream, accepted) = slow_on_the_second().await;
+        let pool = Pool::new();
+        let (status, _, lease) = get_within(&pool, &upstream, Duration::from_secs(30)).await;
+        assert_eq!(status, 200);
+        lease.give_back();
+        let start = Instant::now();
+        let late = send_within(&pool, &upstream, Method::GET, Duration::from_millis(100)).await;
+        assert_eq!(late.err().map(|e| e.kind()), Some(io::ErrorKind::TimedOut));
+        assert!(start.elapsed() < Duration::from_millis(350), "timed out after {:?}", start.elapsed());
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "a timed-out request is not sent again");
     }
 
     #[tokio::test]
