@@ -94,7 +94,7 @@ pub async fn serve(
                 return linger(writer, reader).await;
             }
         };
-        let RequestHead { method, uri, version, fields, body, keep_alive, expect_continue, trailers } = head;
+        let RequestHead { method, uri, version, fields, body, keep_alive, expect_continue, trailers, upgrade } = head;
         let asked = Asked { head: method == Method::HEAD, version, keep_alive, trailers };
 
         // The reading half stays here for a request without a body; one with a body takes
@@ -107,7 +107,7 @@ pub async fn serve(
         };
         // Pinned where it is made, once: the request's future is large, and moving it (or
         // holding two) costs.
-        let request = ProxyRequest { method, uri, version, fields: RequestFields::Sent(fields), body };
+        let request = ProxyRequest { method, uri, version, fields: RequestFields::Sent(fields), body, upgrade };
         let mut handling = pin!(proxy.handle(request, &peer));
         // A client that hangs up while its request is served (once its body has gone
         // whole) frees what it holds.

@@ -69,6 +69,9 @@ pub struct RequestHead {
     pub expect_continue: bool,
     /// The client takes trailers (`TE: trailers`) after a chunked response body.
     pub trailers: bool,
+    /// The client asks to switch protocols: HTTP/1.1, an `Upgrade` field, and `upgrade`
+    /// among the `Connection` options.
+    pub upgrade: bool,
 }
 
 /// A request head that cannot be served: the status to answer with, and why. The
@@ -110,6 +113,7 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<Reque
     let mut hosts = 0;
     let (mut lengths, mut lengths_differ, mut codings, mut more_codings) = (None, false, None, false);
     let (mut close, mut keep_alive_asked, mut expect_continue, mut trailers) = (false, false, false, false);
+    let (mut upgrade_field, mut upgrade_asked) = (false, false);
     for field in &*parsed.headers {
         let (name, value) = (field.name.as_bytes(), field.value);
         match Known::of(name) {
@@ -126,8 +130,10 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<Reque
                 for option in options(value) {
                     close |= option.eq_ignore_ascii_case(b"close");
                     keep_alive_asked |= option.eq_ignore_ascii_case(b"keep-alive");
+                    upgrade_asked |= option.eq_ignore_ascii_case(b"upgrade");
                 }
             }
+            Known::Upgrade => upgrade_field = true,
             Known::Expect => expect_continue |= value.eq_ignore_ascii_case(b"100-continue"),
             Known::Te => {
                 trailers |= options(value).any(|coding| {
@@ -169,11 +175,12 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<Reque
 
     let keep_alive = !close && (version == Version::HTTP_11 || keep_alive_asked);
     let expect_continue = expect_continue && version == Version::HTTP_11;
+    let upgrade = upgrade_field && upgrade_asked && version == Version::HTTP_11;
     let target = place(buf, target.as_bytes());
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target)).map_err(|_| bad("bad request target"))?;
     let fields = Fields { head, places, dated: false };
-    Ok(Some(RequestHead { method, uri, version, fields, body, keep_alive, expect_continue, trailers }))
+    Ok(Some(RequestHead { method, uri, version, fields, body, keep_alive, expect_continue, trailers, upgrade }))
 }
 
 fn bad(why: &'static str) -> Refused {
@@ -925,6 +932,15 @@ mod tests {
         let head = head.unwrap().unwrap();
         assert_eq!((head.body, head.keep_alive), (Decoder::Done, false));
         assert!(request("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none(), "a partial head waits");
+    }
+
+    #[test]
+    fn an_upgrade_is_asked_by_both_fields_in_http_1_1() {
+        let upgrade = |head: &str| request(head).unwrap().unwrap().upgrade;
+        assert!(upgrade("GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nupgrade: ws\r\n\r\n"));
+        assert!(!upgrade("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: ws\r\n\r\n"), "not a connection option");
+        assert!(!upgrade("GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n\r\n"), "no protocol named");
+        assert!(!upgrade("GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: ws\r\n\r\n"), "HTTP/1.0");
     }
 
     #[test]

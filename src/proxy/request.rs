@@ -4,7 +4,7 @@
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
-use super::h1::{self, Known};
+use super::h1;
 use super::RequestBody;
 
 pub struct ProxyRequest {
@@ -13,6 +13,8 @@ pub struct ProxyRequest {
     pub version: Version,
     pub fields: RequestFields,
     pub body: RequestBody,
+    /// It asks to switch protocols (HTTP/1.1 only; see [`h1::RequestHead::upgrade`]).
+    pub upgrade: bool,
 }
 
 pub enum RequestFields {
@@ -47,18 +49,7 @@ impl ProxyRequest {
     /// One with a body is forwarded as a plain request (`Upgrade` left out): its body and
     /// the new protocol's bytes would share the client's connection.
     pub fn is_upgrade(&self) -> bool {
-        if self.version != Version::HTTP_11 || !http_body::Body::is_end_stream(&self.body) {
-            return false;
-        }
-        let (mut upgrade, mut asked) = (false, false);
-        for (name, value) in self.fields.iter() {
-            match Known::of(name) {
-                Known::Upgrade => upgrade = true,
-                Known::Connection => asked |= h1::options(value).any(|o| o.eq_ignore_ascii_case(b"upgrade")),
-                _ => {}
-            }
-        }
-        upgrade && asked
+        self.upgrade && http_body::Body::is_end_stream(&self.body)
     }
 }
 
@@ -67,6 +58,6 @@ impl From<Request<RequestBody>> for ProxyRequest {
     fn from(req: Request<RequestBody>) -> Self {
         let (parts, body) = req.into_parts();
         let fields = RequestFields::Map(parts.headers);
-        Self { method: parts.method, uri: parts.uri, version: parts.version, fields, body }
+        Self { method: parts.method, uri: parts.uri, version: parts.version, fields, body, upgrade: false }
     }
 }
