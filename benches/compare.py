@@ -425,7 +425,7 @@ def report(targets, args):
     # neighbours than the ratio of the medians, which may come from different rounds.
     target = {t.name: t for t in targets}
     paired = statistics.median(f / b for f, b in zip(target["sluice-full"].rates, target["sluice"].rates))
-    more = target["sluice-full"].instructions / target["sluice"].instructions if target["sluice"].instructions else 0
+    more = target["sluice-full"].instructions / target["sluice"].instructions
     lines += [
         "",
         f"Quota + SLA cost (sluice-full vs sluice): {full / bare:.3f}x throughput by the medians "
