@@ -63,12 +63,16 @@ pub async fn run(duration: Option<Duration>) -> Result<(), DemoError> {
         tokens: Vec::new(),
         state_dir: None,
     });
+    // In a file of the demo's own state directory, as a deployment mounts a secret: a token
+    // written into the config would be warned about.
+    let token_file = config.admin.state_dir.join("demo.token");
+    write_secret(&token_file, &token)?;
     admin.tokens.push(crate::config::RawToken {
         name: "demo".into(),
         role: "admin".into(),
         token_env: None,
-        token_file: None,
-        token: Some(token.clone()),
+        token_file: Some(token_file.display().to_string()),
+        token: None,
     });
     let running = server::start(config, None).await?;
     let proxy = running.proxy_addr();
@@ -94,6 +98,15 @@ pub async fn run(duration: Option<Duration>) -> Result<(), DemoError> {
     print_stats(&stats);
     running.drain().await;
     Ok(())
+}
+
+/// Writes `secret` to `path`, readable by this user only.
+fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(path.parent().expect("a file in a directory"))?;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(secret.as_bytes())
 }
 
 /// A tiny xorshift generator: the demo needs variety, not cryptography.

@@ -76,6 +76,14 @@ impl Event {
         Self::new("config_rejected", fields)
     }
 
+    /// The event with one more field.
+    pub fn with(mut self, key: &str, value: Value) -> Self {
+        if let Value::Object(map) = &mut self.0 {
+            map.insert(key.into(), value);
+        }
+        self
+    }
+
     pub fn kind(&self) -> &str {
         self.0["type"].as_str().unwrap_or("")
     }

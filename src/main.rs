@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use sluice::config::ConfigErrors;
 
 /// A sidecar reverse proxy that enforces per-route quotas and measures SLAs.
 #[derive(Parser)]
@@ -62,8 +63,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
     match cli.command {
-        Command::Validate { config } => match sluice::config::load(&config) {
-            Ok(_) => {
+        Command::Validate { config: path } => match sluice::config::load(&path) {
+            Ok(config) => {
+                // It may run where the secrets are not mounted: a warning, not a failure.
+                if let Some(unreadable) = unreadable_tokens(&path, &config) {
+                    for line in unreadable.to_string().lines() {
+                        eprintln!("warning: {line}");
+                    }
+                }
                 println!("ok");
                 ExitCode::SUCCESS
             }
@@ -80,6 +87,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_BAD_CONFIG);
                 }
             };
+            if let Some(unreadable) = unreadable_tokens(&path, &config) {
+                eprintln!("{unreadable}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
             exit(runtime().block_on(async {
                 let running = sluice::server::start(config, Some(path)).await?;
                 sluice::server::run_until_signalled(running).await?;
@@ -100,6 +111,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// The tokens of `config` (read from `path`) whose source cannot be read, placed in the
+/// file; `None` when every one can.
+fn unreadable_tokens(path: &std::path::Path, config: &sluice::config::Config) -> Option<ConfigErrors> {
+    let problems = sluice::config::tokens::problems(config);
+    if problems.is_empty() {
+        return None;
+    }
+    let text = sluice::config::read(path).unwrap_or_default();
+    Some(ConfigErrors { source: Some(path.display().to_string()), errors: sluice::config::place_all(&text, problems) })
+}
+
 /// The control plane's runtime: the admin API, reloads, the SLA monitor. The data plane
 /// runs on worker threads of its own (`proxy::listener::start`).
 fn runtime() -> tokio::runtime::Runtime {
@@ -118,7 +140,9 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a person at a terminal: a file or a log collector gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),

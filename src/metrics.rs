@@ -112,6 +112,38 @@ impl RouteMetrics {
     }
 }
 
+/// Where a config came from, for `sluice_config_reloads_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The file changed (watched).
+    File,
+    /// SIGHUP.
+    Signal,
+    /// The control API.
+    Api,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::Signal => "signal",
+            Self::Api => "api",
+        }
+    }
+}
+
+/// What became of a config offered after the start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    /// It is live as this version.
+    Applied(u64),
+    /// It is the config already live: no new version.
+    Unchanged,
+    /// Refused: the previous config serves.
+    Failed,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
@@ -123,6 +155,8 @@ pub struct Metrics {
     sla_burn: GaugeVec,
     pub config_version: IntGauge,
     reloads: IntCounterVec,
+    /// Unauthenticated control API calls left out of the audit log by its rate bound.
+    pub audit_suppressed: prometheus::IntCounter,
     last_reload_success: Gauge,
     /// Per route: its histogram (a collector of its own, so its buckets can hold its SLA
     /// threshold) and the buckets it was built with.
@@ -160,9 +194,15 @@ impl Metrics {
         );
         let reloads = counter(
             "sluice_config_reloads_total",
-            "Config loads after the first, from the file or SIGHUP, by result (success or failure).",
-            &["result"],
+            "Configs offered after the start, by source (file: the file changed; signal: SIGHUP; api: the control API) and result (success: a new version is live; unchanged: the same config, no new version; failure: refused, the previous config serves).",
+            &["source", "result"],
         );
+        let audit_suppressed = prometheus::IntCounter::new(
+            "sluice_audit_suppressed_total",
+            "Control API calls without a valid token that the audit log left out (it writes 20 at once, then one a second), each counted in its next `suppressed` record.",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(audit_suppressed.clone())).expect("registered once");
         let inflight =
             IntGaugeVec::new(Opts::new("sluice_inflight_requests", "Requests being served now, by route."), &["route"])
                 .expect("valid metric");
@@ -200,8 +240,10 @@ impl Metrics {
         ] {
             registry.register(c).expect("registered once");
         }
-        for result in ["success", "failure"] {
-            reloads.with_label_values(&[result]);
+        for source in [Source::File, Source::Signal, Source::Api] {
+            for result in ["success", "unchanged", "failure"] {
+                reloads.with_label_values(&[source.as_str(), result]);
+            }
         }
         last_reload_success.set(unix_now());
         Self {
@@ -215,6 +257,7 @@ impl Metrics {
             sla_burn,
             config_version,
             reloads,
+            audit_suppressed,
             last_reload_success,
             histograms: Mutex::new(HashMap::new()),
         }
@@ -299,16 +342,21 @@ impl Metrics {
         }
     }
 
-    /// Counts a config load after the first.
-    pub fn reloaded(&self, version: Option<u64>) {
-        match version {
-            Some(version) => {
-                self.reloads.with_label_values(&["success"]).inc();
+    /// Counts a config offered after the start.
+    pub fn reloaded(&self, source: Source, outcome: Reload) {
+        let result = match outcome {
+            Reload::Applied(version) => {
                 self.config_version.set(version as i64);
                 self.last_reload_success.set(unix_now());
+                "success"
             }
-            None => self.reloads.with_label_values(&["failure"]).inc(),
-        }
+            Reload::Unchanged => {
+                self.last_reload_success.set(unix_now());
+                "unchanged"
+            }
+            Reload::Failed => "failure",
+        };
+        self.reloads.with_label_values(&[source.as_str(), result]).inc();
     }
 
     /// The text exposition of every metric.

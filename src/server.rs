@@ -9,10 +9,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::overlay::Overlay;
+use crate::config::overlay::{Overlay, Push};
 use crate::config::{self, Config, ConfigErrors};
+use crate::control::Audit;
 use crate::events::{Events, Retry};
 use crate::metrics::Metrics;
+use crate::metrics::Source;
 use crate::proxy::listener::{self, Phase};
 use crate::proxy::Tracker;
 use crate::snapshot::{self, Live, Snapshot};
@@ -51,12 +53,15 @@ pub struct Running {
     /// Idle once every data-plane worker has ended.
     workers: Arc<Tracker>,
     background: Vec<JoinHandle<()>>,
+    /// Where the SLA windows are checkpointed (at drain too), if anywhere.
+    state_dir: Option<PathBuf>,
 }
 
 /// Binds the listeners of `config` and starts serving. With `config_path`, the file is
 /// watched and reloaded. A config pushed through the control API over this same file
 /// (kept in `admin.state_dir`) is restored in place of the file's.
 pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, StartError> {
+    let metrics = Arc::new(Metrics::new());
     let overlay = match Overlay::open(&config.admin.state_dir) {
         Ok(overlay) => Some(Arc::new(overlay)),
         Err(e) => {
@@ -64,17 +69,13 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
             None
         }
     };
-    let config = match &overlay {
-        Some(overlay) => restore(overlay, config, config_path.as_deref()),
-        None => config,
-    };
-    let (listener, proxy_addr) = bind(config.listen).await?;
-    let (admin, admin_addr) = bind(config.admin.listen).await?;
-    let metrics_listener = match config.admin.metrics_listen {
-        Some(addr) => Some(bind(addr).await?),
-        None => None,
-    };
-    let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
+    let audit = overlay.as_ref().and_then(|o| match Audit::open(o.dir(), metrics.audit_suppressed.clone()) {
+        Ok(audit) => Some(Arc::new(audit)),
+        Err(e) => {
+            tracing::error!(error = %e, dir = %o.dir().display(), "cannot open the audit log: changes will be refused");
+            None
+        }
+    });
     let mut background = Vec::new();
     let events = match &config.webhook {
         Some(url) => {
@@ -84,17 +85,39 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
         }
         None => Events::new(),
     };
+    let (config, dropped) = match &overlay {
+        Some(overlay) => restore(overlay, config, config_path.as_deref()),
+        None => (config, Vec::new()),
+    };
+    let (listener, proxy_addr) = bind(config.listen).await?;
+    let (admin, admin_addr) = bind(config.admin.listen).await?;
+    let metrics_listener = match config.admin.metrics_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
 
-    let live = Live::new(config, Arc::new(Metrics::new()));
+    let live = Live::new(config, metrics);
+    // Where the SLA windows are checkpointed, when it is writable.
+    let state_dir = overlay.as_ref().map(|o| o.dir().to_path_buf());
+    if let Some(dir) = &state_dir {
+        monitor::restore(&live, dir);
+    }
+    if !dropped.is_empty() {
+        let file = config_path.as_deref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
+        let snapshot = live.load();
+        let sha256 = config::overlay::fingerprint(&file);
+        config::reload::announce_file(&events, audit.as_deref(), &snapshot, 0, "start", &sha256, &dropped);
+    }
     let tracker = Arc::new(Tracker::default());
     let (phase, watching) = watch::channel(Phase::Serving);
     let listener = listener.into_std().map_err(|source| StartError::Bind { addr: proxy_addr, source })?;
     let workers =
         listener::start(listener, workers(), live.clone(), tracker.clone(), watching).map_err(StartError::Workers)?;
     background.push(tokio::spawn(snapshot::sweep_keys(live.clone(), SWEEP_INTERVAL)));
-    background.push(tokio::spawn(monitor::run(live.clone(), events.clone())));
+    background.push(tokio::spawn(monitor::run(live.clone(), events.clone(), state_dir.clone())));
     let routers = [
-        control::router(control::Control::new(live.clone(), events.clone(), overlay.clone())),
+        control::router(control::Control::new(live.clone(), events.clone(), overlay.clone(), audit.clone())),
         control::probes(live.clone()),
     ];
     for (listener, router) in std::iter::once(admin).chain(metrics_listener.map(|(l, _)| l)).zip(routers) {
@@ -109,13 +132,26 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
         path,
         live: live.clone(),
         overlay: overlay.clone(),
+        audit: audit.clone(),
         events: events.clone(),
     });
     if let Some(reloader) = &reloader {
         background.push(tokio::spawn(config::reload::watch(reloader.clone(), WATCH_INTERVAL)));
     }
-    tracing::info!(%proxy_addr, %admin_addr, metrics_addr = ?metrics_addr, service = %live.load().config.service, "sluice is serving");
-    Ok(Running { live, tracker, proxy_addr, admin_addr, metrics_addr, events, reloader, phase, workers, background })
+    tracing::info!(%proxy_addr, %admin_addr, metrics_addr = metrics_addr.map(tracing::field::display), service = %live.load().config.service, "sluice is serving");
+    Ok(Running {
+        live,
+        tracker,
+        proxy_addr,
+        admin_addr,
+        metrics_addr,
+        events,
+        reloader,
+        phase,
+        workers,
+        background,
+        state_dir,
+    })
 }
 
 /// One data-plane worker per CPU this process may use (its affinity and cgroup quota).
@@ -124,15 +160,17 @@ fn workers() -> usize {
 }
 
 /// The config to start with: the one pushed over the file as it is now, if any, else the
-/// file's. The `admin` section is always the file's.
-fn restore(overlay: &Overlay, file: Config, path: Option<&std::path::Path>) -> Config {
+/// file's (the `admin` section is always the file's); and the pushes dropped because the
+/// file changed since they were made.
+fn restore(overlay: &Overlay, file: Config, path: Option<&std::path::Path>) -> (Config, Vec<Push>) {
     let text = path.and_then(|p| std::fs::read_to_string(p).ok());
-    let Some(pushed) = overlay.start(text.as_deref()) else { return file };
+    let restored = overlay.start(text.as_deref());
+    let Some(pushed) = restored.config else { return (file, restored.dropped) };
     match config::from_raw(config::RawConfig { admin: file.raw.admin.clone(), ..pushed }) {
-        Ok(config) => config,
+        Ok(config) => (config, Vec::new()),
         Err(errors) => {
             tracing::error!(%errors, "the pushed config is no longer valid: using the file");
-            file
+            (file, Vec::new())
         }
     }
 }
@@ -168,7 +206,7 @@ impl Running {
     /// Reloads the config file, as SIGHUP does.
     pub fn reload(&self) -> Result<Arc<Snapshot>, ConfigErrors> {
         match &self.reloader {
-            Some(reloader) => reloader.reload("sighup"),
+            Some(reloader) => reloader.reload(Source::Signal),
             None => Ok(self.live.load()),
         }
     }
@@ -191,6 +229,13 @@ impl Running {
         let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), self.workers.idle()).await;
         for task in self.background {
             task.abort();
+        }
+        if let Some(dir) = &self.state_dir {
+            // What the requests of the drain recorded goes in too.
+            monitor::tick(&self.live, &self.events);
+            if let Err(e) = monitor::save(&self.live, dir) {
+                tracing::warn!(error = %e, "could not checkpoint the SLA windows");
+            }
         }
         tracing::info!("drained");
     }

@@ -5,12 +5,12 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::metrics::{Metrics, Reload, RouteMetrics, Source};
 use crate::quota::{Concurrency, ConcurrencySpec, Mode, RateLimit, RateSpec};
 use crate::route::Matcher;
 use crate::sla::RouteSla;
@@ -160,36 +160,60 @@ pub struct Live {
     /// Serializes writers, so each new snapshot adopts from the one it replaces.
     apply_lock: Mutex<()>,
     next_version: AtomicU64,
+    /// Counts every config offered, changed or not: token sources are read again on each.
+    generation: AtomicU64,
     /// Set by SIGTERM: responses tell HTTP/1 clients to close.
     draining: AtomicBool,
     pub metrics: Arc<Metrics>,
-    /// The origin of the SLA engine's clock.
+    /// The engines' clock: `origin` (the wall clock at start, since the Unix epoch) plus
+    /// the steady time since `started`. It never goes back within a process, and it lines
+    /// up with the wall clock across restarts, so SLA windows checkpointed by one process
+    /// mean the same times to the next.
     started: Instant,
+    origin: Duration,
+}
+
+/// A config offered to [`Live::apply`], and what became of it.
+pub struct Applied {
+    /// The snapshot now live.
+    pub snapshot: Arc<Snapshot>,
+    /// The snapshot it replaced (the same one when nothing changed).
+    pub previous: Arc<Snapshot>,
+}
+
+impl Applied {
+    /// Whether a new version went live: false when the config was the live one already.
+    pub fn changed(&self) -> bool {
+        self.snapshot.version != self.previous.version
+    }
 }
 
 impl Live {
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Arc<Self> {
         metrics.config_version.set(1);
+        let origin = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         Arc::new(Self {
             current: ArcSwap::from_pointee(Snapshot::build(config, 1, None, &metrics)),
             apply_lock: Mutex::new(()),
             next_version: AtomicU64::new(2),
+            generation: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             metrics,
             started: Instant::now(),
+            origin,
         })
     }
 
-    /// The engines' `now`: the time since start. Quota state outlives snapshots, so
-    /// every snapshot shares this origin.
+    /// The engines' `now`. Quota and SLA state outlive snapshots, so every snapshot
+    /// shares this clock.
     pub fn clock(&self) -> Duration {
-        self.started.elapsed()
+        self.origin + self.started.elapsed()
     }
 
     /// `instant` on the engines' clock.
     #[inline]
     pub fn at(&self, instant: Instant) -> Duration {
-        instant.saturating_duration_since(self.started)
+        self.origin + instant.saturating_duration_since(self.started)
     }
 
     #[inline]
@@ -197,15 +221,26 @@ impl Live {
         self.current.load_full()
     }
 
-    /// Swaps `config` in and returns the snapshot now live.
-    pub fn apply(&self, config: Config) -> Arc<Snapshot> {
+    /// How many configs were offered so far, changed or not.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Makes `config` live as the next version, unless it is the live config already: then
+    /// the version stays, so a controller's ETag stays valid until something changed.
+    pub fn apply(&self, config: Config, source: Source) -> Applied {
         let _writer = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::Relaxed);
         let previous = self.current.load_full();
+        if config.raw == previous.config.raw {
+            self.metrics.reloaded(source, Reload::Unchanged);
+            return Applied { snapshot: previous.clone(), previous };
+        }
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
         let next = Arc::new(Snapshot::build(config, version, Some(&previous), &self.metrics));
         self.current.store(next.clone());
-        self.metrics.reloaded(Some(version));
-        next
+        self.metrics.reloaded(source, Reload::Applied(version));
+        Applied { snapshot: next, previous }
     }
 
     pub fn start_draining(&self) {

@@ -151,8 +151,8 @@ async fn reloads_are_counted_and_versioned() {
     std::fs::write(&path, config_text(upstream.addr, "routes: nope\n")).unwrap();
     assert!(sluice.running().reload().is_err());
     let m = sluice.scrape().await;
-    assert_eq!(m.value("sluice_config_reloads_total", "result=\"failure\""), 1.0);
-    assert_eq!(m.value("sluice_config_reloads_total", "result=\"success\""), 0.0);
+    assert_eq!(m.value("sluice_config_reloads_total", "source=\"signal\",result=\"failure\""), 1.0);
+    assert_eq!(m.value("sluice_config_reloads_total", "source=\"signal\",result=\"success\""), 0.0);
     assert_eq!(m.value("sluice_config_version", ""), 1.0);
 
     // A good file: version 2. The `limited` route is gone, and so are its series.
@@ -169,7 +169,12 @@ async fn reloads_are_counted_and_versioned() {
     .unwrap();
     assert!(sluice.running().reload().is_ok());
     let m = sluice.scrape().await;
-    assert_eq!(m.value("sluice_config_reloads_total", "result=\"success\""), 1.0);
+    assert_eq!(m.value("sluice_config_reloads_total", "source=\"signal\",result=\"success\""), 1.0);
+    assert_eq!(m.value("sluice_config_version", ""), 2.0);
+    // The same file again: counted, and no new version.
+    assert_eq!(sluice.running().reload().unwrap().version, 2);
+    let m = sluice.scrape().await;
+    assert_eq!(m.value("sluice_config_reloads_total", "source=\"signal\",result=\"unchanged\""), 1.0);
     assert_eq!(m.value("sluice_config_version", ""), 2.0);
     assert!(m.value("sluice_config_last_reload_success_timestamp_seconds", "") > 1.7e9);
     assert!(!m.0.contains("route=\"limited\""), "{}", m.0);
@@ -211,7 +216,7 @@ async fn a_breach_is_an_event_on_the_stream_and_the_webhook() {
     let upstream = Upstream::start().await;
     let (hook, received) = webhook().await;
     let rest = format!(
-        "events: {{ webhook: \"http://{hook}/sla\" }}\nroutes:\n  - name: api\n    match: {{ path: /api }}\n    sla: {{ availability: 99.9% }}\n"
+        "events: {{ webhook: \"http://{hook}/sla\" }}\nroutes:\n  - name: api\n    match: {{ path: /api }}\n    sla: {{ availability: 99.9%, min_events: 10 }}\n"
     );
     let sluice = Sluice::start(&upstream, &rest).await;
     let mut stream = sluice.running().events().subscribe();

@@ -2,7 +2,70 @@
 //! Scalars with units stay strings here; `validate` turns them into typed values, so
 //! that every such error can be reported, not just the first.
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A whole number as it was written. It stays text here, so that `-5` or `lots` reaches
+/// validation, which says what was expected, instead of ending the parse at the first one.
+/// Written back, a number is a number again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Count(pub String);
+
+impl Count {
+    pub fn new(n: u64) -> Self {
+        Self(n.to_string())
+    }
+
+    /// The number, if the text is a whole number that fits in a u64.
+    pub fn get(&self) -> Option<u64> {
+        let text = self.0.trim();
+        text.bytes().all(|b| b.is_ascii_digit()).then(|| text.parse().ok()).flatten()
+    }
+}
+
+impl fmt::Display for Count {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for Count {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.get() {
+            Some(n) => serializer.serialize_u64(n),
+            None => serializer.serialize_str(&self.0),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Scalar;
+        impl serde::de::Visitor<'_> for Scalar {
+            type Value = Count;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Count, E> {
+                Ok(Count(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Count, E> {
+                Ok(Count(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Count, E> {
+                Ok(Count(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Count, E> {
+                Ok(Count(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Count, E> {
+                Ok(Count(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(Scalar)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,10 +132,10 @@ pub struct RawLimits {
     pub header_read_timeout: Option<String>,
     /// Largest request head, in bytes (431 beyond it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_header_bytes: Option<u64>,
+    pub max_header_bytes: Option<Count>,
     /// Longest request target, in bytes (414 beyond it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_uri_bytes: Option<u64>,
+    pub max_uri_bytes: Option<Count>,
     /// Timeout of routes that set none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
@@ -84,23 +147,26 @@ pub struct RawLimits {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawQuota {
-    pub rate: u64,
+    pub rate: Count,
     pub per: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub burst: Option<u64>,
+    pub burst: Option<Count>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
     /// Most keys tracked at once (default 100000); see docs/quotas.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_keys: Option<u64>,
+    pub max_keys: Option<Count>,
+    /// `refusals` (default): `RateLimit` fields on 429s only; `always`: on every response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConcurrency {
-    pub max: u64,
+    pub max: Count,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -140,6 +206,9 @@ pub struct RawSla {
     pub availability: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<String>,
+    /// Fewest events in a burn-rate window for it to raise a breach (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_events: Option<Count>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

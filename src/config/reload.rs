@@ -7,76 +7,164 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::overlay::Overlay;
-use super::{from_raw, parse, read, ConfigErrors};
+use serde_json::json;
+
+use super::overlay::{fingerprint, Overlay, Push};
+use super::{from_raw, parse, place_all, read, tokens, Config, ConfigErrors, RawConfig};
+use crate::control::audit::{Audit, Record};
 use crate::events::{Event, Events};
+use crate::metrics::{Reload, Source};
 use crate::snapshot::{Live, Snapshot};
 
-/// What a reload needs: the file, the live config, the pushed overlay, and where the
-/// `config_applied` and `config_rejected` events go.
+/// What a reload needs: the file, the live config, the pushed overlay, the audit log, and
+/// where the `config_applied` and `config_rejected` events go.
 #[derive(Clone)]
 pub struct Reloader {
     pub path: PathBuf,
     pub live: Arc<Live>,
     pub overlay: Option<Arc<Overlay>>,
+    pub audit: Option<Arc<Audit>>,
     pub events: Events,
 }
 
 impl Reloader {
-    /// Reloads the file, telling the event stream how it went.
-    pub fn reload(&self, trigger: &str) -> Result<Arc<Snapshot>, ConfigErrors> {
-        let service = self.live.load().config.service.clone();
-        let result = reload(&self.path, &self.live, trigger, self.overlay.as_deref());
-        let event = match &result {
-            Ok(snapshot) => Event::config_applied(&service, snapshot.version, trigger, None),
-            Err(errors) => Event::config_rejected(&service, trigger, None, errors),
+    /// Loads the file and makes it live, or logs why not and keeps the current config.
+    /// `source` is [`Source::File`] (the watch saw a change) or [`Source::Signal`] (SIGHUP).
+    /// With an overlay holding a push made over this same file content, the pushed config
+    /// stays (token files are re-read either way); new file content drops it, and says so.
+    /// A config that is the live one already makes no new version.
+    pub fn reload(&self, source: Source) -> Result<Arc<Snapshot>, ConfigErrors> {
+        let trigger = trigger(source);
+        let previous = self.live.load();
+        let text = read(&self.path);
+        let overlay = self.overlay.as_deref();
+        let keep_push = match (&text, overlay) {
+            (Ok(text), Some(overlay)) => !overlay.is_new(text) && overlay.has_push(),
+            _ => false,
         };
-        self.events.send(event);
-        result
+        let config = if keep_push {
+            from_raw(previous.config.raw.clone())
+        } else {
+            text.as_deref().map_err(Clone::clone).and_then(|text| parse(text).map_err(|e| self.placed(e)))
+        };
+        let config = config.and_then(|config| self.tokens_readable(config, text.as_deref().unwrap_or("")));
+        let config = match config {
+            Ok(config) => config,
+            Err(errors) => {
+                self.live.metrics.reloaded(source, Reload::Failed);
+                for error in &errors.errors {
+                    tracing::error!(trigger, %error, "config rejected; the previous config keeps serving");
+                }
+                self.events.send(Event::config_rejected(&previous.config.service, trigger, None, &errors));
+                return Err(errors);
+            }
+        };
+        let dropped = match (overlay, &text, keep_push) {
+            (Some(overlay), Ok(text), false) => overlay.file_applied(text).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "could not drop the pushed config: it may come back at the next restart");
+                Vec::new()
+            }),
+            _ => Vec::new(),
+        };
+        if config.listen != previous.config.listen || config.admin.listen != previous.config.admin.listen {
+            tracing::warn!("listen addresses changed: they take effect at the next restart");
+        }
+        let applied = self.live.apply(config, source);
+        let snapshot = applied.snapshot.clone();
+        if !applied.changed() && dropped.is_empty() {
+            tracing::info!(trigger, version = snapshot.version, "config unchanged: no new version");
+            return Ok(snapshot);
+        }
+        let changed = snapshot.changed_routes(&applied.previous);
+        tracing::info!(trigger, version = snapshot.version, changed = %changed.join(","), "config applied");
+        let file = text.as_deref().map(fingerprint).unwrap_or_default();
+        announce_file(
+            &self.events,
+            self.audit.as_deref(),
+            &snapshot,
+            applied.previous.version,
+            trigger,
+            &file,
+            &dropped,
+        );
+        Ok(snapshot)
+    }
+
+    fn placed(&self, errors: ConfigErrors) -> ConfigErrors {
+        ConfigErrors { source: Some(self.path.display().to_string()), ..errors }
+    }
+
+    /// `config`, if every token it names can be read: a config whose secrets are missing
+    /// would lock the control plane out, so it is refused like any other error.
+    fn tokens_readable(&self, config: Config, text: &str) -> Result<Config, ConfigErrors> {
+        let problems = tokens::problems(&config);
+        if problems.is_empty() {
+            return Ok(config);
+        }
+        Err(self.placed(ConfigErrors { source: None, errors: place_all(text, problems) }))
     }
 }
 
-/// Loads `path` and makes it live, or logs why not and keeps the current config. With an
-/// overlay holding a push made over this same file content, the pushed config is
-/// re-applied instead (token files are re-read either way).
-fn reload(path: &Path, live: &Live, trigger: &str, overlay: Option<&Overlay>) -> Result<Arc<Snapshot>, ConfigErrors> {
-    let previous = live.load();
-    let text = read(path);
-    let keep_push = match (&text, overlay) {
-        (Ok(text), Some(overlay)) => !overlay.is_new(text) && overlay.has_push(),
-        _ => false,
-    };
-    let config = if keep_push {
-        tracing::info!(trigger, "config file unchanged since the last push: the pushed config stays");
-        from_raw(previous.config.raw.clone())
-    } else {
-        text.as_deref()
-            .map_err(Clone::clone)
-            .and_then(|text| parse(text).map_err(|e| ConfigErrors { source: Some(path.display().to_string()), ..e }))
-    };
-    match config {
-        Ok(config) => {
-            if let (Some(overlay), Ok(text), false) = (overlay, &text, keep_push) {
-                if let Err(e) = overlay.file_applied(text) {
-                    tracing::error!(error = %e, "could not drop the pushed config: it may come back at the next restart");
-                }
-            }
-            if config.listen != previous.config.listen || config.admin.listen != previous.config.admin.listen {
-                tracing::warn!("listen addresses changed: they take effect at the next restart");
-            }
-            let snapshot = live.apply(config);
-            let changed = snapshot.changed_routes(&previous);
-            tracing::info!(trigger, version = snapshot.version, ?changed, "config applied");
-            Ok(snapshot)
-        }
-        Err(errors) => {
-            live.metrics.reloaded(None);
-            for error in &errors.errors {
-                tracing::error!(trigger, %error, "config rejected; the previous config keeps serving");
-            }
-            Err(errors)
-        }
+/// The event's name for a source.
+fn trigger(source: Source) -> &'static str {
+    match source {
+        Source::File => "file",
+        Source::Signal => "sighup",
+        Source::Api => "api",
     }
+}
+
+/// Tells the event stream, the log and the audit log that the file's config is live as
+/// `snapshot` (made over `before`), and which pushes it dropped: the principal is `file`.
+pub fn announce_file(
+    events: &Events,
+    audit: Option<&Audit>,
+    snapshot: &Snapshot,
+    before: u64,
+    trigger: &str,
+    file_sha256: &str,
+    dropped: &[Push],
+) {
+    let dropped_json = serde_json::to_value(dropped).unwrap_or_default();
+    if !dropped.is_empty() {
+        let names: Vec<String> =
+            dropped.iter().map(|p| format!("{} by {} (version {})", p.action, p.principal, p.version)).collect();
+        tracing::warn!(
+            trigger,
+            dropped = %names.join("; "),
+            "the config file changed since these pushes: the file wins and they are dropped"
+        );
+    }
+    let service = &snapshot.config.service;
+    let mut event = Event::config_applied(service, snapshot.version, trigger, None);
+    if !dropped.is_empty() {
+        event = event.with("dropped", dropped_json.clone());
+    }
+    events.send(event);
+    let Some(audit) = audit else { return };
+    let change = json!({
+        "config_sha256": config_fingerprint(&snapshot.config.raw),
+        "file_sha256": file_sha256,
+        "dropped": dropped_json,
+    });
+    let record = Record {
+        principal: Some("file".into()),
+        remote: String::new(),
+        action: format!("reload ({trigger})"),
+        version_before: before,
+        version_after: snapshot.version,
+        status: 200,
+        change: Some(change),
+    };
+    if let Err(e) = audit.append(record) {
+        tracing::error!(error = %e, "could not append to the audit log");
+    }
+}
+
+/// The SHA-256 of a config as the control API shows it (JSON, no literal tokens): what an
+/// audit record names a whole config by.
+pub fn config_fingerprint(raw: &RawConfig) -> String {
+    fingerprint(&serde_json::to_string(raw).unwrap_or_default())
 }
 
 /// What identifies one version of the file without reading it.
@@ -123,6 +211,6 @@ pub async fn watch(reloader: Reloader, interval: Duration) {
             continue;
         }
         applied_text = text;
-        let _ = reloader.reload("file");
+        let _ = reloader.reload(Source::File);
     }
 }

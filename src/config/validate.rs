@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::Method;
 
 use super::*;
-use crate::quota::{ConcurrencySpec, KeySpec, Mode, RateSpec, DEFAULT_MAX_KEYS};
+use crate::quota::{Advertise, ConcurrencySpec, KeySpec, Mode, RateSpec, DEFAULT_MAX_KEYS};
 use crate::route::PathPattern;
 
 type Errors = Vec<(String, String)>;
@@ -179,25 +179,21 @@ impl Validator {
             }
         }
         let sizes = [
-            ("limits.max_header_bytes", raw.max_header_bytes, 8192, &mut limits.max_header_bytes),
-            ("limits.max_uri_bytes", raw.max_uri_bytes, 256, &mut limits.max_uri_bytes),
+            ("limits.max_header_bytes", &raw.max_header_bytes, 8192, &mut limits.max_header_bytes),
+            ("limits.max_uri_bytes", &raw.max_uri_bytes, 256, &mut limits.max_uri_bytes),
         ];
         for (path, value, min, slot) in sizes {
-            match value {
-                Some(n) if !(min..=1 << 20).contains(&n) => {
-                    self.error(path, format!("must be between {min} and 1048576 bytes"));
-                }
-                Some(n) => *slot = n as usize,
-                None => {}
+            if let Some(n) = value.as_ref().and_then(|v| self.check(path, whole(v, min, 1 << 20, "bytes"))) {
+                *slot = n as usize;
             }
         }
         limits
     }
 
     fn quota(&mut self, at: &str, raw: &RawQuota) -> Option<RateSpec> {
-        let rate = self.check(&format!("{at}.rate"), nonzero_u32(raw.rate));
+        let rate = self.check(&format!("{at}.rate"), nonzero_u32(&raw.rate));
         let per = self.duration(&format!("{at}.per"), &raw.per);
-        let burst = match raw.burst {
+        let burst = match &raw.burst {
             Some(b) => self.check(&format!("{at}.burst"), nonzero_u32(b)),
             None => rate, // a quota without a burst may be spent at once, like a window
         };
@@ -209,23 +205,26 @@ impl Validator {
             Some(m) => self.check(&format!("{at}.mode"), Mode::parse(m)),
             None => Some(Mode::Enforce),
         };
-        let max_keys = match raw.max_keys {
-            Some(n) => self.check(
-                &format!("{at}.max_keys"),
-                usize::try_from(n).ok().and_then(NonZeroUsize::new).ok_or_else(|| "must be at least 1".to_string()),
-            ),
+        let max_keys = match &raw.max_keys {
+            Some(n) => self
+                .check(&format!("{at}.max_keys"), whole(n, 1, u32::MAX.into(), ""))
+                .and_then(|n| NonZeroUsize::new(n as usize)),
             None => NonZeroUsize::new(DEFAULT_MAX_KEYS),
+        };
+        let advertise = match &raw.advertise {
+            Some(a) => self.check(&format!("{at}.advertise"), Advertise::parse(a)),
+            None => Some(Advertise::Refusals),
         };
         let (rate, per) = (rate?, per?);
         if (per / rate.get()).is_zero() {
             self.error(format!("{at}.rate"), "is more than one request per nanosecond");
             return None;
         }
-        Some(RateSpec { rate, per, burst: burst?, key: key?, mode: mode?, max_keys: max_keys? })
+        Some(RateSpec { rate, per, burst: burst?, key: key?, mode: mode?, max_keys: max_keys?, advertise: advertise? })
     }
 
     fn concurrency(&mut self, at: &str, raw: &RawConcurrency) -> Option<ConcurrencySpec> {
-        let max = self.check(&format!("{at}.max"), nonzero_u32(raw.max));
+        let max = self.check(&format!("{at}.max"), nonzero_u32(&raw.max));
         let key = match &raw.key {
             Some(k) => self.check(&format!("{at}.key"), KeySpec::parse(k)),
             None => Some(KeySpec::None),
@@ -277,7 +276,8 @@ impl Validator {
             Some(l) => {
                 let threshold = self.duration(&format!("{at}.latency.threshold"), &l.threshold);
                 let objective = self.check(&format!("{at}.latency.objective"), parse_ratio(&l.objective));
-                Some(Some(LatencySla { threshold: threshold?, objective: objective? }))
+                // Not `?` here: that would return before the availability and window are checked.
+                threshold.zip(objective).map(|(threshold, objective)| Some(LatencySla { threshold, objective }))
             }
             None => Some(None),
         };
@@ -293,15 +293,29 @@ impl Validator {
             }),
             None => Some(Duration::from_secs(30 * 86400)),
         };
+        let min_events = match &raw.min_events {
+            Some(n) => self.check(&format!("{at}.min_events"), whole(n, 0, u32::MAX.into(), "events")),
+            None => Some(DEFAULT_MIN_EVENTS),
+        };
         let (latency, availability) = (latency?, availability?);
         if latency.is_none() && availability.is_none() {
             self.error(at, "give a latency objective, an availability objective, or both");
             return None;
         }
-        Some(Sla { latency, availability, window: window? })
+        Some(Sla { latency, availability, window: window?, min_events: min_events? })
     }
 }
 
-fn nonzero_u32(n: u64) -> Result<NonZeroU32, String> {
-    u32::try_from(n).ok().and_then(NonZeroU32::new).ok_or_else(|| format!("must be between 1 and {}", u32::MAX))
+fn nonzero_u32(n: &Count) -> Result<NonZeroU32, String> {
+    whole(n, 1, u32::MAX.into(), "").map(|n| NonZeroU32::new(n as u32).expect("at least 1"))
+}
+
+/// A whole number from `min` to `max` (in `unit`, if any), or what was expected instead.
+fn whole(n: &Count, min: u64, max: u64, unit: &str) -> Result<u64, String> {
+    let unit = if unit.is_empty() { String::new() } else { format!(" {unit}") };
+    match n.get() {
+        Some(v) if (min..=max).contains(&v) => Ok(v),
+        Some(v) if v > max => Err(format!("must be at most {max}{unit}, got {v}")),
+        _ => Err(format!("must be a whole number of at least {min}{unit}, got {n}")),
+    }
 }

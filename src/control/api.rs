@@ -48,36 +48,43 @@ fn if_match(headers: &HeaderMap) -> Option<String> {
 async fn change(
     ctl: &Arc<Control>,
     caller: super::Caller,
+    action: String,
     if_match: Option<String>,
     required: bool,
     build: impl FnOnce(&Snapshot) -> Result<Config, Problem> + Send + 'static,
+    describe: impl FnOnce(&Snapshot) -> Value + Send + 'static,
 ) -> Result<(Arc<Snapshot>, Audited), Problem> {
     let ctl = ctl.clone();
-    tokio::task::spawn_blocking(move || ctl.change(&caller, if_match.as_deref(), required, build))
+    tokio::task::spawn_blocking(move || ctl.change(&caller, &action, if_match.as_deref(), required, build, describe))
         .await
         .map_err(|_| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "the change was interrupted: nothing changed"))?
 }
 
-/// A response to an accepted change: the new version, as body and ETag, and what the audit
-/// layer records.
+/// A response to an accepted change: the version now live, as body and ETag, whether the
+/// call changed anything, and what the audit layer records.
 fn changed(snapshot: &Snapshot, audited: Audited) -> Response {
-    let mut response = Json(json!({ "version": snapshot.version })).into_response();
+    let changed = audited.before != audited.after;
+    let mut response = Json(json!({ "version": snapshot.version, "changed": changed })).into_response();
     response.headers_mut().insert(header::ETAG, HeaderValue::from_str(&etag(snapshot.version)).expect("digits"));
     response.extensions_mut().insert(audited);
     response
 }
 
+/// The effective config as `PUT /v1/config` takes it, with its `version` beside its fields.
 async fn get_config(State(ctl): Ctl, headers: HeaderMap) -> Result<Response, Problem> {
     ctl.caller(&headers, Role::Viewer)?;
     let snapshot = ctl.live.load();
-    let mut response = Json(json!({ "version": snapshot.version, "config": snapshot.config.raw })).into_response();
+    let mut body = serde_json::to_value(&snapshot.config.raw).expect("a config serializes");
+    body["version"] = snapshot.version.into();
+    let mut response = Json(body).into_response();
     response.headers_mut().insert(header::ETAG, HeaderValue::from_str(&etag(snapshot.version)).expect("digits"));
     Ok(response)
 }
 
 /// Parses a whole config sent as JSON (JSON is YAML, so errors are placed in the body with
-/// line, column and field path), keeping the live `admin` section.
-fn whole_config(body: &[u8], current: &Snapshot) -> Result<Config, Problem> {
+/// line, column and field path), keeping the live `admin` section. The `version` that
+/// `GET /v1/config` shows may be sent back: when `check_version`, it must be the live one.
+fn whole_config(body: &[u8], current: &Snapshot, check_version: bool) -> Result<Config, Problem> {
     let value = json_body(body)?;
     let text = std::str::from_utf8(body).expect("JSON is UTF-8");
     if let Some(admin) = value.get("admin") {
@@ -89,7 +96,20 @@ fn whole_config(body: &[u8], current: &Snapshot) -> Result<Config, Problem> {
             )));
         }
     }
-    parse_with_live_admin(text, current).map_err(Problem::invalid)
+    match value.get("version") {
+        Some(v) if check_version && v.as_u64() != Some(current.version) => {
+            return Err(Problem::new(
+                StatusCode::PRECONDITION_FAILED,
+                format!(
+                    "the body is of version {v}, the config is at version {}: read it again and retry",
+                    current.version
+                ),
+            ))
+        }
+        _ => {}
+    }
+    config::parse_document(text, &["version"], |raw| raw.admin = current.config.raw.admin.clone())
+        .map_err(Problem::invalid)
 }
 
 /// Parses a config, its `admin` section replaced with the live one.
@@ -106,14 +126,15 @@ fn one_error(path: &str, message: &str) -> ConfigErrors {
 
 async fn put_config(State(ctl): Ctl, headers: HeaderMap, body: Bytes) -> Result<Response, Problem> {
     let caller = ctl.caller(&headers, Role::Admin)?;
-    let (snapshot, audited) =
-        change(&ctl, caller, if_match(&headers), true, move |current| whole_config(&body, current)).await?;
+    let build = move |current: &Snapshot| whole_config(&body, current, true);
+    let action = "PUT /v1/config".to_string();
+    let (snapshot, audited) = change(&ctl, caller, action, if_match(&headers), true, build, |_| json!({})).await?;
     Ok(changed(&snapshot, audited))
 }
 
 async fn validate(State(ctl): Ctl, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, Problem> {
     ctl.caller(&headers, Role::Viewer)?;
-    whole_config(&body, &ctl.live.load())?;
+    whole_config(&body, &ctl.live.load(), false)?;
     Ok(Json(json!({ "valid": true })))
 }
 
@@ -178,8 +199,17 @@ async fn set_part(
             Problem::invalid(ConfigErrors { source: None, errors })
         })
     };
-    let (snapshot, audited) = change(&ctl, caller, if_match(&headers), false, build).await?;
-    if matches!(part, Part::RouteQuota | Part::ServiceQuota) {
+    let action = match (&scope, body.is_some()) {
+        (Some(name), true) => format!("PUT /v1/routes/{name}/{}", part.field()),
+        (Some(name), false) => format!("DELETE /v1/routes/{name}/{}", part.field()),
+        (None, true) => format!("PUT /v1/{}", part.field()),
+        (None, false) => format!("DELETE /v1/{}", part.field()),
+    };
+    let pushed = value.clone();
+    let target = scope.clone().unwrap_or_else(|| "service".into());
+    let describe = move |_: &Snapshot| json!({ "route": target, part.field(): pushed });
+    let (snapshot, audited) = change(&ctl, caller, action, if_match(&headers), false, build, describe).await?;
+    if matches!(part, Part::RouteQuota | Part::ServiceQuota) && audited.before != audited.after {
         let scope = scope.as_deref().unwrap_or("service");
         ctl.events.send(Event::new(
             "quota_updated",

@@ -59,7 +59,7 @@ pub enum Denied {
 impl Tokens {
     /// The caller presenting `authorization` (the value of the `Authorization` header).
     pub fn authenticate(&self, config: &Config, version: u64, authorization: Option<&[u8]>) -> Result<Caller, Denied> {
-        let token = authorization.and_then(|h| h.strip_prefix(b"Bearer ")).filter(|t| !t.is_empty());
+        let token = authorization.and_then(bearer);
         let token = token.ok_or(Denied::Unknown)?;
         let digest: [u8; 32] = Sha256::digest(token).into();
         let principals = self.principals(config, version);
@@ -101,32 +101,28 @@ impl Caller {
 /// source, never with a value.
 fn resolve(raw: &RawToken) -> Option<Principal> {
     let role = Role::parse(&raw.role)?;
-    let value = if let Some(var) = &raw.token_env {
-        match std::env::var(var) {
-            Ok(value) => value,
-            Err(_) => {
-                tracing::error!(token = %raw.name, env = %var, "token variable is not set: this principal cannot call the API");
-                return None;
-            }
+    let value = match crate::config::tokens::read(raw) {
+        Ok(value) => value,
+        Err(why) => {
+            tracing::error!(token = %raw.name, problem = %why, "token cannot be read: this principal cannot call the API");
+            return None;
         }
-    } else if let Some(path) = &raw.token_file {
-        match std::fs::read_to_string(path) {
-            Ok(value) => value,
-            Err(e) => {
-                tracing::error!(token = %raw.name, file = %path, error = %e, "token file cannot be read: this principal cannot call the API");
-                return None;
-            }
-        }
-    } else {
-        tracing::warn!(token = %raw.name, "token written in the config file: fine for local use, use token_env or token_file elsewhere");
-        raw.token.clone()?
     };
-    let value = value.trim();
-    if value.is_empty() {
-        tracing::error!(token = %raw.name, "token is empty: this principal cannot call the API");
-        return None;
+    if raw.token.is_some() {
+        tracing::warn!(token = %raw.name, "token written in the config file: fine for local use, use token_env or token_file elsewhere");
     }
     Some(Principal { caller: Caller { name: raw.name.clone(), role }, digest: Sha256::digest(value.as_bytes()).into() })
+}
+
+/// The token of an `Authorization: Bearer TOKEN` value. The scheme is case-insensitive
+/// (RFC 9110 §11.1) and may be followed by more than one space.
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
@@ -158,9 +154,20 @@ mod tests {
         let tokens = Tokens::default();
         let auth = |h: &str| tokens.authenticate(&config, 1, Some(h.as_bytes()));
         assert_eq!(auth("Bearer admin-secret"), Ok(Caller { name: "cp".into(), role: Role::Admin }));
+        for scheme in ["bearer admin-secret", "BEARER admin-secret", "Bearer  admin-secret", "bEaReR admin-secret "] {
+            assert_eq!(auth(scheme).map(|c| c.name), Ok("cp".into()), "{scheme}");
+        }
         assert_eq!(auth("Bearer view-secret"), Ok(Caller { name: "graf".into(), role: Role::Viewer }));
         assert_eq!(auth("Bearer op-secret").unwrap().role, Role::Operator);
-        for bad in ["Bearer nope", "Bearer ", "admin-secret", "Basic admin-secret", "Bearer admin-secret2"] {
+        for bad in [
+            "Bearer nope",
+            "Bearer ",
+            "admin-secret",
+            "Basic admin-secret",
+            "Bearer admin-secret2",
+            "Beareradmin-secret",
+            "Bearer",
+        ] {
             assert_eq!(auth(bad), Err(Denied::Unknown), "{bad}");
         }
         assert_eq!(tokens.authenticate(&config, 1, None), Err(Denied::Unknown));

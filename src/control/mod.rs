@@ -25,9 +25,13 @@ pub use audit::Audit;
 pub use auth::{Caller, Role};
 pub use problem::Problem;
 
-use crate::config::overlay::Overlay;
+use serde_json::json;
+
+use crate::config::overlay::{Overlay, Push};
+use crate::config::reload::config_fingerprint;
 use crate::config::Config;
 use crate::events::{Event, Events};
+use crate::metrics::{Reload, Source};
 use crate::snapshot::{Live, Snapshot};
 
 /// Request bodies larger than this get 413.
@@ -40,50 +44,55 @@ pub struct Control {
     tokens: auth::Tokens,
     /// Where accepted changes persist; without it, changes are refused (503).
     overlay: Option<Arc<Overlay>>,
-    audit: Option<Audit>,
+    audit: Option<Arc<Audit>>,
     /// One writer at a time: `If-Match` is checked and the change applied under it.
     writer: Mutex<()>,
 }
 
-/// What a mutating handler tells the audit layer: who, and the versions around the change.
+/// What a mutating handler tells the audit layer: who, the versions around the change, and
+/// what it changed.
 #[derive(Clone)]
 struct Audited {
     principal: String,
     before: u64,
     after: u64,
+    change: Option<serde_json::Value>,
 }
 
 impl Control {
-    pub fn new(live: Arc<Live>, events: Events, overlay: Option<Arc<Overlay>>) -> Arc<Self> {
-        let audit = overlay.as_ref().and_then(|o| match Audit::open(o.dir()) {
-            Ok(audit) => Some(audit),
-            Err(e) => {
-                tracing::error!(error = %e, dir = %o.dir().display(), "cannot open the audit log: changes will be refused");
-                None
-            }
-        });
+    /// The control API over `live`. Without an overlay and an audit log (`admin.state_dir`
+    /// not writable), every change is refused.
+    pub fn new(live: Arc<Live>, events: Events, overlay: Option<Arc<Overlay>>, audit: Option<Arc<Audit>>) -> Arc<Self> {
         Arc::new(Self { live, events, tokens: auth::Tokens::default(), overlay, audit, writer: Mutex::new(()) })
     }
 
     /// The caller of a request, if it has at least `needed`.
     pub fn caller(&self, headers: &HeaderMap, needed: Role) -> Result<Caller, Problem> {
-        let snapshot = self.live.load();
-        let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-        let caller = self.tokens.authenticate(&snapshot.config, snapshot.version, authorization)?;
+        let caller = self.authenticate(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()))?;
         caller.require(needed)?;
         Ok(caller)
+    }
+
+    /// The principal of an `Authorization` value, with the token sources as last read.
+    fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Caller, auth::Denied> {
+        self.tokens.authenticate(&self.live.load().config, self.live.generation(), authorization)
     }
 
     /// Applies the config `build` makes from the live snapshot, if `if_match` (an ETag) is
     /// the live version's; `required` makes `If-Match` mandatory (428 without it). The
     /// `admin` section always stays as the file has it. Returns the new snapshot once it
     /// is persisted and live.
+    ///
+    /// `action` names the call (`PUT /v1/routes/a/quota`); `describe` says, for the audit
+    /// record, what the accepted change set (the values pushed).
     fn change(
         &self,
         caller: &Caller,
+        action: &str,
         if_match: Option<&str>,
         required: bool,
         build: impl FnOnce(&Snapshot) -> Result<Config, Problem>,
+        describe: impl FnOnce(&Snapshot) -> serde_json::Value,
     ) -> Result<(Arc<Snapshot>, Audited), Problem> {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.live.load();
@@ -112,20 +121,36 @@ impl Control {
             if let Some(errors) = &problem.errors {
                 let service = &current.config.service;
                 self.events.send(Event::config_rejected(service, "api", Some(&caller.name), errors));
+                self.live.metrics.reloaded(Source::Api, Reload::Failed);
             }
         })?;
-        if let Err(e) = overlay.push(&config.raw) {
+        let audited = |after: u64, change: serde_json::Value| Audited {
+            principal: caller.name.clone(),
+            before: current.version,
+            after,
+            change: Some(change),
+        };
+        if config.raw == current.config.raw {
+            // The live config already: accepted, and nothing to persist or announce.
+            self.live.apply(config, Source::Api);
+            return Ok((current.clone(), audited(current.version, json!({ "unchanged": true }))));
+        }
+        let push = Push { principal: caller.name.clone(), action: action.to_string(), version: current.version + 1 };
+        if let Err(e) = overlay.push(&config.raw, push) {
             tracing::error!(error = %e, "could not persist a change: refused");
             return Err(Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the change could not be persisted: nothing changed",
             ));
         }
-        let next = self.live.apply(config);
-        tracing::info!(principal = %caller.name, version = next.version, changed = ?next.changed_routes(&current), "config applied from the control API");
+        let sha256 = config_fingerprint(&config.raw);
+        let next = self.live.apply(config, Source::Api).snapshot;
+        let changed = next.changed_routes(&current);
+        tracing::info!(principal = %caller.name, version = next.version, changed = %changed.join(","), "config applied from the control API");
         self.events.send(Event::config_applied(&next.config.service, next.version, "api", Some(&caller.name)));
-        let audited = Audited { principal: caller.name.clone(), before: current.version, after: next.version };
-        Ok((next, audited))
+        let mut change = describe(&next);
+        change["config_sha256"] = sha256.into();
+        Ok((next.clone(), audited(next.version, change)))
     }
 }
 
@@ -226,21 +251,43 @@ async fn audit_calls(State(control): State<Arc<Control>>, request: Request, next
     let authorization = request.headers().get(header::AUTHORIZATION).cloned();
     let version = control.live.load().version;
     let response = next.run(request).await;
-    let (principal, before, after) = match response.extensions().get::<Audited>() {
-        Some(a) => (Some(a.principal.clone()), a.before, a.after),
+    let status = response.status().as_u16();
+    let (record, authenticated) = match response.extensions().get::<Audited>() {
+        Some(a) => {
+            let record = audit::Record {
+                principal: Some(a.principal.clone()),
+                remote,
+                action,
+                version_before: a.before,
+                version_after: a.after,
+                status,
+                change: a.change.clone(),
+            };
+            (record, true)
+        }
         // Refused before the handler knew who called: name the token, if it is one.
         None => {
-            let snapshot = control.live.load();
-            let presented = authorization.as_ref().map(|v| v.as_bytes());
-            let caller = control.tokens.authenticate(&snapshot.config, snapshot.version, presented);
-            (caller.ok().map(|c| c.name), version, version)
+            let caller = control.authenticate(authorization.as_ref().map(|v| v.as_bytes())).ok();
+            let authenticated = caller.is_some();
+            let principal = caller.map(|c| c.name);
+            let record = audit::Record {
+                principal,
+                remote,
+                action,
+                version_before: version,
+                version_after: version,
+                status,
+                change: None,
+            };
+            (record, authenticated)
         }
     };
-    let status = response.status().as_u16();
-    let record = audit::Record { principal, remote, action, version_before: before, version_after: after, status };
-    // Synced to disk before the response goes out, off the async workers.
+    let now = control.live.clock();
+    // Synced to disk before the response goes out, off the async workers. Calls without a
+    // valid token are written at a bounded rate, so that a flood of them cannot fill the disk.
     let appended = tokio::task::spawn_blocking(move || match &control.audit {
-        Some(audit) => audit.append(record),
+        Some(audit) if authenticated => audit.append(record),
+        Some(audit) => audit.append_unauthenticated(record, now),
         None => Ok(()),
     })
     .await;

@@ -42,6 +42,25 @@ impl Mode {
     }
 }
 
+/// Which responses carry the quota's `RateLimit` and `RateLimit-Policy` fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advertise {
+    /// Refusals (429) only.
+    Refusals,
+    /// Every response to a request the quota decided on, so clients can pace themselves.
+    Always,
+}
+
+impl Advertise {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "refusals" => Ok(Self::Refusals),
+            "always" => Ok(Self::Always),
+            _ => Err(format!("`{text}` is not a choice: use refusals or always")),
+        }
+    }
+}
+
 /// A validated rate quota: `rate` requests per `per`, up to `burst` at once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateSpec {
@@ -51,6 +70,7 @@ pub struct RateSpec {
     pub key: KeySpec,
     pub mode: Mode,
     pub max_keys: NonZeroUsize,
+    pub advertise: Advertise,
 }
 
 impl RateSpec {
@@ -64,10 +84,10 @@ impl RateSpec {
         self.emission_interval() * self.burst.get()
     }
 
-    /// Whether limiter state built for `self` stays exact under `other`. The mode only
-    /// decides what to do with a decision, so it can change without a reset.
+    /// Whether limiter state built for `self` stays exact under `other`. The mode and what
+    /// is advertised only decide what to do with a decision, so they change without a reset.
     pub fn same_limiter(&self, other: &RateSpec) -> bool {
-        RateSpec { mode: other.mode, ..self.clone() } == *other
+        RateSpec { mode: other.mode, advertise: other.advertise, ..self.clone() } == *other
     }
 }
 
@@ -242,6 +262,7 @@ mod tests {
             key: KeySpec::ClientIp,
             mode: Mode::Enforce,
             max_keys: NonZeroUsize::new(max_keys).unwrap(),
+            advertise: Advertise::Refusals,
         }
     }
 

@@ -10,6 +10,7 @@
 //! Memory per SLI is fixed when it is built: 1,872 buckets of 24 bytes (44,928 bytes),
 //! whatever the traffic; see [`Windows::bytes`].
 
+pub mod checkpoint;
 mod window;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -91,6 +92,8 @@ pub enum Alert {
 
 struct State {
     objective: f64,
+    /// Fewest events in a rule's long window for it to fire.
+    min_events: u64,
     windows: Windows,
     breached: Option<Severity>,
 }
@@ -110,14 +113,22 @@ pub struct Sli {
 const ONE: u64 = 1 << 32;
 
 impl Sli {
+    /// An SLI whose rules fire on any traffic; see [`Sli::with_min_events`].
     pub fn new(kind: SliKind, objective: f64, threshold: Option<Duration>, window: Duration) -> Self {
         Self {
             kind,
             window,
             threshold,
             pending: AtomicU64::new(0),
-            state: Mutex::new(State { objective, windows: Windows::new(window), breached: None }),
+            state: Mutex::new(State { objective, min_events: 0, windows: Windows::new(window), breached: None }),
         }
+    }
+
+    /// A rule fires only when its long window holds at least `n` events: a handful of
+    /// requests with one error is no evidence of a burn.
+    pub fn with_min_events(self, n: u64) -> Self {
+        self.lock().min_events = n;
+        self
     }
 
     #[inline]
@@ -128,11 +139,13 @@ impl Sli {
     /// Whether this state can serve an SLI defined by `threshold` and `window`: the counts
     /// stay true only if good and the window mean what they meant. The objective is only
     /// a yardstick, so it changes in place.
-    fn adopt(&self, objective: f64, threshold: Option<Duration>, window: Duration) -> bool {
+    fn adopt(&self, objective: f64, min_events: u64, threshold: Option<Duration>, window: Duration) -> bool {
         if self.threshold != threshold || self.window != window {
             return false;
         }
-        self.lock().objective = objective;
+        let mut state = self.lock();
+        state.objective = objective;
+        state.min_events = min_events;
         true
     }
 
@@ -147,7 +160,7 @@ impl Sli {
         let mut state = self.lock();
         state.windows.add(now, Counts { good: pending & (ONE - 1), total: pending >> 32 });
         let report = report(self.kind, &state, now);
-        let firing = firing(&report);
+        let firing = firing(&state, &report, now);
         let alert = match (state.breached, firing) {
             // A slow burn turning fast is a new, more urgent breach; the way back is not.
             (None | Some(Severity::Slow), Some(Severity::Fast)) | (None, Some(Severity::Slow)) => {
@@ -162,6 +175,39 @@ impl Sli {
 
     pub fn report(&self, now: Duration) -> Report {
         report(self.kind, &self.lock(), now)
+    }
+
+    /// This SLI's state at `now`, for a checkpoint: what was recorded since the last tick
+    /// is left for the tick.
+    pub fn export(&self) -> checkpoint::SliState {
+        let state = self.lock();
+        checkpoint::SliState {
+            kind: self.kind.as_str().into(),
+            threshold_ns: self.threshold.map(|t| t.as_nanos() as u64),
+            window_ns: self.window.as_nanos() as u64,
+            breached: state.breached.map(|s| s.as_str().to_string()),
+            rings: state.windows.export(),
+        }
+    }
+
+    /// Takes the counts and breach state of a checkpoint made by an SLI of the same
+    /// definition (kind, threshold, window); what has left the windows by `now` is
+    /// dropped. False, and nothing taken, for another definition.
+    pub fn import(&self, saved: &checkpoint::SliState, now: Duration) -> bool {
+        let same = saved.kind == self.kind.as_str()
+            && saved.threshold_ns == self.threshold.map(|t| t.as_nanos() as u64)
+            && saved.window_ns == self.window.as_nanos() as u64;
+        if !same {
+            return false;
+        }
+        let mut state = self.lock();
+        state.windows.import(now, &saved.rings);
+        state.breached = match saved.breached.as_deref() {
+            Some("fast") => Some(Severity::Fast),
+            Some("slow") => Some(Severity::Slow),
+            _ => None,
+        };
+        true
     }
 
     /// The memory of this SLI's windows, fixed when it is built.
@@ -185,10 +231,15 @@ fn report(kind: SliKind, state: &State, now: Duration) -> Report {
     }
 }
 
-/// The most severe rule pair that fires, if any.
-fn firing(report: &Report) -> Option<Severity> {
+/// The most severe rule pair that fires, if any. A rule whose long window holds fewer than
+/// `min_events` events does not fire: its burn rate says too little.
+fn firing(state: &State, report: &Report, now: Duration) -> Option<Severity> {
     let fires = |rules: &[(Window, Window, f64)]| {
-        rules.iter().any(|&(long, short, factor)| report.burn(long) > factor && report.burn(short) > factor)
+        rules.iter().any(|&(long, short, factor)| {
+            report.burn(long) > factor
+                && report.burn(short) > factor
+                && state.windows.over(now, long).total >= state.min_events
+        })
     };
     if fires(&FAST) {
         Some(Severity::Fast)
@@ -210,16 +261,18 @@ impl RouteSla {
     /// The SLIs for `spec`, keeping from `previous` each SLI whose definition is unchanged.
     pub fn build(spec: Option<&SlaSpec>, previous: Option<&RouteSla>) -> Self {
         let Some(spec) = spec else { return Self::default() };
-        let keep = |old: Option<&Arc<Sli>>, objective: f64, threshold: Option<Duration>| {
-            old.filter(|s| s.adopt(objective, threshold, spec.window)).cloned()
+        let sli = |kind, old: Option<&Arc<Sli>>, objective: f64, threshold: Option<Duration>| match old
+            .filter(|s| s.adopt(objective, spec.min_events, threshold, spec.window))
+        {
+            Some(kept) => kept.clone(),
+            None => Arc::new(Sli::new(kind, objective, threshold, spec.window).with_min_events(spec.min_events)),
         };
-        let latency = spec.latency.as_ref().map(|l| {
-            keep(previous.and_then(|p| p.latency.as_ref()), l.objective, Some(l.threshold))
-                .unwrap_or_else(|| Arc::new(Sli::new(SliKind::Latency, l.objective, Some(l.threshold), spec.window)))
-        });
+        let latency = spec
+            .latency
+            .as_ref()
+            .map(|l| sli(SliKind::Latency, previous.and_then(|p| p.latency.as_ref()), l.objective, Some(l.threshold)));
         let availability = spec.availability.map(|objective| {
-            keep(previous.and_then(|p| p.availability.as_ref()), objective, None)
-                .unwrap_or_else(|| Arc::new(Sli::new(SliKind::Availability, objective, None, spec.window)))
+            sli(SliKind::Availability, previous.and_then(|p| p.availability.as_ref()), objective, None)
         });
         Self { latency, availability }
     }

@@ -56,6 +56,7 @@ fn latency_is_good_up_to_and_including_the_threshold() {
         latency: Some(LatencySla { threshold: Duration::from_millis(200), objective: 0.5 }),
         availability: Some(0.5),
         window: 30 * DAY,
+        min_events: 100,
     };
     let sla = RouteSla::build(Some(&spec), None);
     sla.record(Duration::from_millis(100), false);
@@ -168,6 +169,7 @@ fn a_reload_keeps_each_sli_whose_definition_did_not_change() {
         latency: Some(LatencySla { threshold: Duration::from_millis(threshold_ms), objective }),
         availability: Some(objective),
         window,
+        min_events: 100,
     };
     let before = RouteSla::build(Some(&spec(200, 0.99, 30 * DAY)), None);
     before.record(Duration::from_millis(500), true);
@@ -219,4 +221,22 @@ proptest! {
             prop_assert!((r.burn(window) - expected).abs() < 1e-9, "{window:?}: {} vs {expected}", r.burn(window));
         }
     }
+}
+
+#[test]
+fn a_breach_needs_min_events_in_the_long_window() {
+    // A fresh process: 1 error in 30 requests burns 99.9% at 33×, over both fast windows.
+    let quiet = availability(0.999).with_min_events(100);
+    record(&quiet, 29, 1);
+    let (report, alert) = quiet.tick(Duration::from_secs(1));
+    assert!(report.burn(Window::H1) > 14.4 && report.burn(Window::M5) > 14.4, "{report:?}");
+    assert_eq!((alert, report.breached), (None, None), "30 events are too few to page on");
+    // The same error ratio over enough events does page.
+    record(&quiet, 70 * 29, 70);
+    let (_, alert) = quiet.tick(Duration::from_secs(2));
+    assert_eq!(alert, Some(Alert::Breached(Severity::Fast)));
+    // Without a minimum, the 30 would have paged at once.
+    let eager = availability(0.999);
+    record(&eager, 29, 1);
+    assert_eq!(eager.tick(Duration::from_secs(1)).1, Some(Alert::Breached(Severity::Fast)));
 }

@@ -77,6 +77,29 @@ impl Ring {
     pub fn bytes(&self) -> usize {
         std::mem::size_of_val(&*self.slots)
     }
+
+    /// The buckets that hold counts: `[bucket, good, total]` each.
+    pub fn export(&self) -> Vec<[u64; 3]> {
+        let live = self.slots.iter().filter(|s| s.bucket != u64::MAX && s.counts.total > 0);
+        live.map(|s| [s.bucket, s.counts.good, s.counts.total]).collect()
+    }
+
+    /// Puts exported buckets back, those still within the ring's span at `now`; a bucket
+    /// from later than `now`, or with more good than total, is no count of this ring's and
+    /// is left out. Returns how many were put back.
+    pub fn import(&mut self, now: Duration, buckets: &[[u64; 3]]) -> usize {
+        let current = self.bucket(now);
+        let len = self.slots.len() as u64;
+        let mut kept = 0;
+        for &[bucket, good, total] in buckets {
+            if bucket > current || current - bucket >= len || good > total {
+                continue;
+            }
+            self.slots[(bucket % len) as usize] = Slot { bucket, counts: Counts { good, total } };
+            kept += 1;
+        }
+        kept
+    }
 }
 
 /// The burn-rate windows, each read from the finest ring that spans it.
@@ -161,6 +184,17 @@ impl Windows {
         self.sla.sum(now, WINDOW_BUCKETS)
     }
 
+    /// Every ring's buckets that hold counts: the burn-rate rings, then the SLA window's.
+    pub fn export(&self) -> [Vec<[u64; 3]>; 4] {
+        [self.burn[0].export(), self.burn[1].export(), self.burn[2].export(), self.sla.export()]
+    }
+
+    /// Puts exported rings back (see [`Ring::import`]); returns how many buckets were kept.
+    pub fn import(&mut self, now: Duration, rings: &[Vec<[u64; 3]>; 4]) -> usize {
+        let [a, b, c] = &mut self.burn;
+        [a, b, c, &mut self.sla].into_iter().zip(rings).map(|(ring, buckets)| ring.import(now, buckets)).sum()
+    }
+
     /// The memory this SLI's windows hold: fixed when built, whatever the traffic.
     pub fn bytes(&self) -> usize {
         self.burn.iter().map(Ring::bytes).sum::<usize>() + self.sla.bytes()
@@ -191,6 +225,21 @@ mod tests {
         assert_eq!(ring.sum(61 * S, 6), c(3, 4));
         // Long after, nothing is left in the window, without any slot being cleared.
         assert_eq!(ring.sum(1000 * S, 6), c(0, 0));
+    }
+
+    #[test]
+    fn a_ring_exported_and_imported_later_keeps_only_what_is_still_in_its_span() {
+        let mut ring = Ring::new(10 * S, 6);
+        ring.add(5 * S, c(1, 1)); // bucket 0
+        ring.add(25 * S, c(2, 3)); // bucket 2
+        let exported = ring.export();
+        assert_eq!(exported, [[0, 1, 1], [2, 2, 3]]);
+        // 60 s on, bucket 0 has left the six-bucket span; bucket 2 has not.
+        let mut fresh = Ring::new(10 * S, 6);
+        assert_eq!(fresh.import(65 * S, &exported), 1);
+        assert_eq!(fresh.sum(65 * S, 6), c(2, 3));
+        // Nothing from the future, nor counts that cannot be.
+        assert_eq!(Ring::new(10 * S, 6).import(5 * S, &[[2, 1, 1], [0, 2, 1]]), 0);
     }
 
     #[test]
