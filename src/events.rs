@@ -3,8 +3,9 @@
 //! `events.webhook` is set, POSTed to it through a bounded queue. Sending never waits:
 //! a full queue drops the event and counts it, so no request is ever slowed.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -102,16 +103,31 @@ impl Event {
 pub struct Events {
     bus: broadcast::Sender<Arc<Event>>,
     webhook: Option<mpsc::Sender<Arc<Event>>>,
+    /// The last [`RECENT`] events, for a viewer that opens now (the dashboard).
+    recent: Arc<Mutex<VecDeque<Arc<Event>>>>,
     pub dropped: Arc<AtomicU64>,
 }
 
 /// Events waiting for the webhook; more are dropped.
 pub const WEBHOOK_QUEUE: usize = 1024;
 
+/// Events kept for [`Events::recent`].
+pub const RECENT: usize = 100;
+
 impl Events {
     /// Without a webhook: the in-process stream only.
     pub fn new() -> Self {
-        Self { bus: broadcast::channel(256).0, webhook: None, dropped: Arc::default() }
+        Self {
+            bus: broadcast::channel(256).0,
+            webhook: None,
+            recent: Arc::new(Mutex::new(VecDeque::with_capacity(RECENT))),
+            dropped: Arc::default(),
+        }
+    }
+
+    /// The last [`RECENT`] events, oldest first.
+    pub fn recent(&self) -> Vec<Arc<Event>> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
     }
 
     /// With a webhook, and the task that delivers to it (run it with `tokio::spawn`).
@@ -127,6 +143,13 @@ impl Events {
 
     pub fn send(&self, event: Event) {
         let event = Arc::new(event);
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(event.clone());
+        }
         let _ = self.bus.send(event.clone()); // no listener is fine
         if let Some(webhook) = &self.webhook {
             if webhook.try_send(event).is_err() {
@@ -208,5 +231,16 @@ mod tests {
         // A listener that did not keep up loses the oldest events; the sender never waited.
         assert!(matches!(stream.try_recv(), Err(broadcast::error::TryRecvError::Lagged(_))));
         assert_eq!(stream.try_recv().unwrap().kind(), "config_applied");
+    }
+
+    #[test]
+    fn the_last_hundred_events_are_kept_oldest_first() {
+        let events = Events::new();
+        for i in 0..RECENT + 5 {
+            events.send(Event::new("quota_updated", json!({ "n": i })));
+        }
+        let recent = events.recent();
+        assert_eq!(recent.len(), RECENT);
+        assert_eq!((recent[0].json()["n"].as_u64(), recent[RECENT - 1].json()["n"].as_u64()), (Some(5), Some(104)));
     }
 }

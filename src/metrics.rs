@@ -110,6 +110,18 @@ impl RouteMetrics {
     pub fn decisions(&self, decision: Decision) -> u64 {
         self.decisions[decision as usize].get()
     }
+
+    /// The request duration histogram as it is now: each bucket's upper bound (seconds)
+    /// and cumulative count, the `+Inf` bucket last.
+    pub fn latency_buckets(&self) -> Vec<(f64, u64)> {
+        use prometheus::core::Metric;
+        let metric = self.duration.metric();
+        let histogram = metric.get_histogram();
+        let mut buckets: Vec<(f64, u64)> =
+            histogram.get_bucket().iter().map(|b| (b.upper_bound(), b.cumulative_count())).collect();
+        buckets.push((f64::INFINITY, histogram.get_sample_count()));
+        buckets
+    }
 }
 
 /// Where a config came from, for `sluice_config_reloads_total`.

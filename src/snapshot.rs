@@ -11,17 +11,19 @@ use arc_swap::ArcSwap;
 
 use crate::config::Config;
 use crate::metrics::{Metrics, Reload, RouteMetrics, Source};
-use crate::quota::{Concurrency, ConcurrencySpec, Mode, RateLimit, RateSpec};
+use crate::quota::{Advertise, Concurrency, ConcurrencySpec, Mode, RateLimit, RateSpec};
 use crate::route::Matcher;
 use crate::sla::RouteSla;
 
 pub use crate::config::UNMATCHED;
 
-/// A rate quota in force: shared state plus the mode it is applied in.
+/// A rate quota in force: shared state plus the mode it is applied in and what its
+/// responses advertise (both may change without resetting the state).
 #[derive(Clone)]
 pub struct RateQuota {
     pub limit: Arc<RateLimit>,
     pub mode: Mode,
+    pub advertise: Advertise,
 }
 
 /// The quotas of one scope: a route, or the whole service.
@@ -45,6 +47,7 @@ impl Quotas {
             RateQuota {
                 limit: kept.map_or_else(|| Arc::new(RateLimit::new(spec.clone())), |q| q.limit.clone()),
                 mode: spec.mode,
+                advertise: spec.advertise,
             }
         });
         let concurrency =

@@ -123,6 +123,11 @@ fn demo_runs_on_its_own_and_shows_429s() {
     assert!(stdout.contains("proxy     http://127.0.0.1:"), "{stdout}");
     assert!(stdout.contains("metrics   http://127.0.0.1:"), "{stdout}");
     assert!(stdout.contains("dashboard http://127.0.0.1:") && stdout.contains("/#token=demo-"), "{stdout}");
+    // Its own token comes from a file of its own: nothing to warn about.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("token"), "the demo warned about its token:\n{stderr}");
+    let warnings = stderr.lines().filter(|l| l.contains("WARN"));
+    assert!(warnings.clone().all(|l| l.contains("sla_breached")), "only its SLA may warn:\n{stderr}");
     let last = stdout.lines().last().unwrap();
     let number = |label: &str| -> u64 {
         let after = last.split(label).nth(1).unwrap();
@@ -156,4 +161,93 @@ async fn a_1_gib_upload_streams_through_in_bounded_memory() {
     assert_eq!(received, TOTAL.to_string());
     let peak = process.peak_rss_kib();
     assert!(peak < before + 32 * 1024, "peak RSS grew from {before} KiB to {peak} KiB for a 1 GiB body");
+}
+
+#[test]
+fn validate_and_run_list_all_four_mistakes_of_a_file() {
+    let dir = temp_dir("four");
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "service: s\nlisten: 127.0.0.1:0\nupstream: http://127.0.0.1:1\nroutes:\n  - name: a\n    match: { path: /a }\n    quota: { rate: -5, per: 1m }\n    timout: 2s\n  - name: b\n    match: { path: /b }\n    sla: { latency: { threshold: 200ms, objective: 99 }, window: 1m }\n",
+    )
+    .unwrap();
+    let file = bad.display().to_string();
+    let expected = [
+        format!("{file}:7:20: routes[0].quota.rate: must be a whole number of at least 1, got -5"),
+        format!("{file}:8:5: routes[0].timout: Unknown field `timout`, expected one of `name`, `match`, `timeout`, `quota`, `concurrency`, or `sla`"),
+        format!("{file}:11:52: routes[1].sla.latency.objective: `99` is not a percentage: write e.g. `99.9%`"),
+        format!("{file}:11:66: routes[1].sla.window: `1m` is shorter than 1h"),
+    ];
+    let out = sluice().args(["validate", "--config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().collect::<Vec<_>>(), expected);
+    let out = sluice().args(["run", "--config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().collect::<Vec<_>>(), expected);
+}
+
+#[test]
+fn a_token_that_cannot_be_read_stops_run_and_is_a_warning_to_validate() {
+    let dir = temp_dir("tokens");
+    let path = dir.join("sluice.yaml");
+    let text = "service: s\nlisten: 127.0.0.1:0\nupstream: http://127.0.0.1:1\nadmin:\n  listen: 127.0.0.1:0\n  tokens:\n    - { name: cp, role: admin, token_env: SLUICE_TEST_NEVER_SET }\n    - { name: graf, role: viewer, token_file: /nonexistent/viewer.token }\n";
+    std::fs::write(&path, text).unwrap();
+    let file = path.display().to_string();
+    let run = sluice().args(["run", "--config"]).arg(&path).env_remove("SLUICE_TEST_NEVER_SET").output().unwrap();
+    assert_eq!(run.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert_eq!(
+        lines[0],
+        format!("{file}:7:43: admin.tokens[0].token_env: token `cp`: the variable `SLUICE_TEST_NEVER_SET` is not set")
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "{file}:8:47: admin.tokens[1].token_file: token `graf`: cannot read `/nonexistent/viewer.token`"
+        )),
+        "{stderr}"
+    );
+    let validate =
+        sluice().args(["validate", "--config"]).arg(&path).env_remove("SLUICE_TEST_NEVER_SET").output().unwrap();
+    assert_eq!(validate.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&validate.stdout), "ok\n");
+    let warnings = String::from_utf8_lossy(&validate.stderr);
+    assert!(warnings.starts_with(&format!("warning: {file}:7:43: admin.tokens[0].token_env")), "{warnings}");
+    assert_eq!(warnings.lines().count(), 2, "{warnings}");
+    // With the secret in place, run starts.
+    let ok = sluice().args(["validate", "--config"]).arg(&path).env("SLUICE_TEST_NEVER_SET", "x").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&ok.stderr).lines().count(), 1, "only the missing file is left");
+}
+
+#[test]
+fn logs_to_a_file_are_plain_and_json_logs_leave_out_absent_fields() {
+    let dir = temp_dir("logs");
+    let path = dir.join("sluice.yaml");
+    std::fs::write(&path, format!("service: s\nlisten: 127.0.0.1:0\nupstream: http://127.0.0.1:1\nadmin:\n  listen: 127.0.0.1:0\n  state_dir: {}\n", dir.join("state").display())).unwrap();
+    for format in ["human", "json"] {
+        let log = dir.join(format!("{format}.log"));
+        let mut child = sluice()
+            .args(["--log-format", format, "run", "--config"])
+            .arg(&path)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while !std::fs::read_to_string(&log).unwrap().contains("sluice is serving") {
+            assert!(start.elapsed() < Duration::from_secs(10), "sluice did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(!text.contains('\u{1b}'), "escape codes in a log file:\n{text}");
+        if format == "json" {
+            let serving = text.lines().find(|l| l.contains("sluice is serving")).unwrap();
+            let json: serde_json::Value = serde_json::from_str(serving).unwrap();
+            assert!(json["fields"].get("metrics_addr").is_none(), "{serving}");
+            assert!(!text.contains("\"None\""), "{text}");
+        }
+    }
 }

@@ -559,3 +559,162 @@ async fn without_a_writable_state_dir_changes_are_refused() {
     assert_eq!(api.version().await, 1);
     assert_eq!(api.get("/v1/status", VIEWER).await.status, 200, "reads still work");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_get_returns_put_takes_back_as_a_no_op_and_changes_say_what_they_set() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, REST).await;
+    let api = Api::new(&sluice);
+
+    // GET -> PUT unchanged, with its ETag: accepted, and the version stays.
+    let current = api.get("/v1/config", ADMIN).await;
+    let tag = current.etag.clone().unwrap();
+    let reply = api.put("/v1/config", ADMIN, Some(&tag), &current.json).await;
+    assert_eq!((reply.status.as_u16(), &reply.json), (200, &json!({ "version": 1, "changed": false })));
+    assert_eq!(reply.etag.as_deref(), Some("\"1\""));
+    assert_eq!(api.version().await, 1);
+    // A body of another version is stale, whatever If-Match says.
+    let mut stale = current.json.clone();
+    stale["version"] = json!(7);
+    assert_eq!(api.put("/v1/config", ADMIN, Some(&tag), &stale).await.status, 412);
+
+    // A real change moves it by one, and the audit record says what it set.
+    let quota = json!({ "rate": 7, "per": "1m", "burst": 3 });
+    let reply = api.put("/v1/routes/a/quota", OPERATOR, Some("\"1\""), &quota).await;
+    assert_eq!((reply.status.as_u16(), &reply.json), (200, &json!({ "version": 2, "changed": true })));
+    // The same push again changes nothing: no new version, no quota_updated.
+    let mut stream = sluice.running().events().subscribe();
+    let reply = api.put("/v1/routes/a/quota", OPERATOR, None, &quota).await;
+    assert_eq!(reply.json, json!({ "version": 2, "changed": false }));
+    assert!(stream.try_recv().is_err(), "a no-op announces nothing");
+    let mut config = api.get("/v1/config", ADMIN).await.json;
+    config["routes"][0]["timeout"] = json!("3s");
+    assert_eq!(api.put("/v1/config", ADMIN, Some("\"2\""), &config).await.json["version"], 3);
+
+    let records = api.get("/v1/audit", VIEWER).await.json["records"].as_array().unwrap().clone();
+    let changes: Vec<&Value> = records.iter().map(|r| &r["change"]).collect();
+    assert_eq!(changes[0], &json!({ "unchanged": true }));
+    assert_eq!(changes[2]["route"], "a");
+    assert_eq!(changes[2]["quota"], quota);
+    let sha = changes[2]["config_sha256"].as_str().unwrap();
+    assert_eq!(sha.len(), 64);
+    assert_eq!(changes[3], &json!({ "unchanged": true }));
+    // A replaced config is named by the SHA-256 of what is now live, as GET shows it.
+    let live = sluice.running().snapshot().config.raw.clone();
+    let expected = sluice::config::reload::config_fingerprint(&live);
+    assert_eq!(changes[4]["config_sha256"], expected.as_str());
+    let text = std::fs::read_to_string(sluice.running().snapshot().config.admin.state_dir.join("audit.jsonl")).unwrap();
+    assert!(!text.contains(ADMIN) && !text.contains(OPERATOR));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, REST).await;
+    let client = client();
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let req = Request::get(sluice.admin_url("/v1/status"))
+            .header("authorization", format!("{scheme} {VIEWER}"))
+            .body(empty())
+            .unwrap();
+        assert_eq!(send(&client, req).await.0.status(), 200, "{scheme}");
+    }
+    let req = Request::get(sluice.admin_url("/v1/status")).header("authorization", format!("Basic {VIEWER}"));
+    assert_eq!(send(&client, req.body(empty()).unwrap()).await.0.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_bad_tokens_cannot_fill_the_audit_log() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, REST).await;
+    let api = std::sync::Arc::new(Api::new(&sluice));
+    let calls = 10_000;
+    let tasks: Vec<_> = (0..50)
+        .map(|t| {
+            let api = api.clone();
+            tokio::spawn(async move {
+                for i in 0..calls / 50 {
+                    let token = format!("guess-{t}-{i}");
+                    let reply = api.call(Method::PUT, "/v1/quota", Some(&token), None, Some(b"{}".to_vec())).await;
+                    assert_eq!(reply.status, 401);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // One real change after the flood: the summary of what was left out comes before it.
+    assert_eq!(api.put("/v1/routes/a/quota", OPERATOR, None, &json!({ "rate": 5, "per": "1s" })).await.status, 200);
+    let log = sluice.running().snapshot().config.admin.state_dir.join("audit.jsonl");
+    let size = std::fs::metadata(&log).unwrap().len();
+    // docs/control-api.md: 20 at once, then one a second, each about 250 bytes.
+    assert!(size < 64 * 1024, "the audit log grew to {size} bytes");
+    let records = api.get("/v1/audit?limit=10000", VIEWER).await.json["records"].as_array().unwrap().clone();
+    let written = records.iter().filter(|r| r["status"] == 401 && r["action"] != "suppressed").count() as u64;
+    let suppressed: u64 = records
+        .iter()
+        .filter(|r| r["action"] == "suppressed")
+        .map(|r| r["change"]["suppressed"].as_u64().unwrap())
+        .sum();
+    assert_eq!(written + suppressed, calls, "every call is written or counted");
+    assert!(suppressed > 9_000, "{suppressed}");
+    let m = sluice.scrape().await;
+    assert_eq!(m.value("sluice_audit_suppressed_total", "") as u64, suppressed);
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice")).args(["audit", "verify"]).arg(&log).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_audit_log_missing_its_last_line_fails_verification() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, REST).await;
+    let api = Api::new(&sluice);
+    for rate in 1..=3 {
+        assert_eq!(
+            api.put("/v1/routes/a/quota", OPERATOR, None, &json!({ "rate": rate, "per": "1s" })).await.status,
+            200
+        );
+    }
+    let log = sluice.running().snapshot().config.admin.state_dir.join("audit.jsonl");
+    let verify = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice")).args(["audit", "verify"]).arg(&log).output().unwrap()
+    };
+    assert_eq!(String::from_utf8_lossy(&verify().stdout), "ok: 3 records\n");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let cut: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&log, cut).unwrap();
+    let out = verify();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("holds 2 records, its head 3: records were removed from its end"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_lists_every_error_type_errors_included() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, REST).await;
+    let api = Api::new(&sluice);
+    let mut config = api.get("/v1/config", ADMIN).await.json;
+    config["routes"][0]["quota"] = json!({ "rate": -5, "per": "1s" });
+    config["routes"][0]["timeout"] = json!("soon");
+    config["routes"][1]["sla"] =
+        json!({ "latency": { "threshold": "20ms", "objective": 99.5 }, "availability": "120%" });
+    let body = serde_json::to_string_pretty(&config).unwrap().into_bytes();
+    let reply = api.call(Method::POST, "/v1/config/validate", Some(VIEWER), None, Some(body)).await;
+    assert_eq!(reply.status, 422);
+    let errors: Vec<(String, String)> = reply.json["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["path"].as_str().unwrap().to_string(), e["message"].as_str().unwrap().to_string()))
+        .collect();
+    let paths: Vec<&str> = errors.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["routes[0].quota.rate", "routes[0].timeout", "routes[1].sla.availability", "routes[1].sla.latency.objective"],
+        "{errors:?}"
+    );
+    assert_eq!(errors[0].1, "must be a whole number of at least 1, got -5");
+}

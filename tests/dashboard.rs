@@ -34,7 +34,21 @@ async fn the_dashboard_renders_the_routes_and_follows_a_quota_change() {
             Request::builder().method(method).uri(sluice.url(path)).header("x-consumer-id", format!("c{}", i % 2));
         send(&client, req.body(empty()).unwrap()).await;
     }
+    // Requests without the key's header: the offenders list names them `(no key)`.
+    for _ in 0..3 {
+        send(&client, Request::post(sluice.url("/claims/submit")).body(empty()).unwrap()).await;
+    }
+    // `claims` answers in about 15 ms: its percentiles lie in the (10 ms, 25 ms] bucket.
+    for i in 0..20 {
+        get(&client, &sluice.url(&format!("/claims/{i}?delay=15"))).await;
+    }
     sluice.running().tick();
+    // An event from before the page opens: it must be listed, in words, when it does.
+    let push = Request::put(sluice.admin_url("/v1/routes/claims/sla"))
+        .header("authorization", "Bearer dashboard-operator-token")
+        .body(full(r#"{"availability": "99.5%"}"#))
+        .unwrap();
+    assert_eq!(send(&client, push).await.0.status(), 200);
 
     let page = sluice.admin_url("");
     let (response, body) = get(&client, &format!("{page}/")).await;
@@ -69,6 +83,20 @@ async fn the_dashboard_renders_the_routes_and_follows_a_quota_change() {
     let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert!(seen["before"].as_str().unwrap().contains("quota 5 per 1s"), "{seen}");
     assert!(seen["after"].as_str().unwrap().contains("quota 4242 per 60s, burst 77"), "{seen}");
+    let events = seen["events"].as_array().unwrap();
+    let before_open = |e: &&serde_json::Value| {
+        e["kind"] == "config_applied" && e["text"].as_str().unwrap().contains("v2 from api by ops")
+    };
+    assert!(events.iter().any(|e| before_open(&e)), "the push made before the page opened is listed: {seen}");
+    assert!(events.iter().any(|e| e["kind"] == "quota_updated"), "{seen}");
+    for event in events {
+        assert!(!event["text"].as_str().unwrap().contains('{'), "events are shown in words, not JSON: {event}");
+    }
+    let claims = &seen["percentiles"]["claims"];
+    let [p50, p90, p99] = ["p50", "p90", "p99"].map(|q| claims[q].as_f64().unwrap_or_else(|| panic!("{q}: {seen}")));
+    assert!(p50 <= p90 && p90 <= p99, "{seen}");
+    assert!((0.010..=0.025).contains(&p50) && (0.010..=0.025).contains(&p99), "{seen}");
+    assert!(seen["offenders"].as_str().unwrap().contains("(no key)"), "{seen}");
     let png = std::fs::metadata(artifacts.join("dashboard.png")).expect("a screenshot");
     assert!(png.len() > 10_000, "a real screenshot, not an empty one");
 }

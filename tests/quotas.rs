@@ -201,3 +201,45 @@ async fn a_flood_of_distinct_keys_stays_within_max_keys_and_is_swept() {
     eventually("the full table to be swept", Duration::from_secs(3), async || limit.keys() == 0).await;
     assert!(limit.evicted() >= 50);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn advertise_always_tells_admitted_requests_what_is_left() {
+    let upstream = Upstream::start().await;
+    let routes = "quota: { rate: 600, per: 1m, burst: 50, advertise: always }\nroutes:\n  - name: paced\n    match: { path: /paced }\n    quota: { rate: 60, per: 1m, burst: 3, advertise: always }\n  - name: quiet\n    match: { path: /quiet }\n    quota: { rate: 60, per: 1m, burst: 3 }\n";
+    let sluice = Sluice::start(&upstream, routes).await;
+    let client = client();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (response, _) = get(&client, &sluice.url("/paced")).await;
+        assert_eq!(response.status(), 200);
+        let h = response.headers();
+        assert_eq!(h["ratelimit-policy"], "\"paced\";q=3;w=3, \"service\";q=50;w=5");
+        seen.push(h["ratelimit"].to_str().unwrap().to_string());
+    }
+    assert_eq!(
+        seen,
+        [
+            "\"paced\";r=2;t=1, \"service\";r=49;t=1",
+            "\"paced\";r=1;t=2, \"service\";r=48;t=1",
+            "\"paced\";r=0;t=3, \"service\";r=47;t=1",
+        ]
+    );
+    // The refusal carries its own fields, as before.
+    let (refused, _) = get(&client, &sluice.url("/paced")).await;
+    assert_eq!(
+        (refused.status().as_u16(), refused.headers()["ratelimit"].to_str().unwrap()),
+        (429, "\"paced\";r=0;t=1")
+    );
+    // A quota that does not advertise adds nothing to a 200; the service-wide one still does.
+    let (quiet, _) = get(&client, &sluice.url("/quiet")).await;
+    assert_eq!(quiet.status(), 200);
+    assert_eq!(quiet.headers()["ratelimit-policy"], "\"service\";q=50;w=5");
+    // Without any advertising quota, no fields at all.
+    let plain = Sluice::start(
+        &upstream,
+        "routes:\n  - name: r\n    match: { path: \"/*\" }\n    quota: { rate: 60, per: 1m, burst: 3 }\n",
+    )
+    .await;
+    let (response, _) = get(&client, &plain.url("/x")).await;
+    assert!(!response.headers().contains_key("ratelimit") && !response.headers().contains_key("ratelimit-policy"));
+}

@@ -119,3 +119,86 @@ async fn a_reload_drops_no_connection_and_in_flight_requests_keep_their_config()
     assert_eq!(get(&client, &sluice.url("/slow?delay=800")).await.0.status(), 504);
     assert_eq!(get(&client, &sluice.url("/fast")).await.0.status(), 200);
 }
+
+const TOKENS: &str = "  tokens:\n    - { name: cp, role: admin, token: reload-admin-token }\n";
+
+/// `GET` on the admin listener of `process` with the admin token: status and JSON body.
+async fn admin_get(process: &Process, path: &str) -> serde_json::Value {
+    let req = http::Request::get(process.admin_url(path))
+        .header("authorization", "Bearer reload-admin-token")
+        .body(empty())
+        .unwrap();
+    let (response, body) = send(&client(), req).await;
+    assert_eq!(response.status(), 200, "{path}");
+    serde_json::from_slice(&body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_version_moves_only_when_the_config_changes() {
+    let upstream = Upstream::start().await;
+    let dir = temp_dir("versions");
+    let path = dir.join("sluice.yaml");
+    let text = config_text(upstream.addr, &format!("{TOKENS}{TIGHT}"));
+    std::fs::write(&path, &text).unwrap();
+    let process = Process::spawn(&path);
+    assert_eq!(admin_get(&process, "/v1/config").await["version"], 1);
+    // A SIGHUP, and a touch the watcher sees, with the file as it was: still version 1.
+    process.signal("HUP");
+    std::fs::write(&path, &text).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(admin_get(&process, "/v1/config").await["version"], 1);
+    // One edit, then a SIGHUP at once: the signal and the watcher both see it, and it makes
+    // exactly one new version.
+    std::fs::write(&path, text.replace("burst: 1 ", "burst: 2 ")).unwrap();
+    process.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let config = admin_get(&process, "/v1/config").await;
+    assert_eq!((config["version"].as_u64(), config["routes"][0]["quota"]["burst"].as_u64()), (Some(2), Some(2)));
+    let metrics = String::from_utf8(get(&client(), &process.admin_url("/metrics")).await.1.to_vec()).unwrap();
+    let line = |series: &str| metrics.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("{series}"));
+    assert!(line("sluice_config_reloads_total{result=\"unchanged\",source=\"signal\"} ").ends_with(" 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_change_that_drops_pushes_says_so() {
+    let upstream = Upstream::start().await;
+    let dir = temp_dir("dropped");
+    let path = dir.join("sluice.yaml");
+    let text = config_text(upstream.addr, &format!("{TOKENS}{TIGHT}"));
+    std::fs::write(&path, &text).unwrap();
+    let process = Process::spawn(&path);
+    let push = http::Request::put(process.admin_url("/v1/routes/r/quota"))
+        .header("authorization", "Bearer reload-admin-token")
+        .body(full(r#"{"rate": 100, "per": "1m"}"#))
+        .unwrap();
+    assert_eq!(send(&client(), push).await.0.status(), 200);
+    assert_eq!(admin_get(&process, "/v1/config").await["version"], 2);
+
+    // The file changes (a new ConfigMap): it wins, and the push it drops is named.
+    std::fs::write(&path, text.replace("burst: 1 ", "burst: 4 ")).unwrap();
+    eventually("the new file", Duration::from_secs(5), async || {
+        admin_get(&process, "/v1/config").await["version"] == 3
+    })
+    .await;
+    let events = admin_get(&process, "/v1/events/recent").await;
+    let applied =
+        events["events"].as_array().unwrap().iter().rev().find(|e| e["type"] == "config_applied").unwrap().clone();
+    assert_eq!(applied["trigger"], "file");
+    assert_eq!(
+        applied["dropped"],
+        serde_json::json!([{ "principal": "cp", "action": "PUT /v1/routes/r/quota", "version": 2 }])
+    );
+    let warned = LOG.lock().unwrap().iter().any(|l| {
+        l.contains("\"level\":\"WARN\"")
+            && l.contains("PUT /v1/routes/r/quota by cp (version 2)")
+            && l.contains("dropped")
+    });
+    assert!(warned, "a warning names the dropped push: {:?}", LOG.lock().unwrap());
+    let records = admin_get(&process, "/v1/audit").await["records"].as_array().unwrap().clone();
+    let last = records.last().unwrap();
+    assert_eq!((last["principal"].as_str(), last["action"].as_str()), (Some("file"), Some("reload (file)")));
+    assert_eq!((last["version_before"].as_u64(), last["version_after"].as_u64()), (Some(2), Some(3)));
+    assert_eq!(last["change"]["dropped"][0]["action"], "PUT /v1/routes/r/quota");
+    let file_sha = sluice::config::overlay::fingerprint(&std::fs::read_to_string(&path).unwrap());
+    assert_eq!(last["change"]["file_sha256"], file_sha.as_str());
+}

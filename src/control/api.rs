@@ -33,6 +33,7 @@ pub fn routes() -> Router<Arc<Control>> {
         .route("/v1/status", get(status))
         .route("/v1/audit", get(audit))
         .route("/v1/events", get(events))
+        .route("/v1/events/recent", get(recent_events))
 }
 
 /// A JSON body, or 400 saying where it stops being JSON.
@@ -316,9 +317,17 @@ async fn status(State(ctl): Ctl, headers: HeaderMap) -> Result<Json<Value>, Prob
             if let (Some(latency), Some(threshold)) = (sla.get_mut("latency"), threshold) {
                 latency["threshold_seconds"] = json!(threshold);
             }
+            // For percentiles over any span: the page keeps samples and takes differences.
+            let (le, counts): (Vec<Value>, Vec<u64>) = route
+                .metrics
+                .latency_buckets()
+                .into_iter()
+                .map(|(le, n)| (if le.is_finite() { json!(le) } else { json!("+Inf") }, n))
+                .unzip();
             json!({
                 "name": &*route.name,
                 "in_flight": route.metrics.inflight.get(),
+                "latency_histogram": { "le": le, "counts": counts },
                 "decisions": decisions,
                 "rate_quota": rate,
                 "concurrency": concurrency,
@@ -352,6 +361,14 @@ async fn audit(State(ctl): Ctl, headers: HeaderMap, uri: axum::http::Uri) -> Res
         .tail(limit)
         .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the audit log: {e}")))?;
     Ok(Json(json!({ "records": records })))
+}
+
+/// The last events (at most [`crate::events::RECENT`]), oldest first: what a viewer opening
+/// now missed.
+async fn recent_events(State(ctl): Ctl, headers: HeaderMap) -> Result<Json<Value>, Problem> {
+    ctl.caller(&headers, Role::Viewer)?;
+    let events: Vec<Value> = ctl.events.recent().iter().map(|e| e.json().clone()).collect();
+    Ok(Json(json!({ "events": events })))
 }
 
 /// Server-Sent Events: every event from now on, to any number of viewers. A viewer that

@@ -4,15 +4,31 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::respond::{Refusal, RefusalKind};
+use super::respond::{whole_seconds, Refusal, RefusalKind};
 use super::RequestFields;
-use crate::quota::{KeySpec, Mode, Permit, RateDecision};
-use crate::snapshot::{Quotas, RouteState, Snapshot};
+use crate::quota::{Advertise, KeySpec, Mode, Permit, RateDecision};
+use crate::snapshot::{Quotas, RateQuota, RouteState, Snapshot};
 
-/// The slots an admitted request holds, and whether a shadow quota would have refused it.
+/// The slots an admitted request holds, whether a shadow quota would have refused it, and
+/// what the quotas that advertise (`advertise: always`) have left: the route's, the
+/// service's.
 pub struct Admitted {
     pub permits: [Option<Permit>; 2],
     pub shadow_limited: bool,
+    pub advertised: [Option<Advertised>; 2],
+}
+
+/// A rate quota's state for the `RateLimit` fields of an admitted request's response, in
+/// the fields' units (whole seconds, rounded up): small, as it is kept across the wait for
+/// the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Advertised {
+    /// The quota: `limit` requests at once, refilled in `window` seconds.
+    pub limit: u32,
+    pub window: u32,
+    /// Requests left at once, and seconds until the whole burst is back.
+    pub remaining: u32,
+    pub reset: u32,
 }
 
 /// `now` is the request's arrival on the clock of [`crate::snapshot::Live::clock`].
@@ -24,23 +40,58 @@ pub fn admit(
     now: Duration,
 ) -> Result<Admitted, Refusal> {
     let mut shadow_limited = false;
-    for quotas in [&route.quotas, &snapshot.service] {
-        shadow_limited |= check_rate(quotas, fields, client_ip, now)?;
+    let mut advertised = [None, None];
+    for (quotas, advertised) in [&route.quotas, &snapshot.service].into_iter().zip(&mut advertised) {
+        shadow_limited |= check_rate(quotas, fields, client_ip, now, advertised)?;
     }
     let route_slot = acquire(&route.quotas, fields, client_ip)?;
     let service_slot = acquire(&snapshot.service, fields, client_ip)?;
-    Ok(Admitted { permits: [route_slot, service_slot], shadow_limited })
+    Ok(Admitted { permits: [route_slot, service_slot], shadow_limited, advertised })
 }
 
 /// Takes from the rate quota of `quotas`; `Ok(true)` when a shadow quota would have refused.
+/// A quota that advertises says in `advertised` what it has left.
 #[inline]
-fn check_rate(quotas: &Quotas, fields: &RequestFields, ip: IpAddr, now: Duration) -> Result<bool, Refusal> {
+fn check_rate(
+    quotas: &Quotas,
+    fields: &RequestFields,
+    ip: IpAddr,
+    now: Duration,
+    advertised: &mut Option<Advertised>,
+) -> Result<bool, Refusal> {
     let Some(quota) = &quotas.rate else { return Ok(false) };
-    match with_key(&quota.limit.spec().key, fields, ip, |key| quota.limit.check(key, now)) {
+    let key = &quota.limit.spec().key;
+    let decision = if quota.advertise == Advertise::Always {
+        advertise(quota, fields, ip, now, advertised)
+    } else {
+        with_key(key, fields, ip, |key| quota.limit.check(key, now))
+    };
+    match decision {
         RateDecision::Allowed => Ok(false),
         RateDecision::Limited { .. } if quota.mode == Mode::Shadow => Ok(true),
         RateDecision::Limited { retry_after } => Err(rate_refusal(quotas, retry_after)),
     }
+}
+
+/// The decision of a quota that advertises, noting what it has left.
+#[inline(never)]
+fn advertise(
+    quota: &RateQuota,
+    fields: &RequestFields,
+    ip: IpAddr,
+    now: Duration,
+    advertised: &mut Option<Advertised>,
+) -> RateDecision {
+    let spec = quota.limit.spec();
+    let (decision, left) = with_key(&spec.key, fields, ip, |key| quota.limit.check_left(key, now));
+    let seconds = |d| u32::try_from(whole_seconds(d)).unwrap_or(u32::MAX);
+    *advertised = Some(Advertised {
+        limit: spec.burst.get(),
+        window: seconds(spec.refill_time()).max(1),
+        remaining: left.remaining,
+        reset: seconds(left.full_in),
+    });
+    decision
 }
 
 #[cold]

@@ -118,11 +118,12 @@ impl Proxy {
         }
         let route = snapshot.route_at(index);
 
-        match admit::admit(&snapshot, route, &req.fields, peer.addr.ip(), self.live.at(start)) {
+        let advertised = match admit::admit(&snapshot, route, &req.fields, peer.addr.ip(), self.live.at(start)) {
             Ok(admitted) => {
                 let shadow = admitted.shadow_limited;
                 route.metrics.decided(if shadow { Decision::ShadowLimited } else { Decision::Allowed });
                 guard.permits = admitted.permits;
+                admitted.advertised
             }
             Err(refusal) => {
                 route.metrics.decided(Decision::Limited);
@@ -132,7 +133,7 @@ impl Proxy {
                 };
                 return local(respond::refused(&refusal, close), guard, origin);
             }
-        }
+        };
 
         let upgrade = req.is_upgrade();
         let service = &snapshot.config.upstream;
@@ -175,6 +176,11 @@ impl Proxy {
         };
         let mut response = Response::new(body);
         *response.status_mut() = head.status;
+        if advertised.iter().any(Option::is_some) {
+            // Quotas with `advertise: always`: what is left, so clients can pace themselves.
+            let scopes = [&*route.quotas.scope, &*snapshot.service.scope];
+            respond::advertise(response.headers_mut(), scopes, &advertised);
+        }
         response
     }
 }

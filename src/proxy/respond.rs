@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 
+use super::admit::Advertised;
 use super::body::ProxyBody;
 
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -63,6 +64,25 @@ pub fn refused(refusal: &Refusal, close: bool) -> Response<ProxyBody> {
     headers.insert(RATELIMIT_POLICY, policy(&[";q=", a.format(quota), ";w=", b.format(window)]));
     headers.insert(RATELIMIT, policy(&[";r=0;t=", a.format(retry_after)]));
     response
+}
+
+/// Adds the `RateLimit-Policy` and `RateLimit` fields of the quotas that advertise
+/// (`advertise: always`) to the response of an admitted request: one list member per quota,
+/// named by its scope (`scopes[i]` for `advertised[i]`).
+#[cold]
+pub fn advertise(headers: &mut http::HeaderMap, scopes: [&str; 2], advertised: &[Option<Advertised>; 2]) {
+    let (mut policy, mut state) = (String::with_capacity(48), String::with_capacity(48));
+    for (scope, quota) in scopes.iter().zip(advertised) {
+        let Some(quota) = quota else { continue };
+        let separator = if policy.is_empty() { "" } else { ", " };
+        let (mut a, mut b) = (itoa::Buffer::new(), itoa::Buffer::new());
+        policy.extend([separator, "\"", scope, "\";q=", a.format(quota.limit), ";w=", b.format(quota.window)]);
+        state.extend([separator, "\"", scope, "\";r=", a.format(quota.remaining), ";t=", b.format(quota.reset)]);
+    }
+    if !policy.is_empty() {
+        headers.insert(RATELIMIT_POLICY, header(policy));
+        headers.insert(RATELIMIT, header(state));
+    }
 }
 
 /// A problem+json response. `close` asks an HTTP/1 client to close the connection, for
@@ -129,6 +149,21 @@ mod tests {
         });
         assert_eq!(json, expected);
         assert_eq!(body, expected.to_string(), "members in name order");
+    }
+
+    #[test]
+    fn an_admitted_request_is_told_what_is_left() {
+        let quota = |remaining, reset| Advertised { limit: 100, window: 60, remaining, reset };
+        let mut headers = http::HeaderMap::new();
+        advertise(&mut headers, ["submit", "service"], &[Some(quota(99, 1)), None]);
+        assert_eq!(headers["ratelimit-policy"], "\"submit\";q=100;w=60");
+        assert_eq!(headers["ratelimit"], "\"submit\";r=99;t=1");
+        advertise(&mut headers, ["submit", "service"], &[Some(quota(7, 0)), Some(quota(3, 2))]);
+        assert_eq!(headers["ratelimit-policy"], "\"submit\";q=100;w=60, \"service\";q=100;w=60");
+        assert_eq!(headers["ratelimit"], "\"submit\";r=7;t=0, \"service\";r=3;t=2");
+        let mut none = http::HeaderMap::new();
+        advertise(&mut none, ["a", "b"], &[None, None]);
+        assert!(none.is_empty());
     }
 
     #[test]

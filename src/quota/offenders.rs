@@ -22,6 +22,9 @@ use pingora_limits::estimator::Estimator;
 
 use super::Key;
 
+/// `began` before the first interval starts.
+const NOT_YET: u64 = u64::MAX;
+
 /// How many offenders a quota reports.
 pub const TOP: usize = 10;
 /// The counting interval, and so the window of the reported rates.
@@ -38,7 +41,8 @@ pub struct Offenders {
     sketches: [Estimator; 2],
     /// Which sketch counts the current interval.
     current: AtomicUsize,
-    /// When the current interval began, in nanoseconds on the engines' clock.
+    /// When the current interval began, in nanoseconds on the engines' clock; [`NOT_YET`]
+    /// until the first [`Offenders::roll`] starts it (the clock does not start at zero).
     began: AtomicU64,
     /// The smallest candidate's count when the list is full, else 0.
     floor: AtomicU64,
@@ -73,7 +77,7 @@ impl Offenders {
             interval,
             sketches: [Estimator::new(HASHES, SLOTS), Estimator::new(HASHES, SLOTS)],
             current: AtomicUsize::new(0),
-            began: AtomicU64::new(0),
+            began: AtomicU64::new(NOT_YET),
             floor: AtomicU64::new(0),
             candidates: Mutex::new(Vec::with_capacity(TOP)),
         }
@@ -107,6 +111,9 @@ impl Offenders {
     /// becomes the previous one, and the candidates keep their count in it. Called by the
     /// monitor every second.
     pub fn roll(&self, now: Duration) {
+        if self.began.compare_exchange(NOT_YET, nanos(now), Relaxed, Relaxed).is_ok() {
+            return; // the first interval starts now, with what was counted so far
+        }
         let began = Duration::from_nanos(self.began.load(Relaxed));
         let elapsed = now.saturating_sub(began);
         if elapsed < self.interval {
@@ -131,7 +138,10 @@ impl Offenders {
     /// The heaviest keys at `now`, heaviest first: each key's rate over the last interval,
     /// the previous interval's count weighted by how much of it the window still covers.
     pub fn top(&self, now: Duration) -> Vec<Offender> {
-        let began = Duration::from_nanos(self.began.load(Relaxed));
+        let began = match self.began.load(Relaxed) {
+            NOT_YET => now,
+            began => Duration::from_nanos(began),
+        };
         let into = now.saturating_sub(began).min(self.interval).as_secs_f64() / self.interval.as_secs_f64();
         let current = self.current.load(Relaxed);
         let keys: Vec<(Key, u64)> = {
@@ -211,6 +221,7 @@ mod tests {
     #[test]
     fn rates_slide_with_the_window_and_fade() {
         let o = Offenders::new(secs(60));
+        o.roll(secs(0)); // the first interval begins
         observe(&o, "k", 600);
         o.roll(secs(60)); // interval 2 begins: k had 600
         let rate = |t| o.top(secs(t)).first().map_or(0.0, |x| x.rate);
@@ -222,6 +233,17 @@ mod tests {
         assert_eq!(rate(120), 1.0);
         o.roll(secs(240)); // two intervals without a roll: all gone
         assert!(o.top(secs(240)).is_empty());
+    }
+
+    #[test]
+    fn what_comes_before_the_first_roll_counts_on_a_clock_far_from_zero() {
+        let o = Offenders::new(secs(60));
+        let start = secs(1_800_000_000);
+        observe(&o, "early", 60);
+        o.roll(start); // the first roll starts the interval: nothing is lost
+        assert_eq!(o.top(start + secs(1)).first().map(|x| (x.key.as_str(), x.rate)), Some(("early", 1.0)));
+        o.roll(start + secs(60));
+        assert_eq!(o.top(start + secs(60)).first().map(|x| x.rate), Some(1.0));
     }
 
     #[test]

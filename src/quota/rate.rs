@@ -101,6 +101,15 @@ pub enum RateDecision {
     },
 }
 
+/// What a key has left after a decision, for the `RateLimit` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Left {
+    /// Requests it may still make at once.
+    pub remaining: u32,
+    /// Until its whole burst is back (refused: until it may pass again).
+    pub full_in: Duration,
+}
+
 /// One rate quota's live state: a GCRA cell per key.
 ///
 /// Each cell holds the key's theoretical arrival time (TAT), in nanoseconds since the
@@ -157,19 +166,42 @@ impl RateLimit {
     /// Takes one request's worth of quota for `key` at `now`, if there is any.
     #[inline]
     pub fn check(&self, key: &[u8], now: Duration) -> RateDecision {
+        match self.decide(key, nanos(now)) {
+            Ok(_) => RateDecision::Allowed,
+            Err(retry_after) => RateDecision::Limited { retry_after },
+        }
+    }
+
+    /// [`RateLimit::check`], and for an admitted request what is left: the requests the key
+    /// may still make at once, and the time until its whole burst is back.
+    #[inline]
+    pub fn check_left(&self, key: &[u8], now: Duration) -> (RateDecision, Left) {
         let now = nanos(now);
+        match self.decide(key, now) {
+            Ok(tat) => {
+                let ahead = tat.saturating_sub(now);
+                let remaining = (self.tolerance.saturating_sub(ahead) / self.interval).min(u32::MAX.into()) as u32;
+                (RateDecision::Allowed, Left { remaining, full_in: Duration::from_nanos(ahead) })
+            }
+            Err(retry_after) => (RateDecision::Limited { retry_after }, Left { remaining: 0, full_in: retry_after }),
+        }
+    }
+
+    /// The key's new TAT if admitted, else the wait until it would be.
+    #[inline]
+    fn decide(&self, key: &[u8], now: u64) -> Result<u64, Duration> {
         let Some(offenders) = &self.offenders else { return self.take(&self.whole, now) };
         let fingerprint = self.hasher.hash_one(key);
         offenders.observe(key, fingerprint);
         if let Some(cell) = self.keys.get(&fingerprint) {
             return self.take(&cell, now);
         }
-        self.check_new(fingerprint, now)
+        self.decide_new(fingerprint, now)
     }
 
     /// A key not in the table. `len` visits every shard, but only on this path.
     #[cold]
-    fn check_new(&self, fingerprint: u64, now: u64) -> RateDecision {
+    fn decide_new(&self, fingerprint: u64, now: u64) -> Result<u64, Duration> {
         if self.keys.len() >= self.spec.max_keys.get() {
             self.overflowed.fetch_add(1, Relaxed);
             return self.take(&self.overflow, now);
@@ -179,17 +211,18 @@ impl RateLimit {
     }
 
     /// GCRA: admit when the TAT pushed one interval on stays within `tolerance` of now.
+    /// Returns the new TAT, or the wait until the request would be admitted.
     #[inline]
-    fn take(&self, cell: &AtomicU64, now: u64) -> RateDecision {
+    fn take(&self, cell: &AtomicU64, now: u64) -> Result<u64, Duration> {
         let mut tat = cell.load(Relaxed);
         loop {
             let next = tat.max(now).saturating_add(self.interval);
             let limit = now.saturating_add(self.tolerance);
             if next > limit {
-                return RateDecision::Limited { retry_after: Duration::from_nanos(next - limit) };
+                return Err(Duration::from_nanos(next - limit));
             }
             match cell.compare_exchange_weak(tat, next, Relaxed, Relaxed) {
-                Ok(_) => return RateDecision::Allowed,
+                Ok(_) => return Ok(next),
                 Err(current) => tat = current,
             }
         }
@@ -293,6 +326,20 @@ mod tests {
         assert!(matches!(limit.check(k, ms(1000)), RateDecision::Limited { .. }));
         // After the whole refill time the full burst is back, and no more.
         assert_eq!(admitted_at_once(&limit, k, ms(4000)), 3);
+    }
+
+    #[test]
+    fn what_is_left_counts_down_the_burst() {
+        // 60 per minute, burst 3: one back every second.
+        let limit = RateLimit::new(spec(60, Duration::from_secs(60), 3, 10));
+        let left = |now| limit.check_left(b"k", now);
+        assert_eq!(left(ms(0)), (RateDecision::Allowed, Left { remaining: 2, full_in: ms(1000) }));
+        assert_eq!(left(ms(0)), (RateDecision::Allowed, Left { remaining: 1, full_in: ms(2000) }));
+        assert_eq!(left(ms(0)), (RateDecision::Allowed, Left { remaining: 0, full_in: ms(3000) }));
+        let refused = RateDecision::Limited { retry_after: ms(1000) };
+        assert_eq!(left(ms(0)), (refused, Left { remaining: 0, full_in: ms(1000) }));
+        // Half a second later, still none at once; a second later, one is back.
+        assert_eq!(left(ms(1500)), (RateDecision::Allowed, Left { remaining: 0, full_in: ms(2500) }));
     }
 
     #[test]

@@ -21,6 +21,8 @@ try {
 
   const quota = `[data-route="${routes[0]}"] .quota`;
   const before = await page.textContent(quota);
+  // before the push below: a new quota starts a new offenders' sketch
+  const offenders = await page.textContent(`[data-route="${routes[0]}"] .offenders`).catch(() => "");
   const response = await fetch(`${base}/v1/routes/${routes[0]}/quota`, {
     method: "PUT",
     headers: { Authorization: `Bearer ${operator}`, "Content-Type": "application/json" },
@@ -30,8 +32,16 @@ try {
   await page.waitForFunction((q) => document.querySelector(q)?.textContent.includes("4242"), quota, { timeout: 10_000 });
   await page.waitForFunction(() => document.getElementById("events").textContent.includes("quota_updated"), null, { timeout: 10_000 });
   const after = await page.textContent(quota);
+  // what the page shows beside the quotas: the events from before it opened, formatted,
+  // each route's latency percentiles, and the top offenders
+  const events = await page.$$eval("#events > div", (lines) => lines.map((l) => ({ kind: l.dataset.kind, text: l.textContent })));
+  const percentiles = {};
+  for (const route of routes) {
+    percentiles[route] = await page.$$eval(`[data-route="${route}"] [data-quantile]`,
+      (spans) => Object.fromEntries(spans.map((s) => [s.dataset.quantile, s.dataset.seconds === "" ? null : Number(s.dataset.seconds)])));
+  }
   await page.screenshot({ path: screenshot, fullPage: true });
-  console.log(JSON.stringify({ before, after }));
+  console.log(JSON.stringify({ before, after, events, percentiles, offenders }));
 } catch (e) {
   failures.push(String(e));
 } finally {

@@ -395,10 +395,12 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// The sluice binary, started on a config file; its proxy address is read from its log.
+/// The sluice binary, started on a config file; its proxy and admin addresses are read from
+/// its log.
 pub struct Process {
     pub child: Child,
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
 }
 
 impl Process {
@@ -416,16 +418,21 @@ impl Process {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                if let Some(addr) = json["fields"]["proxy_addr"].as_str() {
+                let fields = &json["fields"];
+                if let (Some(proxy), Some(admin)) = (fields["proxy_addr"].as_str(), fields["admin_addr"].as_str()) {
                     if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                        let _ = tx.send((proxy.parse::<SocketAddr>().unwrap(), admin.parse::<SocketAddr>().unwrap()));
                     }
                 }
                 LOG.lock().unwrap().push(line);
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(10)).expect("sluice started");
-        Self { child, addr }
+        let (addr, admin) = rx.recv_timeout(Duration::from_secs(10)).expect("sluice started");
+        Self { child, addr, admin }
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
     }
 
     pub fn signal(&self, name: &str) {
