@@ -59,6 +59,23 @@ impl Quotas {
     }
 }
 
+/// `"scope";q=BURST;w=SECONDS` for each rate quota of `quotas` (a route's, the service's)
+/// that advertises, joined as a list; `None` when none does.
+fn advertised_policy(quotas: [&Quotas; 2]) -> Option<http::HeaderValue> {
+    let members: Vec<String> = quotas
+        .iter()
+        .filter_map(|q| {
+            let rate = q.rate.as_ref().filter(|r| r.advertise == Advertise::Always)?;
+            let spec = rate.limit.spec();
+            let window = spec.refill_time();
+            let seconds = window.as_secs() + u64::from(window.subsec_nanos() > 0);
+            Some(format!("\"{}\";q={};w={}", q.scope, spec.burst, seconds.max(1)))
+        })
+        .collect();
+    // Scope names are [A-Za-z0-9._-]: the value is visible ASCII.
+    (!members.is_empty()).then(|| http::HeaderValue::try_from(members.join(", ")).expect("visible ASCII"))
+}
+
 /// One route as the request path sees it.
 pub struct RouteState {
     pub name: Arc<str>,
@@ -67,6 +84,10 @@ pub struct RouteState {
     pub sla: RouteSla,
     /// Resolved when the snapshot is built; kept across reloads by the registry.
     pub metrics: Arc<RouteMetrics>,
+    /// The `RateLimit-Policy` value of admitted responses, when this route's rate quota or
+    /// the service's advertises (`advertise: always`): the same for every request, so
+    /// written once here.
+    pub advertised_policy: Option<http::HeaderValue>,
 }
 
 pub struct Snapshot {
@@ -83,6 +104,9 @@ impl Snapshot {
     /// Builds the state for `config`, adopting from `previous` what is still valid.
     pub fn build(config: Config, version: u64, previous: Option<&Snapshot>, metrics: &Metrics) -> Self {
         let matcher = Matcher::new(config.routes.iter().map(|r| (r.method.clone(), r.path.clone())).collect());
+        let previous_service = previous.map(|p| &p.service);
+        let service =
+            Quotas::build("service".into(), config.quota.as_ref(), config.concurrency.as_ref(), previous_service);
         let routes = config
             .routes
             .iter()
@@ -91,8 +115,10 @@ impl Snapshot {
                 let name: Arc<str> = route.name.as_str().into();
                 let quotas = before.map(|r| &r.quotas);
                 let threshold = route.sla.as_ref().and_then(|s| s.latency.as_ref()).map(|l| l.threshold);
+                let quotas = Quotas::build(name.clone(), route.quota.as_ref(), route.concurrency.as_ref(), quotas);
                 RouteState {
-                    quotas: Quotas::build(name.clone(), route.quota.as_ref(), route.concurrency.as_ref(), quotas),
+                    advertised_policy: advertised_policy([&quotas, &service]),
+                    quotas,
                     sla: RouteSla::build(route.sla.as_ref(), before.map(|r| &r.sla)),
                     metrics: metrics.route(&name, threshold),
                     name,
@@ -103,6 +129,7 @@ impl Snapshot {
         let unmatched = RouteState {
             name: UNMATCHED.into(),
             timeout: config.limits.timeout,
+            advertised_policy: advertised_policy([&Quotas::default(), &service]),
             quotas: Quotas::default(),
             sla: RouteSla::default(),
             metrics: metrics.route(UNMATCHED, None),
@@ -112,9 +139,6 @@ impl Snapshot {
         for route in config.routes.iter().filter(|r| r.sla.is_none()) {
             metrics.forget_sla(&route.name);
         }
-        let previous_service = previous.map(|p| &p.service);
-        let service =
-            Quotas::build("service".into(), config.quota.as_ref(), config.concurrency.as_ref(), previous_service);
         Self { version, config: Arc::new(config), matcher, routes, unmatched, service }
     }
 

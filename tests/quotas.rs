@@ -234,6 +234,10 @@ async fn advertise_always_tells_admitted_requests_what_is_left() {
     let (quiet, _) = get(&client, &sluice.url("/quiet")).await;
     assert_eq!(quiet.status(), 200);
     assert_eq!(quiet.headers()["ratelimit-policy"], "\"service\";q=50;w=5");
+    // h2c clients get them too.
+    let (h2, _) = get(&h2_client(), &sluice.url("/quiet")).await;
+    assert_eq!((h2.version(), h2.status().as_u16()), (http::Version::HTTP_2, 200));
+    assert_eq!(h2.headers()["ratelimit"], "\"service\";r=45;t=1");
     // Without any advertising quota, no fields at all.
     let plain = Sluice::start(
         &upstream,

@@ -18,15 +18,11 @@ pub struct Admitted {
     pub advertised: [Option<Advertised>; 2],
 }
 
-/// A rate quota's state for the `RateLimit` fields of an admitted request's response, in
-/// the fields' units (whole seconds, rounded up): small, as it is kept across the wait for
-/// the service.
+/// What a rate quota that advertises has left after admitting a request, for the
+/// `RateLimit` field of its response: requests left at once, and whole seconds (rounded up)
+/// until the key's burst is back. Small, as it is kept across the wait for the service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Advertised {
-    /// The quota: `limit` requests at once, refilled in `window` seconds.
-    pub limit: u32,
-    pub window: u32,
-    /// Requests left at once, and seconds until the whole burst is back.
     pub remaining: u32,
     pub reset: u32,
 }
@@ -82,15 +78,9 @@ fn advertise(
     now: Duration,
     advertised: &mut Option<Advertised>,
 ) -> RateDecision {
-    let spec = quota.limit.spec();
-    let (decision, left) = with_key(&spec.key, fields, ip, |key| quota.limit.check_left(key, now));
-    let seconds = |d| u32::try_from(whole_seconds(d)).unwrap_or(u32::MAX);
-    *advertised = Some(Advertised {
-        limit: spec.burst.get(),
-        window: seconds(spec.refill_time()).max(1),
-        remaining: left.remaining,
-        reset: seconds(left.full_in),
-    });
+    let (decision, left) = with_key(&quota.limit.spec().key, fields, ip, |key| quota.limit.check_left(key, now));
+    let reset = u32::try_from(whole_seconds(left.full_in)).unwrap_or(u32::MAX);
+    *advertised = Some(Advertised { remaining: left.remaining, reset });
     decision
 }
 

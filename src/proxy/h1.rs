@@ -293,6 +293,27 @@ impl Fields {
         self.places.iter().map(|(name, value)| (&self.head[name.clone()], &self.head[value.clone()]))
     }
 
+    /// Adds fields after the sender's: `add` is given a writer of one field (its name, and
+    /// its value as parts: visible ASCII, no line break). The head is copied once, with the
+    /// new fields after it, so that they are fields like the others to every reader.
+    pub fn add(&mut self, add: impl FnOnce(&mut dyn FnMut(&str, &[&[u8]]))) {
+        let mut head = BytesMut::with_capacity(self.head.len() + 160);
+        head.extend_from_slice(&self.head);
+        let places = &mut self.places;
+        add(&mut |name, value| {
+            let start = head.len();
+            head.extend_from_slice(name.as_bytes());
+            let colon = head.len();
+            head.extend_from_slice(b": ");
+            for part in value {
+                head.extend_from_slice(part);
+            }
+            places.push((start..colon, colon + 2..head.len()));
+            head.extend_from_slice(b"\r\n");
+        });
+        self.head = head.freeze();
+    }
+
     /// Whether one of them is `Date` (noted for a response only).
     pub fn dated(&self) -> bool {
         self.dated

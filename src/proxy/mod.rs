@@ -149,7 +149,7 @@ impl Proxy {
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let write_head = |out: &mut Vec<u8>| upstream::write_head(&method, path, || fields.iter(), &forward, out);
         let deadline = tokio::time::Instant::from_std(start) + route.timeout; // from the request's start
-        let (head, lease) = match self.pool.send(service, &method, write_head, upload, upgrade, deadline).await {
+        let (mut head, lease) = match self.pool.send(service, &method, write_head, upload, upgrade, deadline).await {
             Ok(sent) => sent,
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                 let response =
@@ -166,6 +166,11 @@ impl Proxy {
         if let Some(measure) = &mut guard.measure {
             measure.status = head.status.as_u16();
         }
+        if let Some(policy) = &route.advertised_policy {
+            // Quotas with `advertise: always`: what is left, so clients can pace themselves.
+            let scopes = [&*route.quotas.scope, &*snapshot.service.scope];
+            respond::advertise(&mut head.fields, policy, scopes, &advertised);
+        }
         let body = if upgrade && head.status == StatusCode::SWITCHING_PROTOCOLS {
             // The upgrade is measured as answered now; the tunnel holds the request's
             // slots for as long as it is open.
@@ -176,11 +181,6 @@ impl Proxy {
         };
         let mut response = Response::new(body);
         *response.status_mut() = head.status;
-        if advertised.iter().any(Option::is_some) {
-            // Quotas with `advertise: always`: what is left, so clients can pace themselves.
-            let scopes = [&*route.quotas.scope, &*snapshot.service.scope];
-            respond::advertise(response.headers_mut(), scopes, &advertised);
-        }
         response
     }
 }

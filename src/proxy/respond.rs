@@ -10,6 +10,7 @@ use http::{Response, StatusCode};
 
 use super::admit::Advertised;
 use super::body::ProxyBody;
+use super::h1::Fields;
 
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -67,22 +68,35 @@ pub fn refused(refusal: &Refusal, close: bool) -> Response<ProxyBody> {
 }
 
 /// Adds the `RateLimit-Policy` and `RateLimit` fields of the quotas that advertise
-/// (`advertise: always`) to the response of an admitted request: one list member per quota,
-/// named by its scope (`scopes[i]` for `advertised[i]`).
+/// (`advertise: always`) to the service's response to an admitted request: `policy` is the
+/// route's (built with the snapshot), and `RateLimit` lists what each quota has left, named
+/// by its scope (`scopes[i]` for `advertised[i]`). They go with the service's fields, as
+/// bytes: no header map is built for them.
 #[cold]
-pub fn advertise(headers: &mut http::HeaderMap, scopes: [&str; 2], advertised: &[Option<Advertised>; 2]) {
-    let (mut policy, mut state) = (String::with_capacity(48), String::with_capacity(48));
-    for (scope, quota) in scopes.iter().zip(advertised) {
+pub fn advertise(fields: &mut Fields, policy: &HeaderValue, scopes: [&str; 2], advertised: &[Option<Advertised>; 2]) {
+    let mut numbers = [itoa::Buffer::new(), itoa::Buffer::new(), itoa::Buffer::new(), itoa::Buffer::new()];
+    let [a, b, c, d] = &mut numbers;
+    let mut state: [&[u8]; 14] = [b""; 14];
+    let mut n = 0;
+    for ((scope, quota), (remaining, reset)) in scopes.iter().zip(advertised).zip([(a, b), (c, d)]) {
         let Some(quota) = quota else { continue };
-        let separator = if policy.is_empty() { "" } else { ", " };
-        let (mut a, mut b) = (itoa::Buffer::new(), itoa::Buffer::new());
-        policy.extend([separator, "\"", scope, "\";q=", a.format(quota.limit), ";w=", b.format(quota.window)]);
-        state.extend([separator, "\"", scope, "\";r=", a.format(quota.remaining), ";t=", b.format(quota.reset)]);
+        let separator: &[u8] = if n == 0 { b"" } else { b", " };
+        let member = [
+            separator,
+            b"\"",
+            scope.as_bytes(),
+            b"\";r=",
+            remaining.format(quota.remaining).as_bytes(),
+            b";t=",
+            reset.format(quota.reset).as_bytes(),
+        ];
+        state[n..n + member.len()].copy_from_slice(&member);
+        n += member.len();
     }
-    if !policy.is_empty() {
-        headers.insert(RATELIMIT_POLICY, header(policy));
-        headers.insert(RATELIMIT, header(state));
-    }
+    fields.add(|field| {
+        field("ratelimit-policy", &[policy.as_bytes()]);
+        field("ratelimit", &state[..n]);
+    });
 }
 
 /// A problem+json response. `close` asks an HTTP/1 client to close the connection, for
@@ -153,17 +167,35 @@ mod tests {
 
     #[test]
     fn an_admitted_request_is_told_what_is_left() {
-        let quota = |remaining, reset| Advertised { limit: 100, window: 60, remaining, reset };
-        let mut headers = http::HeaderMap::new();
-        advertise(&mut headers, ["submit", "service"], &[Some(quota(99, 1)), None]);
-        assert_eq!(headers["ratelimit-policy"], "\"submit\";q=100;w=60");
-        assert_eq!(headers["ratelimit"], "\"submit\";r=99;t=1");
-        advertise(&mut headers, ["submit", "service"], &[Some(quota(7, 0)), Some(quota(3, 2))]);
-        assert_eq!(headers["ratelimit-policy"], "\"submit\";q=100;w=60, \"service\";q=100;w=60");
-        assert_eq!(headers["ratelimit"], "\"submit\";r=7;t=0, \"service\";r=3;t=2");
-        let mut none = http::HeaderMap::new();
-        advertise(&mut none, ["a", "b"], &[None, None]);
-        assert!(none.is_empty());
+        use super::super::h1;
+        let fields = || {
+            let mut buf = bytes::BytesMut::from(&b"HTTP/1.1 200 OK\r\nX-Service: yes\r\nContent-Length: 0\r\n\r\n"[..]);
+            match h1::parse_response(&mut buf, &http::Method::GET, false).unwrap() {
+                h1::Parsed::Head(head) => head.fields,
+                _ => panic!("a whole head"),
+            }
+        };
+        let quota = |remaining, reset| Advertised { remaining, reset };
+        let policy = HeaderValue::from_static("\"submit\";q=100;w=60");
+        let list = |f: &Fields| {
+            f.iter()
+                .map(|(n, v)| format!("{}: {}", String::from_utf8_lossy(n), String::from_utf8_lossy(v)))
+                .collect::<Vec<_>>()
+        };
+
+        let mut one = fields();
+        advertise(&mut one, &policy, ["submit", "service"], &[Some(quota(99, 1)), None]);
+        let expected = ["X-Service: yes", "ratelimit-policy: \"submit\";q=100;w=60", "ratelimit: \"submit\";r=99;t=1"];
+        assert_eq!(list(&one)[list(&one).len() - 3..], expected);
+        let mut two = fields();
+        advertise(&mut two, &policy, ["submit", "service"], &[Some(quota(7, 0)), Some(quota(3, 2))]);
+        assert_eq!(two.get("ratelimit"), Some(&b"\"submit\";r=7;t=0, \"service\";r=3;t=2"[..]));
+        // For an h2c client they become map entries like the service's own.
+        let mut map = http::HeaderMap::new();
+        two.into_map(&mut map);
+        assert_eq!(map["ratelimit"], "\"submit\";r=7;t=0, \"service\";r=3;t=2");
+        assert_eq!(map["ratelimit-policy"], "\"submit\";q=100;w=60");
+        assert_eq!(map["x-service"], "yes");
     }
 
     #[test]

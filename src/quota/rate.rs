@@ -232,9 +232,13 @@ impl RateLimit {
     /// starts over exactly where it was. Returns how many went.
     pub fn sweep(&self, now: Duration) -> usize {
         let now = nanos(now);
-        let before = self.keys.len();
-        self.keys.retain(|_, tat| *tat.get_mut() > now);
-        let evicted = before.saturating_sub(self.keys.len());
+        // Counted as they go: a key the request path adds meanwhile is not an eviction.
+        let mut evicted = 0;
+        self.keys.retain(|_, tat| {
+            let keep = *tat.get_mut() > now;
+            evicted += usize::from(!keep);
+            keep
+        });
         self.evicted.fetch_add(evicted as u64, Relaxed);
         evicted
     }
