@@ -53,10 +53,10 @@ async fn change(
     if_match: Option<String>,
     required: bool,
     build: impl FnOnce(&Snapshot) -> Result<Config, Problem> + Send + 'static,
-    describe: impl FnOnce(&Snapshot) -> Value + Send + 'static,
+    set: Value,
 ) -> Result<(Arc<Snapshot>, Audited), Problem> {
     let ctl = ctl.clone();
-    tokio::task::spawn_blocking(move || ctl.change(&caller, &action, if_match.as_deref(), required, build, describe))
+    tokio::task::spawn_blocking(move || ctl.change(&caller, &action, if_match.as_deref(), required, build, set))
         .await
         .map_err(|_| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "the change was interrupted: nothing changed"))?
 }
@@ -129,7 +129,7 @@ async fn put_config(State(ctl): Ctl, headers: HeaderMap, body: Bytes) -> Result<
     let caller = ctl.caller(&headers, Role::Admin)?;
     let build = move |current: &Snapshot| whole_config(&body, current, true);
     let action = "PUT /v1/config".to_string();
-    let (snapshot, audited) = change(&ctl, caller, action, if_match(&headers), true, build, |_| json!({})).await?;
+    let (snapshot, audited) = change(&ctl, caller, action, if_match(&headers), true, build, json!({})).await?;
     Ok(changed(&snapshot, audited))
 }
 
@@ -206,10 +206,8 @@ async fn set_part(
         (None, true) => format!("PUT /v1/{}", part.field()),
         (None, false) => format!("DELETE /v1/{}", part.field()),
     };
-    let pushed = value.clone();
-    let target = scope.clone().unwrap_or_else(|| "service".into());
-    let describe = move |_: &Snapshot| json!({ "route": target, part.field(): pushed });
-    let (snapshot, audited) = change(&ctl, caller, action, if_match(&headers), false, build, describe).await?;
+    let set = json!({ "route": scope.as_deref().unwrap_or("service"), part.field(): value });
+    let (snapshot, audited) = change(&ctl, caller, action, if_match(&headers), false, build, set).await?;
     if matches!(part, Part::RouteQuota | Part::ServiceQuota) && audited.before != audited.after {
         let scope = scope.as_deref().unwrap_or("service");
         ctl.events.send(Event::new(

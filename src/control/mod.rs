@@ -83,8 +83,8 @@ impl Control {
     /// `admin` section always stays as the file has it. Returns the new snapshot once it
     /// is persisted and live.
     ///
-    /// `action` names the call (`PUT /v1/routes/a/quota`); `describe` says, for the audit
-    /// record, what the accepted change set (the values pushed).
+    /// `action` names the call (`PUT /v1/routes/a/quota`); `set` says, for the audit record,
+    /// what an accepted change sets (the values pushed).
     fn change(
         &self,
         caller: &Caller,
@@ -92,7 +92,7 @@ impl Control {
         if_match: Option<&str>,
         required: bool,
         build: impl FnOnce(&Snapshot) -> Result<Config, Problem>,
-        describe: impl FnOnce(&Snapshot) -> serde_json::Value,
+        set: serde_json::Value,
     ) -> Result<(Arc<Snapshot>, Audited), Problem> {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.live.load();
@@ -148,7 +148,7 @@ impl Control {
         let changed = next.changed_routes(&current);
         tracing::info!(principal = %caller.name, version = next.version, changed = %changed.join(","), "config applied from the control API");
         self.events.send(Event::config_applied(&next.config.service, next.version, "api", Some(&caller.name)));
-        let mut change = describe(&next);
+        let mut change = set;
         change["config_sha256"] = sha256.into();
         Ok((next.clone(), audited(next.version, change)))
     }
