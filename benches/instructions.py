@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Instructions per proxied request of sluice builds and configs, under callgrind.
+
+The repeatable figure of benches/compare.py (user-space instructions, the same from run to
+run for the same binary and input, whatever else the machine does), without the load
+comparison around it: for an A/B of a change to the request path in a few minutes.
+
+    python3 benches/instructions.py --sluice target/release/sluice [--baseline OLD] [--rounds N]
+
+Each build runs each config behind the same nginx backend, as compare.py counts it: 200
+keep-alive requests of warm-up, then 20,000 counted (h2load --h1, 10 connections). Needs
+nginx, h2load and valgrind (benches/compare.sh installs them).
+"""
+
+import argparse
+import importlib.util
+import os
+import statistics
+import subprocess
+
+spec = importlib.util.spec_from_file_location("compare", os.path.join(os.path.dirname(__file__), "compare.py"))
+compare = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(compare)
+
+COUNTED = 20_000
+
+QUOTA = "quota: {{ rate: 1000000000, per: 1s, burst: 1000000, key: client_ip{advertise} }}"
+FULL = """routes:
+  - name: all
+    match: {{ path: "/*" }}
+    {quota}
+    concurrency: {{ max: 100000 }}
+    sla:
+      latency: {{ threshold: 100ms, objective: 99% }}
+      availability: 99.9%
+"""
+CONFIGS = {
+    # no quotas, no SLA: the proxy alone (as compare.py's `sluice`)
+    "bare": "",
+    # a keyed rate quota and a concurrency quota that never refuse, SLA (compare.py's `sluice-full`)
+    "full": FULL.format(quota=QUOTA.format(advertise="")),
+    # the same, its quota advertising on every response (`advertise: always`)
+    "full-advertise": FULL.format(quota=QUOTA.format(advertise=", advertise: always")),
+}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sluice", required=True, help="the sluice binary to count")
+    parser.add_argument("--baseline", help="another sluice binary, counted the same way")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--config", action="append", choices=CONFIGS, help="only these configs (default: all)")
+    args = parser.parse_args()
+    builds = {"sluice": args.sluice}
+    if args.baseline:
+        builds["baseline"] = args.baseline
+    configs = {name: CONFIGS[name] for name in (args.config or CONFIGS)}
+
+    bench = compare.Bench(argparse.Namespace(maxconn=20_000), callgrind=True)
+    counts = {}
+    try:
+        backend = compare.free_port()
+        conf = bench.nginx("backend", f'server {{ listen 127.0.0.1:{backend}; location / {{ return 200 "ok\\n"; }} }}')
+        bench.start("backend", conf, backend)
+        for r in range(args.rounds):
+            for config, routes in configs.items():
+                for build, binary in builds.items():
+                    name = f"{build}-{config}-{r}"
+                    port = compare.free_port()
+                    path = bench.write(
+                        f"{name}.yaml",
+                        f"service: bench\nlisten: 127.0.0.1:{port}\nupstream: http://127.0.0.1:{backend}\n"
+                        f"admin:\n  listen: 127.0.0.1:0\n  state_dir: {bench.dir}/{name}-state\n{routes}",
+                    )
+                    # an older build may not know a config's fields: it is left out of that row
+                    if subprocess.run([binary, "validate", "--config", path], capture_output=True).returncode:
+                        print(f"round {r + 1}: {build:8} {config:15} (this build refuses the config)", flush=True)
+                        continue
+                    env = dict(os.environ, SLUICE_LOG="warn")
+                    pid = bench.start(name, [binary, "run", "--config", path], port, env)
+                    n = bench.count_instructions(compare.Target(name, port, pid, port), COUNTED)
+                    counts.setdefault((config, build), []).append(n)
+                    print(f"round {r + 1}: {build:8} {config:15} {n:9,.0f}", flush=True)
+    finally:
+        bench.stop()
+    print(f"\ninstructions per request (median of {args.rounds}):")
+    for config in configs:
+        row = {b: statistics.median(counts[(config, b)]) for b in builds if (config, b) in counts}
+        line = f"  {config:15} " + "  ".join(f"{b} {v:9,.0f}" for b, v in row.items())
+        if "baseline" in row and "sluice" in row:
+            line += f"  ratio {row['sluice'] / row['baseline']:.3f}"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
