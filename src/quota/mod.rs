@@ -4,6 +4,7 @@
 //! parameter, so tests drive it exactly.
 
 mod concurrency;
+pub mod global;
 mod key;
 mod offenders;
 mod rate;
