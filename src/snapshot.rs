@@ -186,6 +186,10 @@ pub struct Live {
     current: ArcSwap<Snapshot>,
     /// Serializes writers, so each new snapshot adopts from the one it replaces.
     apply_lock: Mutex<()>,
+    /// One change at a time, from any source (a reload of the file, a push of the control
+    /// API): each reads the live config and the pushed overlay and writes both under it, so
+    /// a reload cannot fall between a push being kept and it going live.
+    changes: Mutex<()>,
     next_version: AtomicU64,
     /// Counts every config offered, changed or not: token sources are read again on each.
     generation: AtomicU64,
@@ -222,6 +226,7 @@ impl Live {
         Arc::new(Self {
             current: ArcSwap::from_pointee(Snapshot::build(config, 1, None, &metrics)),
             apply_lock: Mutex::new(()),
+            changes: Mutex::new(()),
             next_version: AtomicU64::new(2),
             generation: AtomicU64::new(0),
             draining: AtomicBool::new(false),
@@ -246,6 +251,11 @@ impl Live {
     #[inline]
     pub fn load(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// Held by whoever changes the config (see the field): a reload, or a push.
+    pub fn change_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.changes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// How many configs were offered so far, changed or not.

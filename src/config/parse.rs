@@ -101,8 +101,10 @@ impl Pruned {
             Step::Index(i) => match parent_node.as_sequence_mut() {
                 Some(seq) if i < seq.len() => {
                     seq.remove(i);
-                    let written = self.original_index(parent, i);
-                    self.elements.push((parent.to_string(), written));
+                    // Kept as written, so that a sequence inside a pruned one is told apart.
+                    let parent = self.original(parent);
+                    let written = self.original_index(&parent, i);
+                    self.elements.push((parent, written));
                     true
                 }
                 _ => false,
@@ -110,7 +112,8 @@ impl Pruned {
         }
     }
 
-    /// The index as written of element `i` of what is left of the sequence at `seq`.
+    /// The index as written of element `i` of what is left of the sequence at `seq` (its
+    /// path as written).
     fn original_index(&self, seq: &str, i: usize) -> usize {
         let mut gone: Vec<usize> = self.elements.iter().filter(|(s, _)| s == seq).map(|(_, i)| *i).collect();
         gone.sort_unstable();

@@ -34,6 +34,7 @@ impl Reloader {
     /// stays (token files are re-read either way); new file content drops it, and says so.
     /// A config that is the live one already makes no new version.
     pub fn reload(&self, source: Source) -> Result<Arc<Snapshot>, ConfigErrors> {
+        let _change = self.live.change_lock();
         let trigger = trigger(source);
         let previous = self.live.load();
         let text = read(&self.path);

@@ -12,7 +12,7 @@ mod auth;
 mod problem;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -45,8 +45,6 @@ pub struct Control {
     /// Where accepted changes persist; without it, changes are refused (503).
     overlay: Option<Arc<Overlay>>,
     audit: Option<Arc<Audit>>,
-    /// One writer at a time: `If-Match` is checked and the change applied under it.
-    writer: Mutex<()>,
 }
 
 /// What a mutating handler tells the audit layer: who, the versions around the change, and
@@ -63,7 +61,7 @@ impl Control {
     /// The control API over `live`. Without an overlay and an audit log (`admin.state_dir`
     /// not writable), every change is refused.
     pub fn new(live: Arc<Live>, events: Events, overlay: Option<Arc<Overlay>>, audit: Option<Arc<Audit>>) -> Arc<Self> {
-        Arc::new(Self { live, events, tokens: auth::Tokens::default(), overlay, audit, writer: Mutex::new(()) })
+        Arc::new(Self { live, events, tokens: auth::Tokens::default(), overlay, audit })
     }
 
     /// The caller of a request, if it has at least `needed`.
@@ -94,7 +92,9 @@ impl Control {
         build: impl FnOnce(&Snapshot) -> Result<Config, Problem>,
         set: serde_json::Value,
     ) -> Result<(Arc<Snapshot>, Audited), Problem> {
-        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        // One change at a time, file reloads included: `If-Match` is checked, the change
+        // kept and applied under it.
+        let _writer = self.live.change_lock();
         let current = self.live.load();
         match if_match {
             None if required => {
