@@ -19,7 +19,7 @@ fn record(c: &mut Criterion) {
         b.iter(|| {
             i = i.wrapping_add(1);
             let duration = Duration::from_micros(u64::from(i % 300) * 1000);
-            let status = if i % 100 == 0 { 503 } else { 200 };
+            let status = if i.is_multiple_of(100) { 503 } else { 200 };
             route.metrics.inflight.inc();
             route.metrics.inflight.dec();
             route.metrics.finished(Origin::Upstream, black_box(status), black_box(duration));

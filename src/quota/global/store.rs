@@ -1,0 +1,273 @@
+//! The shared state of global quotas, in Redis: the I/O edge of [`super::lease`].
+//!
+//! One key per (service, route, client key) holds a GCRA state, its TAT in microseconds on
+//! Redis's own clock (`TIME`), so the replicas' clocks never enter into it. Two scripts
+//! change it atomically, doing exactly [`Gcra::take`] and [`Gcra::give_back`] (a test
+//! holds them to it); each key expires when its bucket would be full again, so idle keys
+//! cost Redis nothing. The scripts are sent by their SHA-1 and loaded again when Redis
+//! answers `NOSCRIPT` (after a restart). Every call is bounded by `timeout`: a Redis that is
+//! slow or gone is an error the caller's policy decides on, never a wait.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::Script;
+use sha2::{Digest, Sha256};
+
+use super::lease::{Gcra, Grant};
+
+/// `take(KEYS[1]; wanted, interval_us, burst[, now_us])` → `{granted, retry_after_us,
+/// remaining}`. `now_us` is for tests only: without it, Redis's clock.
+const TAKE: &str = r#"
+local wanted, interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local now
+if ARGV[4] then now = tonumber(ARGV[4]) else local t = redis.call('TIME'); now = t[1] * 1000000 + t[2] end
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local tolerance = interval * burst
+local available = math.floor(math.max(tolerance - math.max(tat - now, 0), 0) / interval)
+local granted = math.min(available, wanted)
+if granted == 0 then
+  return {0, math.max(math.max(tat, now) + interval - (now + tolerance), 0), 0}
+end
+local next = math.max(tat, now) + interval * granted
+redis.call('SET', KEYS[1], string.format('%d', next), 'PXAT', math.ceil(next / 1000))
+return {granted, 0, available - granted}
+"#;
+
+/// `give_back(KEYS[1]; unspent, interval_us[, now_us])`: the TAT moves back, never before
+/// now; a bucket full again is deleted.
+const GIVE_BACK: &str = r#"
+local unspent, interval = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now
+if ARGV[3] then now = tonumber(ARGV[3]) else local t = redis.call('TIME'); now = t[1] * 1000000 + t[2] end
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local back = math.max(tat - unspent * interval, math.min(now, tat))
+if back <= now then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], string.format('%d', back), 'PXAT', math.ceil(back / 1000))
+end
+return 1
+"#;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// The Redis of `global.redis`, and the scripts.
+#[derive(Clone)]
+pub struct Store {
+    con: ConnectionManager,
+    take: Script,
+    give_back: Script,
+    timeout: Duration,
+}
+
+/// The Redis key of a global quota's state for one client key: the client key is hashed
+/// (SHA-256, 16 bytes in hex), so any bytes make a short key and the same one on every
+/// replica; the braces keep it on one Redis Cluster slot.
+pub fn state_key(service: &str, route: &str, key: &[u8]) -> String {
+    let digest = Sha256::digest(key);
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("sluice:{{{service}:{route}:{hex}}}:gcra")
+}
+
+impl Store {
+    /// Connects to `url` (`redis://HOST:PORT`, `redis+unix:///path`), every call bounded by
+    /// `timeout`.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1);
+        let con = bounded(timeout, client.get_connection_manager_with_config(config)).await?;
+        Ok(Self { con, take: Script::new(TAKE), give_back: Script::new(GIVE_BACK), timeout })
+    }
+
+    /// Takes up to `wanted` tokens of `gcra` from the state at `key`.
+    pub async fn take(&self, key: &str, gcra: Gcra, wanted: u32) -> Result<Grant, StoreError> {
+        self.take_at(key, gcra, wanted, None).await
+    }
+
+    /// Gives back `unspent` tokens to the state at `key`.
+    pub async fn give_back(&self, key: &str, gcra: Gcra, unspent: u32) -> Result<(), StoreError> {
+        self.give_back_at(key, gcra, unspent, None).await
+    }
+
+    async fn take_at(&self, key: &str, gcra: Gcra, wanted: u32, now: Option<Duration>) -> Result<Grant, StoreError> {
+        let mut call = self.take.key(key);
+        call.arg(wanted).arg(micros(gcra.interval)).arg(gcra.burst);
+        if let Some(now) = now {
+            call.arg(micros(now));
+        }
+        let mut con = self.con.clone();
+        let (granted, retry_after, remaining): (u32, u64, u32) =
+            bounded(self.timeout, call.invoke_async(&mut con)).await?;
+        Ok(Grant { granted, retry_after: Duration::from_micros(retry_after), remaining })
+    }
+
+    async fn give_back_at(&self, key: &str, gcra: Gcra, unspent: u32, now: Option<Duration>) -> Result<(), StoreError> {
+        let mut call = self.give_back.key(key);
+        call.arg(unspent).arg(micros(gcra.interval));
+        if let Some(now) = now {
+            call.arg(micros(now));
+        }
+        let mut con = self.con.clone();
+        let _: i64 = bounded(self.timeout, call.invoke_async(&mut con)).await?;
+        Ok(())
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros().try_into().unwrap_or(u64::MAX)
+}
+
+async fn bounded<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(StoreError::Timeout(timeout)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Child, Command, Stdio};
+
+    use proptest::prelude::*;
+
+    use super::super::lease::Shared;
+    use super::*;
+
+    /// A real redis-server on a unix socket of its own, no persistence; killed on drop.
+    struct Redis {
+        child: Child,
+        url: String,
+        dir: std::path::PathBuf,
+    }
+
+    impl Redis {
+        fn start() -> Self {
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!("sluice-redis-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let socket = dir.join("redis.sock");
+            let child = Command::new("redis-server")
+                .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocketperm", "700"])
+                .arg("--unixsocket")
+                .arg(&socket)
+                .arg("--dir")
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server runs (.ci/test installs Debian's redis-server)");
+            let start = std::time::Instant::now();
+            while !socket.exists() {
+                assert!(start.elapsed() < Duration::from_secs(10), "redis-server did not start");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Self { child, url: format!("redis+unix://{}", socket.display()), dir }
+        }
+    }
+
+    impl Drop for Redis {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    #[test]
+    fn keys_are_short_stable_and_on_one_slot() {
+        let a = state_key("claims", "submit", b"consumer-1");
+        assert_eq!(a, state_key("claims", "submit", b"consumer-1"));
+        assert_ne!(a, state_key("claims", "submit", b"consumer-2"));
+        assert!(a.starts_with("sluice:{claims:submit:") && a.ends_with("}:gcra") && a.len() < 80, "{a}");
+        assert!(state_key("s", "r", &[0xff; 4096]).len() < 80);
+    }
+
+    #[test]
+    fn the_scripts_do_what_the_model_does_and_survive_a_script_flush() {
+        let redis = Redis::start();
+        runtime().block_on(async {
+            let store = Store::connect(&redis.url, Duration::from_secs(2)).await.unwrap();
+            let gcra = Gcra { interval: Duration::from_millis(100), burst: 5 };
+            let now = Duration::from_secs(1_800_000_000);
+            let grant = store.take_at("k", gcra, 3, Some(now)).await.unwrap();
+            assert_eq!(grant, Grant { granted: 3, retry_after: Duration::ZERO, remaining: 2 });
+            // Redis restarted, its scripts gone: loaded again on NOSCRIPT.
+            let mut con = store.con.clone();
+            let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut con).await.unwrap();
+            let grant = store.take_at("k", gcra, 3, Some(now)).await.unwrap();
+            assert_eq!((grant.granted, grant.remaining), (2, 0));
+            let refused = store.take_at("k", gcra, 1, Some(now)).await.unwrap();
+            assert_eq!((refused.granted, refused.retry_after), (0, Duration::from_millis(100)));
+            // The key expires when the bucket is full again: the TAT, 0.5 s ahead.
+            let ttl: i64 = redis::cmd("PTTL").arg("k").query_async(&mut con).await.unwrap();
+            assert!(ttl > 0, "an expiry is set: {ttl}");
+            store.give_back_at("k", gcra, 5, Some(now)).await.unwrap();
+            let exists: i64 = redis::cmd("EXISTS").arg("k").query_async(&mut con).await.unwrap();
+            assert_eq!(exists, 0, "given all back: a full bucket, deleted");
+            // On Redis's own clock too.
+            assert_eq!(store.take("fresh", gcra, 9).await.unwrap().granted, 5);
+        });
+    }
+
+    #[test]
+    fn a_call_to_a_redis_that_is_gone_fails_within_the_timeout() {
+        let redis = Redis::start();
+        runtime().block_on(async {
+            let store = Store::connect(&redis.url, Duration::from_millis(50)).await.unwrap();
+            let gcra = Gcra { interval: Duration::from_millis(1), burst: 1 };
+            drop(redis);
+            let start = std::time::Instant::now();
+            assert!(store.take("k", gcra, 1).await.is_err());
+            assert!(start.elapsed() < Duration::from_millis(500), "{:?}", start.elapsed());
+        });
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// The scripts and the model, given the same calls at the same times, answer the
+        /// same.
+        #[test]
+        fn the_scripts_match_the_model(
+            interval_us in 1u64..100_000,
+            burst in 1u32..50,
+            calls in proptest::collection::vec((0u64..200_000, 0u32..20, proptest::bool::ANY), 1..60),
+        ) {
+            let redis = Redis::start();
+            let gcra = Gcra { interval: Duration::from_micros(interval_us), burst };
+            let mut model = Shared::default();
+            let mut now = Duration::from_secs(1_800_000_000);
+            runtime().block_on(async {
+                let store = Store::connect(&redis.url, Duration::from_secs(2)).await.unwrap();
+                for (gap, n, give) in calls {
+                    now += Duration::from_micros(gap);
+                    if give {
+                        gcra.give_back(&mut model, now, n);
+                        store.give_back_at("k", gcra, n, Some(now)).await.unwrap();
+                    } else {
+                        let expected = gcra.take(&mut model, now, n);
+                        let got = store.take_at("k", gcra, n, Some(now)).await.unwrap();
+                        assert_eq!(got, expected, "take {n} at {now:?}");
+                    }
+                }
+            });
+        }
+    }
+}
