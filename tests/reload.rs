@@ -122,15 +122,9 @@ async fn a_reload_drops_no_connection_and_in_flight_requests_keep_their_config()
 
 const TOKENS: &str = "  tokens:\n    - { name: cp, role: admin, token: reload-admin-token }\n";
 
-/// `GET` on the admin listener of `process` with the admin token: status and JSON body.
+/// `GET` on the admin listener of `process` with the admin token: the JSON body.
 async fn admin_get(process: &Process, path: &str) -> serde_json::Value {
-    let req = http::Request::get(process.admin_url(path))
-        .header("authorization", "Bearer reload-admin-token")
-        .body(empty())
-        .unwrap();
-    let (response, body) = send(&client(), req).await;
-    assert_eq!(response.status(), 200, "{path}");
-    serde_json::from_slice(&body).unwrap()
+    process.admin_json(path, "reload-admin-token").await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,12 +12,7 @@ const ROUTES: &str = "routes:\n  - name: api\n    match: { path: \"/*\" }\n    s
 
 /// The `total` and `good` counts of route `api`'s availability SLI, from `/v1/status`.
 async fn availability(process: &Process) -> (u64, u64) {
-    let req = http::Request::get(process.admin_url("/v1/status"))
-        .header("authorization", "Bearer sla-viewer-token")
-        .body(empty())
-        .unwrap();
-    let (_, body) = send(&client(), req).await;
-    let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let status = process.admin_json("/v1/status", "sla-viewer-token").await;
     let sli = &status["routes"][0]["sla"]["availability"];
     (sli["total"].as_u64().unwrap(), sli["good"].as_u64().unwrap())
 }

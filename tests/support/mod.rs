@@ -435,6 +435,14 @@ impl Process {
         format!("http://{}{path}", self.admin)
     }
 
+    /// `GET path` on the admin listener with `token`: the JSON body of a 200.
+    pub async fn admin_json(&self, path: &str, token: &str) -> serde_json::Value {
+        let req = Request::get(self.admin_url(path)).header("authorization", format!("Bearer {token}"));
+        let (response, body) = send(&client(), req.body(empty()).unwrap()).await;
+        assert_eq!(response.status(), 200, "{path}");
+        serde_json::from_slice(&body).unwrap()
+    }
+
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().unwrap();
         assert!(status.success());
