@@ -1,10 +1,12 @@
 //! Global quotas: quotas shared by every replica of the service (issue 18, in progress).
 //!
-//! [`lease`] is the engine: a replica spends a shared GCRA state in leased batches, so that
-//! the shared store is off the per-request path. [`store`] is that store, in Redis: the
-//! scripts that change the shared state, held to the engine's arithmetic by a test against
-//! a real redis-server. The request path's use of them is not built yet: no config can ask
-//! for `scope: global` so far.
+//! [`lease`] is the engine of a global rate quota: a replica spends a shared GCRA state in
+//! leased batches, so that the shared store is off the per-request path. [`store`] is that
+//! store, in Redis: the scripts that change the shared state, held to the engine's
+//! arithmetic by a test against a real redis-server. [`slots`] are the global concurrency
+//! quota's slots, leased so that a dead replica's are freed. The request path's use of them
+//! is not built yet: no config can ask for `scope: global` so far.
 
 pub mod lease;
+pub mod slots;
 pub mod store;

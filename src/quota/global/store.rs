@@ -117,9 +117,17 @@ impl Store {
         if let Some(now) = now {
             call.arg(micros(now));
         }
-        let mut con = self.con.clone();
-        let _: i64 = bounded(self.timeout, call.invoke_async(&mut con)).await?;
+        let _: i64 = self.call(&mut call).await?;
         Ok(())
+    }
+
+    /// Runs a script (sent by its SHA-1, loaded on `NOSCRIPT`), bounded by the timeout.
+    pub(super) async fn call<T: redis::FromRedisValue>(
+        &self,
+        invocation: &mut redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut con = self.con.clone();
+        bounded(self.timeout, invocation.invoke_async(&mut con)).await
     }
 }
 
@@ -138,7 +146,7 @@ async fn bounded<T>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::process::{Child, Command, Stdio};
 
     use proptest::prelude::*;
@@ -147,14 +155,14 @@ mod tests {
     use super::*;
 
     /// A real redis-server on a unix socket of its own, no persistence; killed on drop.
-    struct Redis {
+    pub struct Redis {
         child: Child,
-        url: String,
+        pub url: String,
         dir: std::path::PathBuf,
     }
 
     impl Redis {
-        fn start() -> Self {
+        pub fn start() -> Self {
             static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
             let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let dir = std::env::temp_dir().join(format!("sluice-redis-{}-{n}", std::process::id()));
