@@ -137,7 +137,10 @@ async fn the_version_moves_only_when_the_config_changes() {
     let process = Process::spawn(&path);
     assert_eq!(admin_get(&process, "/v1/config").await["version"], 1);
     // A SIGHUP, and a touch the watcher sees, with the file as it was: still version 1.
+    // (The rewrite waits for the signal's read: a read in the middle of a write would see
+    // a cut file, and be refused.)
     process.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
     std::fs::write(&path, &text).unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(admin_get(&process, "/v1/config").await["version"], 1);
