@@ -2,8 +2,8 @@
 //!
 //! [`lease`] is the engine of a global rate quota: a replica spends a shared GCRA state in
 //! leased batches, so that the shared store is off the per-request path. [`store`] is that
-//! store, in Redis: the scripts that change the shared state, held to the engine's
-//! arithmetic by a test against a real redis-server. [`slots`] are the global concurrency
+//! store, in Redis or a Redis Cluster: the scripts that change the shared state, held to the
+//! engine's arithmetic by a test against a real redis-server. [`slots`] are the global concurrency
 //! quota's slots, leased so that a dead replica's are freed; [`replicas`] counts the
 //! replicas by their heartbeats; [`degraded`] is the circuit and the `on_error` policy for a
 //! Redis that is slow or gone. The request path's use of them is not built yet: no config

@@ -74,7 +74,7 @@ mod tests {
     fn replicas_are_counted_while_they_beat_and_forgotten_after() {
         let redis = Redis::start();
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-            let replicas = Replicas::new(Store::connect(&redis.url, Duration::from_secs(2)).await.unwrap());
+            let replicas = Replicas::new(Store::connect(&[&redis.url], Duration::from_secs(2)).await.unwrap());
             let t0 = Duration::from_secs(1_800_000_000);
             let at = |s: u64| Some(t0 + Duration::from_secs(s));
             assert_eq!(replicas.beat_at("claims", "a", at(0)).await.unwrap(), 1);

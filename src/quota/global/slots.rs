@@ -120,7 +120,7 @@ mod tests {
     fn at_most_max_are_held_and_a_dead_replicas_slot_frees_after_its_lease() {
         let redis = Redis::start();
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-            let slots = Slots::new(Store::connect(&redis.url, Duration::from_secs(2)).await.unwrap());
+            let slots = Slots::new(Store::connect(&[&redis.url], Duration::from_secs(2)).await.unwrap());
             let t0 = Duration::from_secs(1_800_000_000);
             let at = |s: u64| t0 + Duration::from_secs(s);
             // two replicas, max 2

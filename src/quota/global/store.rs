@@ -7,10 +7,15 @@
 //! cost Redis nothing. The scripts are sent by their SHA-1 and loaded again when Redis
 //! answers `NOSCRIPT` (after a restart). Every call is bounded by `timeout`: a Redis that is
 //! slow or gone is an error the caller's policy decides on, never a wait.
+//!
+//! One URL is one Redis; several are the seed nodes of a Redis Cluster, where each call goes
+//! to the node of its key's slot (every key is braced to one slot) and scripts are loaded on
+//! every primary.
 
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
 use redis::Script;
 use sha2::{Digest, Sha256};
 
@@ -61,10 +66,17 @@ pub enum StoreError {
 /// The Redis of `global.redis`, and the scripts.
 #[derive(Clone)]
 pub struct Store {
-    con: ConnectionManager,
+    con: Connection,
     take: Script,
     give_back: Script,
     timeout: Duration,
+}
+
+/// One Redis, or a Redis Cluster.
+#[derive(Clone)]
+enum Connection {
+    One(ConnectionManager),
+    Cluster(ClusterConnection),
 }
 
 /// The Redis key of a global quota's state for one client key: the client key is hashed
@@ -77,15 +89,27 @@ pub fn state_key(service: &str, route: &str, key: &[u8]) -> String {
 }
 
 impl Store {
-    /// Connects to `url` (`redis://HOST:PORT`, `redis+unix:///path`), every call bounded by
-    /// `timeout`.
-    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1);
-        let con = bounded(timeout, client.get_connection_manager_with_config(config)).await?;
+    /// Connects to `urls`: one (`redis://HOST:PORT`, `redis+unix:///path`) is one Redis,
+    /// several the seed nodes of a Redis Cluster. Every call is bounded by `timeout`.
+    pub async fn connect(urls: &[&str], timeout: Duration) -> Result<Self, StoreError> {
+        let con = match urls {
+            [url] => {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(1);
+                let client = redis::Client::open(*url)?;
+                Connection::One(bounded(timeout, client.get_connection_manager_with_config(config)).await?)
+            }
+            seeds => {
+                let client = redis::cluster::ClusterClient::builder(seeds.iter().copied())
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(1)
+                    .build()?;
+                Connection::Cluster(bounded(timeout, client.get_async_connection()).await?)
+            }
+        };
         Ok(Self { con, take: Script::new(TAKE), give_back: Script::new(GIVE_BACK), timeout })
     }
 
@@ -105,9 +129,7 @@ impl Store {
         if let Some(now) = now {
             call.arg(micros(now));
         }
-        let mut con = self.con.clone();
-        let (granted, retry_after, remaining): (u32, u64, u32) =
-            bounded(self.timeout, call.invoke_async(&mut con)).await?;
+        let (granted, retry_after, remaining): (u32, u64, u32) = self.call(&mut call).await?;
         Ok(Grant { granted, retry_after: Duration::from_micros(retry_after), remaining })
     }
 
@@ -126,8 +148,10 @@ impl Store {
         &self,
         invocation: &mut redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        let mut con = self.con.clone();
-        bounded(self.timeout, invocation.invoke_async(&mut con)).await
+        match self.con.clone() {
+            Connection::One(mut con) => bounded(self.timeout, invocation.invoke_async(&mut con)).await,
+            Connection::Cluster(mut con) => bounded(self.timeout, invocation.invoke_async(&mut con)).await,
+        }
     }
 }
 
@@ -162,12 +186,18 @@ pub(super) mod tests {
     }
 
     impl Redis {
-        pub fn start() -> Self {
+        /// A fresh directory of its own.
+        fn dir() -> std::path::PathBuf {
             static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
             let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let dir = std::env::temp_dir().join(format!("sluice-redis-{}-{n}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
+            dir
+        }
+
+        pub fn start() -> Self {
+            let dir = Self::dir();
             let socket = dir.join("redis.sock");
             let child = Command::new("redis-server")
                 .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocketperm", "700"])
@@ -195,6 +225,106 @@ pub(super) mod tests {
         }
     }
 
+    /// A Redis Cluster of three primaries on loopback (ports of their own, each with its
+    /// bus port free too), no persistence; killed on drop.
+    pub struct Cluster {
+        nodes: Vec<Redis>,
+        pub urls: Vec<String>,
+    }
+
+    impl Cluster {
+        pub fn start() -> Self {
+            let ports: Vec<u16> = std::iter::repeat_with(|| {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let port = listener.local_addr().unwrap().port();
+                let bus_free = port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok();
+                bus_free.then_some(port)
+            })
+            .flatten()
+            .take(3)
+            .collect();
+            let nodes: Vec<Redis> = ports
+                .iter()
+                .map(|port| {
+                    let dir = Redis::dir();
+                    let child = Command::new("redis-server")
+                        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--cluster-enabled", "yes"])
+                        .args(["--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no"])
+                        .arg("--dir")
+                        .arg(&dir)
+                        .stdout(Stdio::null())
+                        .spawn()
+                        .expect("redis-server runs (.ci/test installs Debian's redis-server)");
+                    Redis { child, url: format!("redis://127.0.0.1:{port}"), dir }
+                })
+                .collect();
+            let cli = |port: u16, args: &[&str]| {
+                Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().expect("redis-cli runs")
+            };
+            for port in &ports {
+                let start = std::time::Instant::now();
+                while cli(*port, &["ping"]).stdout != b"PONG\n" {
+                    assert!(start.elapsed() < Duration::from_secs(10), "a cluster node did not start");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+            let created = Command::new("redis-cli")
+                .arg("--cluster")
+                .arg("create")
+                .args(&addresses)
+                .args(["--cluster-replicas", "0", "--cluster-yes"])
+                .output()
+                .expect("redis-cli runs");
+            assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stdout));
+            for port in &ports {
+                let start = std::time::Instant::now();
+                while !String::from_utf8_lossy(&cli(*port, &["cluster", "info"]).stdout).contains("cluster_state:ok") {
+                    assert!(start.elapsed() < Duration::from_secs(20), "the cluster did not settle");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            let urls = nodes.iter().map(|n| n.url.clone()).collect();
+            Self { nodes, urls }
+        }
+
+        /// Runs `redis-cli ARGS` on every node; what each printed.
+        pub fn on_every_node(&self, args: &[&str]) -> Vec<String> {
+            let run = |node: &Redis| {
+                let port = node.url.rsplit(':').next().unwrap();
+                let out = Command::new("redis-cli").args(["-p", port]).args(args).output().unwrap();
+                assert!(out.status.success());
+                String::from_utf8_lossy(&out.stdout).trim().to_string()
+            };
+            self.nodes.iter().map(run).collect()
+        }
+    }
+
+    #[test]
+    fn a_redis_cluster_keeps_each_state_on_its_slot_and_reloads_scripts_everywhere() {
+        let cluster = Cluster::start();
+        runtime().block_on(async {
+            let urls: Vec<&str> = cluster.urls.iter().map(String::as_str).collect();
+            let store = Store::connect(&urls, Duration::from_secs(2)).await.unwrap();
+            let gcra = Gcra { interval: Duration::from_millis(100), burst: 5 };
+            let now = Duration::from_secs(1_800_000_000);
+            // keys of many services land on all three primaries' slots
+            let keys: Vec<String> = (0..30).map(|i| state_key(&format!("svc{i}"), "r", b"k")).collect();
+            for key in &keys {
+                assert_eq!(store.take_at(key, gcra, 3, Some(now)).await.unwrap().granted, 3, "{key}");
+            }
+            let sizes = cluster.on_every_node(&["dbsize"]);
+            assert!(sizes.iter().all(|n| n.parse::<u32>().unwrap() > 0), "every primary holds some: {sizes:?}");
+            cluster.on_every_node(&["script", "flush"]);
+            for key in &keys {
+                let grant = store.take_at(key, gcra, 3, Some(now)).await.unwrap();
+                assert_eq!((grant.granted, grant.remaining), (2, 0), "{key}: its state, on its node");
+            }
+            store.give_back_at(&keys[0], gcra, 5, Some(now)).await.unwrap();
+            assert_eq!(store.take_at(&keys[0], gcra, 9, Some(now)).await.unwrap().granted, 5);
+        });
+    }
+
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
     }
@@ -212,13 +342,13 @@ pub(super) mod tests {
     fn the_scripts_do_what_the_model_does_and_survive_a_script_flush() {
         let redis = Redis::start();
         runtime().block_on(async {
-            let store = Store::connect(&redis.url, Duration::from_secs(2)).await.unwrap();
+            let store = Store::connect(&[&redis.url], Duration::from_secs(2)).await.unwrap();
             let gcra = Gcra { interval: Duration::from_millis(100), burst: 5 };
             let now = Duration::from_secs(1_800_000_000);
             let grant = store.take_at("k", gcra, 3, Some(now)).await.unwrap();
             assert_eq!(grant, Grant { granted: 3, retry_after: Duration::ZERO, remaining: 2 });
             // Redis restarted, its scripts gone: loaded again on NOSCRIPT.
-            let mut con = store.con.clone();
+            let Connection::One(mut con) = store.con.clone() else { unreachable!("one redis") };
             let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut con).await.unwrap();
             let grant = store.take_at("k", gcra, 3, Some(now)).await.unwrap();
             assert_eq!((grant.granted, grant.remaining), (2, 0));
@@ -239,7 +369,7 @@ pub(super) mod tests {
     fn a_call_to_a_redis_that_is_gone_fails_within_the_timeout() {
         let redis = Redis::start();
         runtime().block_on(async {
-            let store = Store::connect(&redis.url, Duration::from_millis(50)).await.unwrap();
+            let store = Store::connect(&[&redis.url], Duration::from_millis(50)).await.unwrap();
             let gcra = Gcra { interval: Duration::from_millis(1), burst: 1 };
             drop(redis);
             let start = std::time::Instant::now();
@@ -263,7 +393,7 @@ pub(super) mod tests {
             let mut model = Shared::default();
             let mut now = Duration::from_secs(1_800_000_000);
             runtime().block_on(async {
-                let store = Store::connect(&redis.url, Duration::from_secs(2)).await.unwrap();
+                let store = Store::connect(&[&redis.url], Duration::from_secs(2)).await.unwrap();
                 for (gap, n, give) in calls {
                     now += Duration::from_micros(gap);
                     if give {
