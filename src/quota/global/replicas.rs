@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use redis::Script;
 
-use super::store::{Store, StoreError};
+use super::store::{micros, Store, StoreError};
 
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 pub const FORGET_AFTER: Duration = Duration::from_secs(30);
@@ -57,9 +57,9 @@ impl Replicas {
 
     async fn beat_at(&self, service: &str, replica: &str, now: Option<Duration>) -> Result<u32, StoreError> {
         let mut call = self.beat.key(set_key(service));
-        call.arg(replica).arg(FORGET_AFTER.as_micros() as u64);
+        call.arg(replica).arg(micros(FORGET_AFTER));
         if let Some(now) = now {
-            call.arg(now.as_micros() as u64);
+            call.arg(micros(now));
         }
         self.store.call(&mut call).await
     }
@@ -67,13 +67,13 @@ impl Replicas {
 
 #[cfg(test)]
 mod tests {
-    use super::super::store::tests::Redis;
+    use super::super::store::tests::{runtime, Redis};
     use super::*;
 
     #[test]
     fn replicas_are_counted_while_they_beat_and_forgotten_after() {
         let redis = Redis::start();
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        runtime().block_on(async {
             let replicas = Replicas::new(Store::connect(&[&redis.url], Duration::from_secs(2)).await.unwrap());
             let t0 = Duration::from_secs(1_800_000_000);
             let at = |s: u64| Some(t0 + Duration::from_secs(s));

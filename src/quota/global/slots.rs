@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use redis::Script;
 
-use super::store::{Store, StoreError};
+use super::store::{micros, Store, StoreError};
 
 /// How long a slot stays held without a renewal: what a replica that dies holds it for.
 pub const SLOT_LEASE: Duration = Duration::from_secs(10);
@@ -107,19 +107,15 @@ impl Slots {
     }
 }
 
-fn micros(d: Duration) -> u64 {
-    d.as_micros().try_into().unwrap_or(u64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::store::tests::Redis;
+    use super::super::store::tests::{runtime, Redis};
     use super::*;
 
     #[test]
     fn at_most_max_are_held_and_a_dead_replicas_slot_frees_after_its_lease() {
         let redis = Redis::start();
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        runtime().block_on(async {
             let slots = Slots::new(Store::connect(&[&redis.url], Duration::from_secs(2)).await.unwrap());
             let t0 = Duration::from_secs(1_800_000_000);
             let at = |s: u64| t0 + Duration::from_secs(s);

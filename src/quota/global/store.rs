@@ -155,7 +155,8 @@ impl Store {
     }
 }
 
-fn micros(d: Duration) -> u64 {
+/// Microseconds, the scripts' unit (Redis's `TIME` is to the microsecond).
+pub(super) fn micros(d: Duration) -> u64 {
     d.as_micros().try_into().unwrap_or(u64::MAX)
 }
 
@@ -325,7 +326,7 @@ pub(super) mod tests {
         });
     }
 
-    fn runtime() -> tokio::runtime::Runtime {
+    pub fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
     }
 
