@@ -104,8 +104,9 @@ pub struct Lease {
     expires: Duration,
     /// A refusal kept until then: no call before it.
     refused_until: Duration,
-    /// A refill is being asked for.
-    refilling: bool,
+    /// A take is out (the one that found the lease empty, or a top-up): at most one, so
+    /// the lease never holds more than a batch.
+    in_flight: bool,
 }
 
 /// What [`Lease::decide`] tells the caller to do.
@@ -118,8 +119,10 @@ pub enum Step {
     /// Refused, as a cached refusal: passes again after this long.
     Limited { retry_after: Duration },
     /// Nothing leased: take this many from the shared state now, hand the grant to
-    /// [`Lease::granted`], and decide again.
+    /// [`Lease::granted`] (or report [`Lease::failed`]), and decide again.
     Take(u32),
+    /// Nothing leased, and a take is out: wait for it, then decide again.
+    Wait,
 }
 
 impl Lease {
@@ -129,13 +132,17 @@ impl Lease {
             return Step::Limited { retry_after: self.refused_until - now };
         }
         if self.tokens == 0 || now >= self.expires {
+            if self.in_flight {
+                return Step::Wait;
+            }
+            self.in_flight = true;
             return Step::Take(batch);
         }
         self.tokens -= 1;
         // Half a batch left: the lease is topped up to a batch before it runs out (never
         // more: a replica holds at most one batch).
-        if self.tokens <= batch / 2 && !self.refilling && batch > 1 {
-            self.refilling = true;
+        if self.tokens <= batch / 2 && !self.in_flight && batch > 1 {
+            self.in_flight = true;
             return Step::Allowed { refill: Some(batch - self.tokens) };
         }
         Step::Allowed { refill: None }
@@ -144,7 +151,7 @@ impl Lease {
     /// What a take granted at `now`. A lease that expired before it gives back what it had
     /// left: returns that many, for the caller to give back to the shared state.
     pub fn granted(&mut self, now: Duration, grant: Grant) -> u32 {
-        self.refilling = false;
+        self.in_flight = false;
         let expired = self.expire(now);
         if grant.granted == 0 {
             // Nothing granted: refused until a token is there, unless what is left lasts.
@@ -156,6 +163,11 @@ impl Lease {
         self.tokens += grant.granted;
         self.expires = now + LEASE_TTL;
         expired
+    }
+
+    /// The take that was out failed (or was not made): the next request may take again.
+    pub fn failed(&mut self) {
+        self.in_flight = false;
     }
 
     /// The tokens to give back at `now`, if the lease has expired; the lease is empty after.
@@ -221,10 +233,23 @@ mod tests {
         // the refill comes back empty: what is left is spent, then refused until told
         assert_eq!(lease.granted(now, Grant { granted: 0, retry_after: ms(300), remaining: 0 }), 0);
         assert_eq!(lease.decide(now, 4), Step::Allowed { refill: Some(4) }, "the last one: a whole batch");
-        assert_eq!(lease.decide(now, 4), Step::Take(4));
+        assert_eq!(lease.decide(now, 4), Step::Wait, "empty while the top-up is out");
         lease.granted(now, Grant { granted: 0, retry_after: ms(300), remaining: 0 });
         assert_eq!(lease.decide(now + ms(100), 4), Step::Limited { retry_after: ms(200) });
         assert_eq!(lease.decide(now + ms(300), 4), Step::Take(4));
+    }
+
+    #[test]
+    fn one_take_at_a_time_the_others_wait_for_it() {
+        let mut lease = Lease::default();
+        assert_eq!(lease.decide(ms(0), 4), Step::Take(4));
+        assert_eq!(lease.decide(ms(0), 4), Step::Wait, "a take is out");
+        lease.failed();
+        assert_eq!(lease.decide(ms(0), 4), Step::Take(4), "it failed: the next one takes");
+        lease.granted(ms(0), Grant { granted: 2, retry_after: Duration::ZERO, remaining: 0 });
+        assert_eq!(lease.decide(ms(0), 4), Step::Allowed { refill: Some(3) });
+        assert_eq!(lease.decide(ms(0), 4), Step::Allowed { refill: None });
+        assert_eq!(lease.decide(ms(0), 4), Step::Wait, "empty, and the top-up is out");
     }
 
     #[test]
@@ -261,6 +286,7 @@ mod tests {
                         break;
                     }
                     Step::Limited { .. } => break,
+                    Step::Wait => unreachable!("every take here completes at once"),
                     Step::Take(n) => {
                         let grant = q.take(&mut shared, now, n);
                         let back = lease.granted(now, grant);

@@ -6,11 +6,13 @@
 //! engine's arithmetic by a test against a real redis-server. [`slots`] are the global concurrency
 //! quota's slots, leased so that a dead replica's are freed; [`replicas`] counts the
 //! replicas by their heartbeats; [`degraded`] is the circuit and the `on_error` policy for a
-//! Redis that is slow or gone. The request path's use of them is not built yet: no config
-//! can ask for `scope: global` so far.
+//! Redis that is slow or gone; [`rate`] joins them for one global rate quota on one
+//! replica. The request path's use of them is not built yet: no config can ask for
+//! `scope: global` so far.
 
 pub mod degraded;
 pub mod lease;
+pub mod rate;
 pub mod replicas;
 pub mod slots;
 pub mod store;

@@ -113,6 +113,11 @@ impl Store {
         Ok(Self { con, take: Script::new(TAKE), give_back: Script::new(GIVE_BACK), timeout })
     }
 
+    /// The bound of every call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Takes up to `wanted` tokens of `gcra` from the state at `key`.
     pub async fn take(&self, key: &str, gcra: Gcra, wanted: u32) -> Result<Grant, StoreError> {
         self.take_at(key, gcra, wanted, None).await
@@ -199,13 +204,20 @@ pub(super) mod tests {
 
         pub fn start() -> Self {
             let dir = Self::dir();
+            let child = Self::serve(&dir);
+            Self { child, url: format!("redis+unix://{}", dir.join("redis.sock").display()), dir }
+        }
+
+        /// A redis-server on `dir/redis.sock`, once it listens.
+        fn serve(dir: &std::path::Path) -> Child {
             let socket = dir.join("redis.sock");
+            let _ = std::fs::remove_file(&socket);
             let child = Command::new("redis-server")
                 .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocketperm", "700"])
                 .arg("--unixsocket")
                 .arg(&socket)
                 .arg("--dir")
-                .arg(&dir)
+                .arg(dir)
                 .stdout(Stdio::null())
                 .spawn()
                 .expect("redis-server runs (.ci/test installs Debian's redis-server)");
@@ -214,7 +226,19 @@ pub(super) mod tests {
                 assert!(start.elapsed() < Duration::from_secs(10), "redis-server did not start");
                 std::thread::sleep(Duration::from_millis(10));
             }
-            Self { child, url: format!("redis+unix://{}", socket.display()), dir }
+            child
+        }
+
+        /// Kills the server (as a crash would), then, with `back`, starts a new one on the
+        /// same socket: empty, its scripts gone.
+        pub fn kill(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+
+        pub fn restart(&mut self) {
+            self.kill();
+            self.child = Self::serve(&self.dir);
         }
     }
 
