@@ -178,6 +178,12 @@ impl Lease {
         std::mem::take(&mut self.tokens)
     }
 
+    /// Whether the lease holds nothing at `now` (no token, no take out, no refusal kept):
+    /// forgetting it loses nothing, as a new one starts from the shared state.
+    pub fn idle(&self, now: Duration) -> bool {
+        (self.tokens == 0 || now >= self.expires) && !self.in_flight && now >= self.refused_until
+    }
+
     /// Leased tokens not spent yet.
     pub fn tokens(&self) -> u32 {
         self.tokens
@@ -237,6 +243,21 @@ mod tests {
         lease.granted(now, Grant { granted: 0, retry_after: ms(300), remaining: 0 });
         assert_eq!(lease.decide(now + ms(100), 4), Step::Limited { retry_after: ms(200) });
         assert_eq!(lease.decide(now + ms(300), 4), Step::Take(4));
+    }
+
+    #[test]
+    fn a_lease_is_idle_once_it_holds_nothing() {
+        let mut lease = Lease::default();
+        assert!(lease.idle(ms(0)));
+        assert_eq!(lease.decide(ms(0), 4), Step::Take(4));
+        assert!(!lease.idle(ms(0)), "a take is out");
+        lease.granted(ms(0), Grant { granted: 2, retry_after: Duration::ZERO, remaining: 0 });
+        assert!(!lease.idle(ms(10)), "it holds tokens");
+        assert!(lease.idle(LEASE_TTL), "they expired: given back by whoever expires them");
+        let mut refused = Lease::default();
+        refused.decide(ms(0), 1);
+        refused.granted(ms(0), Grant { granted: 0, retry_after: ms(500), remaining: 0 });
+        assert!(!refused.idle(ms(100)) && refused.idle(ms(500)));
     }
 
     #[test]

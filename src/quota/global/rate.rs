@@ -191,6 +191,25 @@ impl GlobalRate {
     pub fn degraded(&self) -> bool {
         lock(&self.0.circuit).degraded()
     }
+
+    /// Forgets the keys whose lease holds nothing at `now`, giving back what expired leases
+    /// had left: the table holds the keys that spend now, not every key ever seen. Returns
+    /// how many went.
+    pub fn sweep(&self, now: Duration) -> usize {
+        let before = self.0.keys.len();
+        self.0.keys.retain(|state_key, state| {
+            let mut lease = lock(&state.lease);
+            let back = lease.expire(now);
+            self.give_back(state_key, back);
+            !lease.idle(now)
+        });
+        before.saturating_sub(self.0.keys.len())
+    }
+
+    /// Keys with a lease now.
+    pub fn keys(&self) -> usize {
+        self.0.keys.len()
+    }
 }
 
 impl Default for KeyState {
@@ -271,6 +290,10 @@ mod tests {
         let envelope = 40.0 + elapsed * 20.0;
         assert!(admitted <= envelope + 3.0 * 3.0, "{admitted} admitted: envelope {envelope} + 3 × 3");
         assert!(admitted >= 0.8 * envelope, "{admitted} admitted: the shared quota is spent, envelope {envelope}");
+        // Idle keys are forgotten, their unspent tokens given back.
+        assert_eq!(replicas[0].keys(), 1);
+        assert_eq!(replicas[0].sweep(clock() + super::super::lease::LEASE_TTL), 1);
+        assert_eq!(replicas[0].keys(), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
