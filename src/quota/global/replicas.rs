@@ -36,11 +36,12 @@ pub fn set_key(service: &str) -> String {
 pub struct Replicas {
     store: Store,
     beat: Script,
+    leave: Script,
 }
 
 impl Replicas {
     pub fn new(store: Store) -> Self {
-        Self { store, beat: Script::new(BEAT) }
+        Self { store, beat: Script::new(BEAT), leave: Script::new("return redis.call('ZREM', KEYS[1], ARGV[1])") }
     }
 
     /// Beats `replica`'s heart in `service`'s set; the replicas counted now.
@@ -50,18 +51,14 @@ impl Replicas {
 
     /// Takes `replica` out of the set at once (a drain).
     pub async fn leave(&self, service: &str, replica: &str) -> Result<(), StoreError> {
-        let leave = Script::new("return redis.call('ZREM', KEYS[1], ARGV[1])");
-        let _: i64 = self.store.call(leave.key(set_key(service)).arg(replica)).await?;
+        let _: i64 = self.store.call(self.leave.key(set_key(service)).arg(replica), None).await?;
         Ok(())
     }
 
     async fn beat_at(&self, service: &str, replica: &str, now: Option<Duration>) -> Result<u32, StoreError> {
         let mut call = self.beat.key(set_key(service));
         call.arg(replica).arg(micros(FORGET_AFTER));
-        if let Some(now) = now {
-            call.arg(micros(now));
-        }
-        self.store.call(&mut call).await
+        self.store.call(&mut call, now).await
     }
 }
 

@@ -82,27 +82,21 @@ impl Slots {
 
     /// Gives `member`'s slot back.
     pub async fn give_back(&self, key: &str, member: &str) -> Result<(), StoreError> {
-        let _: i64 = self.store.call(self.give_back.key(key).arg(member)).await?;
+        let _: i64 = self.store.call(self.give_back.key(key).arg(member), None).await?;
         Ok(())
     }
 
     async fn take_at(&self, key: &str, max: u32, member: &str, now: Option<Duration>) -> Result<bool, StoreError> {
         let mut call = self.take.key(key);
         call.arg(max).arg(member).arg(micros(SLOT_LEASE));
-        if let Some(now) = now {
-            call.arg(micros(now));
-        }
-        let (taken, _held): (i64, i64) = self.store.call(&mut call).await?;
+        let (taken, _held): (i64, i64) = self.store.call(&mut call, now).await?;
         Ok(taken == 1)
     }
 
     async fn renew_at(&self, key: &str, member: &str, now: Option<Duration>) -> Result<bool, StoreError> {
         let mut call = self.renew.key(key);
         call.arg(member).arg(micros(SLOT_LEASE));
-        if let Some(now) = now {
-            call.arg(micros(now));
-        }
-        let renewed: i64 = self.store.call(&mut call).await?;
+        let renewed: i64 = self.store.call(&mut call, now).await?;
         Ok(renewed == 1)
     }
 }

@@ -131,28 +131,28 @@ impl Store {
     async fn take_at(&self, key: &str, gcra: Gcra, wanted: u32, now: Option<Duration>) -> Result<Grant, StoreError> {
         let mut call = self.take.key(key);
         call.arg(wanted).arg(micros(gcra.interval)).arg(gcra.burst);
-        if let Some(now) = now {
-            call.arg(micros(now));
-        }
-        let (granted, retry_after, remaining): (u32, u64, u32) = self.call(&mut call).await?;
+        let (granted, retry_after, remaining): (u32, u64, u32) = self.call(&mut call, now).await?;
         Ok(Grant { granted, retry_after: Duration::from_micros(retry_after), remaining })
     }
 
     async fn give_back_at(&self, key: &str, gcra: Gcra, unspent: u32, now: Option<Duration>) -> Result<(), StoreError> {
         let mut call = self.give_back.key(key);
         call.arg(unspent).arg(micros(gcra.interval));
-        if let Some(now) = now {
-            call.arg(micros(now));
-        }
-        let _: i64 = self.call(&mut call).await?;
+        let _: i64 = self.call(&mut call, now).await?;
         Ok(())
     }
 
     /// Runs a script (sent by its SHA-1, loaded on `NOSCRIPT`), bounded by the timeout.
+    /// With `now` (tests only), the script's last argument is that time instead of Redis's
+    /// clock: every script that reads the time takes it so.
     pub(super) async fn call<T: redis::FromRedisValue>(
         &self,
         invocation: &mut redis::ScriptInvocation<'_>,
+        now: Option<Duration>,
     ) -> Result<T, StoreError> {
+        if let Some(now) = now {
+            invocation.arg(micros(now));
+        }
         match self.con.clone() {
             Connection::One(mut con) => bounded(self.timeout, invocation.invoke_async(&mut con)).await,
             Connection::Cluster(mut con) => bounded(self.timeout, invocation.invoke_async(&mut con)).await,
