@@ -82,11 +82,14 @@ impl GlobalRate {
             tokio::pin!(notified);
             let (step, back) = {
                 let mut lease = lock(&state.lease);
-                // Registered before the lease is let go: a take that returns after this
-                // wakes this request.
-                notified.as_mut().enable();
                 let back = lease.expire(now);
-                (lease.decide(now, inner.batch), back)
+                let step = lease.decide(now, inner.batch);
+                if step == Step::Wait {
+                    // Registered before the lease is let go, so that the take coming back
+                    // after this wakes this request; only a request that waits registers.
+                    notified.as_mut().enable();
+                }
+                (step, back)
             };
             self.give_back(state_key, back);
             match step {
