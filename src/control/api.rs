@@ -109,13 +109,13 @@ fn whole_config(body: &[u8], current: &Snapshot, check_version: bool) -> Result<
         }
         _ => {}
     }
-    config::parse_document(text, &["version"], |raw| raw.admin = current.config.raw.admin.clone())
-        .map_err(Problem::invalid)
+    parse_with_live_admin(text, &["version"], current).map_err(Problem::invalid)
 }
 
-/// Parses a config, its `admin` section replaced with the live one.
-fn parse_with_live_admin(text: &str, current: &Snapshot) -> Result<Config, ConfigErrors> {
-    config::parse_with(text, |raw| raw.admin = current.config.raw.admin.clone())
+/// Parses a config, its `admin` section replaced with the live one and the top-level keys
+/// in `ignore` left out.
+fn parse_with_live_admin(text: &str, ignore: &[&str], current: &Snapshot) -> Result<Config, ConfigErrors> {
+    config::parse_document(text, ignore, |raw| raw.admin = current.config.raw.admin.clone())
 }
 
 fn one_error(path: &str, message: &str) -> ConfigErrors {
@@ -195,7 +195,7 @@ async fn set_part(
         raw.as_object_mut().expect("the config is an object").remove("admin");
         // Through the YAML loader, so every error is found and named by its path; lines and
         // columns would point into this generated text, so they go.
-        parse_with_live_admin(&raw.to_string(), current).map_err(|e| {
+        parse_with_live_admin(&raw.to_string(), &[], current).map_err(|e| {
             let errors = e.errors.into_iter().map(|e| ConfigError { line: None, column: None, ..e }).collect();
             Problem::invalid(ConfigErrors { source: None, errors })
         })
