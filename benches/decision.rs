@@ -67,7 +67,7 @@ criterion_group!(benches, decision);
 
 /// The rate engine alone, keys already in hand: what the quota table costs by itself.
 fn rate_check(c: &mut Criterion) {
-    use sluice::quota::{Advertise, KeySpec, Mode, RateLimit, RateSpec};
+    use sluice::quota::{Advertise, KeySpec, Mode, RateLimit, RateSpec, Scope};
     use std::num::{NonZeroU32, NonZeroUsize};
     let spec = RateSpec {
         rate: NonZeroU32::new(1_000_000_000).unwrap(),
@@ -77,6 +77,7 @@ fn rate_check(c: &mut Criterion) {
         mode: Mode::Enforce,
         max_keys: NonZeroUsize::new(200_000).unwrap(),
         advertise: Advertise::Refusals,
+        scope: Scope::Local,
     };
     for keys in [1, 100_000] {
         let limit = RateLimit::new(spec.clone());

@@ -19,7 +19,7 @@ use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::StateStore;
 use governor::{Quota, RateLimiter};
-use sluice::quota::{Advertise, KeySpec, Mode, Offenders, RateLimit, RateSpec};
+use sluice::quota::{Advertise, KeySpec, Mode, Offenders, RateLimit, RateSpec, Scope};
 
 /// Fingerprints are hashes already: used as they are.
 #[derive(Default)]
@@ -89,6 +89,7 @@ fn engines(c: &mut Criterion) {
         mode: Mode::Enforce,
         max_keys: NonZeroUsize::new(200_000).unwrap(),
         advertise: Advertise::Refusals,
+        scope: Scope::Local,
     };
     let quota = Quota::with_period(spec.emission_interval()).unwrap().allow_burst(spec.burst);
     let origin = Instant::now();

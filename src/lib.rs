@@ -5,6 +5,8 @@
 //!   [`proxy::listener`], which hands HTTP/1.1 connections to `proxy::front`.
 //! - [`route`]: matching a request to a route.
 //! - [`quota`]: the rate (GCRA) and concurrency engines; no HTTP in there.
+//!   [`quota::global`] shares them across replicas on Redis; [`heartbeat`] is its
+//!   background (the replica count, Redis's health reported).
 //! - [`config`]: YAML → validated [`config::Config`]; [`config::reload`] watches the file.
 //! - [`snapshot`]: the live config with its quota, SLA and metric state, swapped
 //!   atomically on reload.
@@ -19,6 +21,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod events;
+pub mod heartbeat;
 pub mod metrics;
 pub mod monitor;
 pub mod proxy;

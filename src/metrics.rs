@@ -29,6 +29,8 @@ pub enum Origin {
     UpstreamError,
     /// Refused before routing: a malformed or too long request target (400, 414).
     Rejected,
+    /// Refused because Redis could not decide a global quota, under `on_error: deny` (503).
+    QuotaUnavailable,
 }
 
 impl Origin {
@@ -40,6 +42,7 @@ impl Origin {
             Self::Timeout => "timeout",
             Self::UpstreamError => "upstream_error",
             Self::Rejected => "rejected",
+            Self::QuotaUnavailable => "quota_unavailable",
         }
     }
 
@@ -51,7 +54,7 @@ impl Origin {
 }
 
 /// The (origin, code class) pairs that can occur; one counter each, made up front.
-const OUTCOMES: [(Origin, &str); 10] = [
+const OUTCOMES: [(Origin, &str); 11] = [
     (Origin::Upstream, "1xx"),
     (Origin::Upstream, "2xx"),
     (Origin::Upstream, "3xx"),
@@ -62,6 +65,7 @@ const OUTCOMES: [(Origin, &str); 10] = [
     (Origin::Timeout, "5xx"),
     (Origin::UpstreamError, "5xx"),
     (Origin::Rejected, "4xx"),
+    (Origin::QuotaUnavailable, "5xx"),
 ];
 
 fn outcome(origin: Origin, status: u16) -> usize {
@@ -72,6 +76,7 @@ fn outcome(origin: Origin, status: u16) -> usize {
         Origin::Timeout => 7,
         Origin::UpstreamError => 8,
         Origin::Rejected => 9,
+        Origin::QuotaUnavailable => 10,
     }
 }
 
@@ -80,14 +85,16 @@ pub enum Decision {
     Allowed,
     Limited,
     ShadowLimited,
+    /// Let through by `global.on_error` while Redis could not decide a global quota.
+    DegradedAllowed,
 }
 
-const DECISIONS: [&str; 3] = ["allowed", "limited", "shadow_limited"];
+const DECISIONS: [&str; 4] = ["allowed", "limited", "shadow_limited", "degraded_allowed"];
 
 /// The handles of one route.
 pub struct RouteMetrics {
     requests: [IntCounter; OUTCOMES.len()],
-    decisions: [IntCounter; 3],
+    decisions: [IntCounter; DECISIONS.len()],
     pub inflight: IntGauge,
     duration: Histogram,
 }
@@ -169,6 +176,7 @@ pub struct Metrics {
     reloads: IntCounterVec,
     /// Unauthenticated control API calls left out of the audit log by its rate bound.
     pub audit_suppressed: prometheus::IntCounter,
+    global: crate::quota::global::GlobalMetrics,
     last_reload_success: Gauge,
     /// Per route: its histogram (a collector of its own, so its buckets can hold its SLA
     /// threshold) and the buckets it was built with.
@@ -215,6 +223,35 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(audit_suppressed.clone())).expect("registered once");
+        let calls = counter(
+            "sluice_global_quota_calls_total",
+            "Calls to the Redis of the global quotas, by result: ok, error (Redis answered with an error or the connection failed) or timeout (slower than global.timeout).",
+            &["result"],
+        );
+        let call_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "sluice_global_quota_call_duration_seconds",
+                "Time of each call to the Redis of the global quotas, connecting included.",
+            )
+            .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1]),
+        )
+        .expect("valid metric");
+        let degraded = IntGauge::new(
+            "sluice_global_quota_degraded",
+            "1 while Redis cannot decide the global quotas and global.on_error does; 0 while Redis does.",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(call_duration.clone())).expect("registered once");
+        registry.register(Box::new(degraded.clone())).expect("registered once");
+        let global = crate::quota::global::GlobalMetrics {
+            calls: crate::quota::global::store::CallMetrics {
+                ok: calls.with_label_values(&["ok"]),
+                error: calls.with_label_values(&["error"]),
+                timeout: calls.with_label_values(&["timeout"]),
+                duration: call_duration,
+            },
+            degraded,
+        };
         let inflight =
             IntGaugeVec::new(Opts::new("sluice_inflight_requests", "Requests being served now, by route."), &["route"])
                 .expect("valid metric");
@@ -270,6 +307,7 @@ impl Metrics {
             config_version,
             reloads,
             audit_suppressed,
+            global,
             last_reload_success,
             histograms: Mutex::new(HashMap::new()),
         }
@@ -277,6 +315,11 @@ impl Metrics {
 
     /// The handles of route `name`, whose SLA latency threshold (if any) becomes a bucket
     /// edge. A route that keeps its name and buckets keeps its histogram across reloads.
+    /// The handles of the global quotas.
+    pub fn global(&self) -> crate::quota::global::GlobalMetrics {
+        self.global.clone()
+    }
+
     pub fn route(&self, name: &str, threshold: Option<Duration>) -> Arc<RouteMetrics> {
         let mut buckets = DEFAULT_BUCKETS.to_vec();
         if let Some(t) = threshold {

@@ -17,7 +17,7 @@ use crate::metrics::{Metrics, Source};
 use crate::proxy::listener::{self, Phase};
 use crate::proxy::Tracker;
 use crate::snapshot::{self, Live, Snapshot};
-use crate::{control, monitor};
+use crate::{control, heartbeat, monitor};
 
 /// How often the config file is polled for changes.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
@@ -115,6 +115,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
         listener::start(listener, workers(), live.clone(), tracker.clone(), watching).map_err(StartError::Workers)?;
     background.push(tokio::spawn(snapshot::sweep_keys(live.clone(), SWEEP_INTERVAL)));
     background.push(tokio::spawn(monitor::run(live.clone(), events.clone(), state_dir.clone())));
+    background.push(tokio::spawn(heartbeat::run(live.clone(), events.clone())));
     let routers = [
         control::router(control::Control::new(live.clone(), events.clone(), overlay.clone(), audit.clone())),
         control::probes(live.clone()),
@@ -216,6 +217,8 @@ impl Running {
         let deadline = tokio::time::Instant::now() + self.live.load().config.limits.drain_timeout;
         tracing::info!(in_flight = self.tracker.in_flight(), "draining");
         self.live.start_draining();
+        // The other replicas' local shares grow at once, not after the heartbeat is forgotten.
+        heartbeat::leave(&self.live).await;
         let _ = self.phase.send(Phase::Draining);
         if tokio::time::timeout_at(deadline, self.tracker.idle()).await.is_err() {
             tracing::warn!(in_flight = self.tracker.in_flight(), "drain deadline passed with requests in flight");

@@ -11,7 +11,8 @@ use arc_swap::ArcSwap;
 
 use crate::config::Config;
 use crate::metrics::{Metrics, Reload, RouteMetrics, Source};
-use crate::quota::{Advertise, Concurrency, ConcurrencySpec, Mode, RateLimit, RateSpec};
+use crate::quota::global::{GlobalConcurrency, GlobalRate, Shared};
+use crate::quota::{Advertise, Concurrency, ConcurrencySpec, Mode, RateLimit, RateSpec, Scope};
 use crate::route::Matcher;
 use crate::sla::RouteSla;
 
@@ -33,6 +34,14 @@ pub struct Quotas {
     pub scope: Arc<str>,
     pub rate: Option<RateQuota>,
     pub concurrency: Option<Arc<Concurrency>>,
+    /// The quotas with `scope: global`, shared with every replica.
+    pub global: Option<Arc<GlobalQuotas>>,
+}
+
+/// A scope's global quotas: a rate quota (in `mode`), a concurrency quota, or both.
+pub struct GlobalQuotas {
+    pub rate: Option<(GlobalRate, Mode)>,
+    pub concurrency: Option<GlobalConcurrency>,
 }
 
 impl Quotas {
@@ -41,7 +50,28 @@ impl Quotas {
         rate: Option<&RateSpec>,
         concurrency: Option<&ConcurrencySpec>,
         previous: Option<&Quotas>,
+        shared: Option<&Arc<Shared>>,
     ) -> Self {
+        let global = |s: &&RateSpec| s.scope == Scope::Global;
+        let global_rate = rate.filter(global).zip(shared).map(|(spec, shared)| {
+            let kept = previous.and_then(|p| p.global.as_ref()).and_then(|g| g.rate.as_ref());
+            let rate = match kept.filter(|(r, _)| r.adopts(shared, spec)) {
+                Some((kept, _)) => kept.clone(),
+                None => GlobalRate::new(shared.clone(), &scope, spec),
+            };
+            (rate, spec.mode)
+        });
+        let global_concurrency = concurrency.filter(|c| c.scope == Scope::Global).zip(shared).map(|(spec, shared)| {
+            let kept = previous.and_then(|p| p.global.as_ref()).and_then(|g| g.concurrency.as_ref());
+            match kept.filter(|c| c.adopts(shared, spec)) {
+                Some(kept) => kept.clone(),
+                None => GlobalConcurrency::new(shared.clone(), &scope, spec),
+            }
+        });
+        let global = (global_rate.is_some() || global_concurrency.is_some())
+            .then(|| Arc::new(GlobalQuotas { rate: global_rate, concurrency: global_concurrency }));
+        let rate = rate.filter(|s| s.scope == Scope::Local);
+        let concurrency = concurrency.filter(|c| c.scope == Scope::Local);
         let rate = rate.map(|spec| {
             let kept = previous.and_then(|p| p.rate.as_ref()).filter(|q| q.limit.spec().same_limiter(spec));
             RateQuota {
@@ -55,7 +85,7 @@ impl Quotas {
                 Some(kept) => kept.clone(),
                 None => Concurrency::new(spec),
             });
-        Self { scope, rate, concurrency }
+        Self { scope, rate, concurrency, global }
     }
 }
 
@@ -88,6 +118,8 @@ pub struct RouteState {
     /// the service's advertises (`advertise: always`): the same for every request, so
     /// written once here.
     pub advertised_policy: Option<http::HeaderValue>,
+    /// Whether a global quota (this route's or the service's) applies.
+    pub global: bool,
 }
 
 pub struct Snapshot {
@@ -98,15 +130,33 @@ pub struct Snapshot {
     pub routes: Vec<RouteState>,
     pub unmatched: RouteState,
     pub service: Quotas,
+    /// What the global quotas share (Redis, its circuit, the replica count), when the
+    /// config has a `global` section.
+    pub global: Option<Arc<Shared>>,
 }
 
 impl Snapshot {
     /// Builds the state for `config`, adopting from `previous` what is still valid.
     pub fn build(config: Config, version: u64, previous: Option<&Snapshot>, metrics: &Metrics) -> Self {
         let matcher = Matcher::new(config.routes.iter().map(|r| (r.method.clone(), r.path.clone())).collect());
+        let global = config.global.as_ref().and_then(|settings| {
+            // The same section: the same Redis, circuit and leases.
+            let kept = previous.and_then(|p| p.global.as_ref());
+            match kept.filter(|g| g.settings == *settings && g.service == config.service) {
+                Some(kept) => Some(kept.clone()),
+                None => Shared::new(settings.clone(), &config.service, metrics.global())
+                    .map_err(|e| tracing::error!(error = %e, "global quotas: cannot use global.redis"))
+                    .ok(),
+            }
+        });
         let previous_service = previous.map(|p| &p.service);
-        let service =
-            Quotas::build("service".into(), config.quota.as_ref(), config.concurrency.as_ref(), previous_service);
+        let service = Quotas::build(
+            "service".into(),
+            config.quota.as_ref(),
+            config.concurrency.as_ref(),
+            previous_service,
+            global.as_ref(),
+        );
         let routes = config
             .routes
             .iter()
@@ -115,9 +165,16 @@ impl Snapshot {
                 let name: Arc<str> = route.name.as_str().into();
                 let quotas = before.map(|r| &r.quotas);
                 let threshold = route.sla.as_ref().and_then(|s| s.latency.as_ref()).map(|l| l.threshold);
-                let quotas = Quotas::build(name.clone(), route.quota.as_ref(), route.concurrency.as_ref(), quotas);
+                let quotas = Quotas::build(
+                    name.clone(),
+                    route.quota.as_ref(),
+                    route.concurrency.as_ref(),
+                    quotas,
+                    global.as_ref(),
+                );
                 RouteState {
                     advertised_policy: advertised_policy([&quotas, &service]),
+                    global: quotas.global.is_some() || service.global.is_some(),
                     quotas,
                     sla: RouteSla::build(route.sla.as_ref(), before.map(|r| &r.sla)),
                     metrics: metrics.route(&name, threshold),
@@ -130,6 +187,7 @@ impl Snapshot {
             name: UNMATCHED.into(),
             timeout: config.limits.timeout,
             advertised_policy: advertised_policy([&Quotas::default(), &service]),
+            global: service.global.is_some(),
             quotas: Quotas::default(),
             sla: RouteSla::default(),
             metrics: metrics.route(UNMATCHED, None),
@@ -139,7 +197,7 @@ impl Snapshot {
         for route in config.routes.iter().filter(|r| r.sla.is_none()) {
             metrics.forget_sla(&route.name);
         }
-        Self { version, config: Arc::new(config), matcher, routes, unmatched, service }
+        Self { version, config: Arc::new(config), matcher, routes, unmatched, service, global }
     }
 
     pub fn route(&self, name: &str) -> Option<&RouteState> {
@@ -169,6 +227,12 @@ impl Snapshot {
         service
             .into_iter()
             .chain(self.routes.iter().filter_map(|r| r.quotas.rate.as_ref().map(|q| (&*r.name, &q.limit))))
+    }
+
+    /// Every scope's global quotas, service-wide first.
+    pub fn global_quotas(&self) -> impl Iterator<Item = (&str, &GlobalQuotas)> {
+        let service = self.service.global.as_deref().map(|g| ("service", g));
+        service.into_iter().chain(self.routes.iter().filter_map(|r| r.quotas.global.as_deref().map(|g| (&*r.name, g))))
     }
 
     /// The routes whose config differs between two snapshots, for the reload log.
@@ -308,6 +372,15 @@ pub async fn sweep_keys(live: Arc<Live>, interval: Duration) {
                 let evicted = limit.sweep(live.clock());
                 if evicted > 0 {
                     tracing::debug!(route, evicted, keys = limit.keys(), "evicted idle quota keys");
+                }
+            }
+        }
+        for (route, global) in snapshot.global_quotas() {
+            let Some((rate, _)) = &global.rate else { continue };
+            if due || rate.keys() >= rate.spec().max_keys.get() {
+                let forgotten = rate.sweep(live.clock());
+                if forgotten > 0 {
+                    tracing::debug!(route, forgotten, keys = rate.keys(), "forgot idle global quota leases");
                 }
             }
         }

@@ -285,7 +285,7 @@ async fn status_shows_decisions_and_top_offenders() {
     let status = api.get("/v1/status", VIEWER).await.json;
     let b = &status["routes"][1];
     assert_eq!(b["name"], "b");
-    assert_eq!(b["decisions"], json!({ "allowed": 4, "limited": 5, "shadow_limited": 0 }));
+    assert_eq!(b["decisions"], json!({ "allowed": 4, "limited": 5, "shadow_limited": 0, "degraded_allowed": 0 }));
     let offenders = b["rate_quota"]["top_offenders"].as_array().unwrap();
     assert_eq!(offenders[0]["key"], "heavy", "{offenders:?}");
     assert_eq!(offenders[1]["key"], "light");

@@ -42,6 +42,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `events.webhook`: where events are POSTed, if anywhere.
     pub webhook: Option<http::Uri>,
+    /// `global`: the Redis of the quotas with `scope: global`, if any.
+    pub global: Option<crate::quota::global::GlobalSettings>,
     /// What was written, for the control API to show and edit.
     pub raw: RawConfig,
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use http::Method;
 
 use super::*;
-use crate::quota::{Advertise, ConcurrencySpec, KeySpec, Mode, RateSpec, DEFAULT_MAX_KEYS};
+use crate::quota::global::{store::Store, GlobalSettings, OnError};
+use crate::quota::{Advertise, ConcurrencySpec, KeySpec, Mode, RateSpec, Scope, DEFAULT_MAX_KEYS};
 use crate::route::PathPattern;
 
 type Errors = Vec<(String, String)>;
@@ -37,6 +38,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Errors> {
         });
         v.check("events.webhook", parsed)
     });
+    let global = raw.global.as_ref().and_then(|g| v.global(g));
     let mut names = HashSet::new();
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, route) in raw.routes.iter().enumerate() {
@@ -52,6 +54,28 @@ pub fn validate(raw: RawConfig) -> Result<Config, Errors> {
             routes.push(r);
         }
     }
+    if raw.global.is_none() {
+        // A global quota needs somewhere to be kept.
+        let scoped = |quota: bool, concurrency: bool, at: &str| {
+            let mut paths = Vec::new();
+            if quota {
+                paths.push(format!("{at}quota.scope"));
+            }
+            if concurrency {
+                paths.push(format!("{at}concurrency.scope"));
+            }
+            paths
+        };
+        let global_rate = |q: &Option<RateSpec>| q.as_ref().is_some_and(|q| q.scope == Scope::Global);
+        let global_slots = |c: &Option<ConcurrencySpec>| c.as_ref().is_some_and(|c| c.scope == Scope::Global);
+        let mut paths = scoped(global_rate(&quota), global_slots(&concurrency), "");
+        for (i, route) in routes.iter().enumerate() {
+            paths.extend(scoped(global_rate(&route.quota), global_slots(&route.concurrency), &format!("routes[{i}].")));
+        }
+        for path in paths {
+            v.error(path, "`global` needs the `global` section: global.redis, where the shared state is kept");
+        }
+    }
     if !v.errors.is_empty() {
         return Err(v.errors);
     }
@@ -65,6 +89,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Errors> {
         concurrency,
         routes,
         webhook,
+        global,
         raw,
     })
 }
@@ -215,12 +240,20 @@ impl Validator {
             Some(a) => self.check(&format!("{at}.advertise"), Advertise::parse(a)),
             None => Some(Advertise::Refusals),
         };
+        let scope = self.scope(at, raw.scope.as_deref());
+        if scope == Some(Scope::Global) && advertise == Some(Advertise::Always) {
+            self.error(
+                format!("{at}.advertise"),
+                "`always` is for local quotas: a global quota's left-over lives in Redis, so it advertises on refusals",
+            );
+        }
         let (rate, per) = (rate?, per?);
         if (per / rate.get()).is_zero() {
             self.error(format!("{at}.rate"), "is more than one request per nanosecond");
             return None;
         }
-        Some(RateSpec { rate, per, burst: burst?, key: key?, mode: mode?, max_keys: max_keys?, advertise: advertise? })
+        let (burst, key, mode, max_keys, advertise, scope) = (burst?, key?, mode?, max_keys?, advertise?, scope?);
+        Some(RateSpec { rate, per, burst, key, mode, max_keys, advertise, scope })
     }
 
     fn concurrency(&mut self, at: &str, raw: &RawConcurrency) -> Option<ConcurrencySpec> {
@@ -229,7 +262,47 @@ impl Validator {
             Some(k) => self.check(&format!("{at}.key"), KeySpec::parse(k)),
             None => Some(KeySpec::None),
         };
-        Some(ConcurrencySpec { max: max?, key: key? })
+        let scope = self.scope(at, raw.scope.as_deref());
+        Some(ConcurrencySpec { max: max?, key: key?, scope: scope? })
+    }
+
+    fn scope(&mut self, at: &str, text: Option<&str>) -> Option<Scope> {
+        match text {
+            Some(s) => self.check(&format!("{at}.scope"), Scope::parse(s)),
+            None => Some(Scope::Local),
+        }
+    }
+
+    fn global(&mut self, raw: &RawGlobal) -> Option<GlobalSettings> {
+        let timeout = match &raw.timeout {
+            Some(t) => self.duration("global.timeout", t),
+            None => Some(crate::quota::global::shared::DEFAULT_TIMEOUT),
+        };
+        let on_error = match &raw.on_error {
+            Some(p) => self.check("global.on_error", OnError::parse(p)),
+            None => Some(OnError::LocalShare),
+        };
+        let urls = &raw.redis.0;
+        let redis = if urls.is_empty() {
+            self.error("global.redis", "give a Redis URL, or a Redis Cluster's nodes");
+            None
+        } else if let Some(url) = urls.iter().find(|u| !u.starts_with("redis://") && !u.starts_with("redis+unix://")) {
+            self.error(
+                "global.redis",
+                format!("`{url}` is not a Redis URL: write redis://HOST:PORT or redis+unix:///PATH"),
+            );
+            None
+        } else if urls.iter().any(|u| u.contains('@')) {
+            // A config is stored and audited: no secrets in it.
+            self.error("global.redis", "must not carry credentials (user:password@)");
+            None
+        } else {
+            // The client's own parser, so what is accepted here connects the same way.
+            let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
+            let parsed = Store::new(&refs, Duration::from_millis(20), None).map(|_| urls.clone());
+            self.check("global.redis", parsed.map_err(|e| format!("{e}")))
+        };
+        Some(GlobalSettings { redis: redis?, timeout: timeout?, on_error: on_error? })
     }
 
     fn route(&mut self, at: &str, raw: &RawRoute, default_timeout: Duration) -> Option<Route> {

@@ -283,6 +283,7 @@ async fn status(State(ctl): Ctl, headers: HeaderMap) -> Result<Json<Value>, Prob
                 "allowed": route.metrics.decisions(Decision::Allowed),
                 "limited": route.metrics.decisions(Decision::Limited),
                 "shadow_limited": route.metrics.decisions(Decision::ShadowLimited),
+                "degraded_allowed": route.metrics.decisions(Decision::DegradedAllowed),
             });
             let rate = route.quotas.rate.as_ref().map(|q| {
                 let limit = &q.limit;
@@ -329,11 +330,47 @@ async fn status(State(ctl): Ctl, headers: HeaderMap) -> Result<Json<Value>, Prob
                 "decisions": decisions,
                 "rate_quota": rate,
                 "concurrency": concurrency,
+                "global_quota": route.quotas.global.as_deref().map(global_quotas),
                 "sla": sla,
             })
         })
         .collect();
-    Ok(Json(json!({ "service": snapshot.config.service, "version": snapshot.version, "routes": routes })))
+    let global = snapshot.global.as_deref().map(|shared| {
+        let since = shared.degraded_since();
+        json!({
+            "redis": if since.is_some() { "unavailable" } else { "available" },
+            "nodes": shared.settings.redis.len(),
+            "policy": shared.on_error().as_str(),
+            "degraded": since.is_some(),
+            "degraded_for_seconds": since.map(|s| now.saturating_sub(s).as_secs_f64()),
+            "replicas": shared.replicas(),
+            "service_quota": snapshot.service.global.as_deref().map(global_quotas),
+        })
+    });
+    Ok(Json(json!({
+        "service": snapshot.config.service,
+        "version": snapshot.version,
+        "global": global,
+        "routes": routes,
+    })))
+}
+
+/// A scope's global quotas, as `/v1/status` shows them.
+fn global_quotas(global: &crate::snapshot::GlobalQuotas) -> Value {
+    let rate = global.rate.as_ref().map(|(rate, mode)| {
+        let spec = rate.spec();
+        json!({
+            "rate": spec.rate.get(),
+            "per_seconds": spec.per.as_secs_f64(),
+            "burst": spec.burst.get(),
+            "key": spec.key.to_string(),
+            "mode": mode.as_str(),
+            "leases": rate.keys(),
+        })
+    });
+    let concurrency =
+        global.concurrency.as_ref().map(|c| json!({ "max": c.spec().max.get(), "key": c.spec().key.to_string() }));
+    json!({ "rate": rate, "concurrency": concurrency })
 }
 
 /// Most records one `GET /v1/audit` returns.

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use super::respond::{whole_seconds, Refusal, RefusalKind};
 use super::RequestFields;
+use crate::metrics::Decision;
+use crate::quota::global::Slot;
 use crate::quota::{Advertise, KeySpec, Mode, Permit, RateDecision};
 use crate::snapshot::{Quotas, RateQuota, RouteState, Snapshot};
 
@@ -16,6 +18,23 @@ pub struct Admitted {
     pub permits: [Option<Permit>; 2],
     pub shadow_limited: bool,
     pub advertised: [Option<Advertised>; 2],
+    /// Slots of global concurrency quotas ([`super::global`]).
+    pub slots: Option<Box<[Option<Slot>; 2]>>,
+    /// Let through by `global.on_error` while Redis could not decide.
+    pub degraded: bool,
+}
+
+impl Admitted {
+    /// How the request is counted in `sluice_quota_decisions_total`.
+    pub fn decision(&self) -> Decision {
+        if self.shadow_limited {
+            Decision::ShadowLimited
+        } else if self.degraded {
+            Decision::DegradedAllowed
+        } else {
+            Decision::Allowed
+        }
+    }
 }
 
 /// What a rate quota that advertises has left after admitting a request, for the
@@ -42,7 +61,7 @@ pub fn admit(
     }
     let route_slot = acquire(&route.quotas, fields, client_ip)?;
     let service_slot = acquire(&snapshot.service, fields, client_ip)?;
-    Ok(Admitted { permits: [route_slot, service_slot], shadow_limited, advertised })
+    Ok(Admitted { permits: [route_slot, service_slot], shadow_limited, advertised, slots: None, degraded: false })
 }
 
 /// Takes from the rate quota of `quotas`; `Ok(true)` when a shadow quota would have refused.
@@ -114,5 +133,34 @@ pub fn with_key<R>(spec: &KeySpec, fields: &RequestFields, client_ip: IpAddr, f:
             IpAddr::V6(ip) => f(&ip.octets()),
         },
         KeySpec::Header(name) => f(fields.get(name).unwrap_or_default()),
+    }
+}
+
+/// A request's key under `spec`, held for an `await`: [`with_key`]'s bytes, the client
+/// address copied in place.
+pub enum KeyOf<'a> {
+    Borrowed(&'a [u8]),
+    Ip { bytes: [u8; 16], len: u8 },
+}
+
+impl KeyOf<'_> {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Borrowed(bytes) => bytes,
+            Self::Ip { bytes, len } => &bytes[..usize::from(*len)],
+        }
+    }
+}
+
+/// The key of a request under `spec`, as [`with_key`] finds it.
+pub fn key_of<'a>(spec: &KeySpec, fields: &'a RequestFields, client_ip: IpAddr) -> KeyOf<'a> {
+    match spec {
+        KeySpec::None => KeyOf::Borrowed(b""),
+        KeySpec::ClientIp => with_key(spec, fields, client_ip, |key| {
+            let mut bytes = [0; 16];
+            bytes[..key.len()].copy_from_slice(key);
+            KeyOf::Ip { bytes, len: key.len() as u8 }
+        }),
+        KeySpec::Header(name) => KeyOf::Borrowed(fields.get(name).unwrap_or_default()),
     }
 }

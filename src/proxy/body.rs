@@ -21,6 +21,7 @@ use super::front::ClientBody;
 use super::h1::{Decoder, Fields};
 use super::pool::Lease;
 use crate::metrics::Origin;
+use crate::quota::global::Slot;
 use crate::quota::Permit;
 use crate::snapshot::Snapshot;
 
@@ -184,6 +185,9 @@ impl Body for ProxyBody {
 /// the slots go back before the request is measured and counted out.
 pub struct Guard {
     pub permits: [Option<Permit>; 2],
+    /// Slots of global concurrency quotas (the route's, the service's), when any is held:
+    /// boxed, so a request on a route without one carries a pointer's worth.
+    pub slots: Option<Box<[Option<Slot>; 2]>>,
     pub measure: Option<Measure>,
     pub _in_flight: InFlight,
 }

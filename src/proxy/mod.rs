@@ -23,6 +23,7 @@ mod conn;
 #[cfg(test)]
 mod differential;
 mod front;
+mod global;
 mod h1;
 pub mod listener;
 mod pool;
@@ -110,6 +111,7 @@ impl Proxy {
         };
         let mut guard = Guard {
             permits: [None, None],
+            slots: None,
             measure: Some(Measure::new(snapshot.clone(), index, start)),
             _in_flight: in_flight,
         };
@@ -118,22 +120,21 @@ impl Proxy {
         }
         let route = snapshot.route_at(index);
 
-        let advertised = match admit::admit(&snapshot, route, &req.fields, peer.addr.ip(), self.live.at(start)) {
-            Ok(admitted) => {
-                let shadow = admitted.shadow_limited;
-                route.metrics.decided(if shadow { Decision::ShadowLimited } else { Decision::Allowed });
-                guard.permits = admitted.permits;
-                admitted.advertised
-            }
-            Err(refusal) => {
-                route.metrics.decided(Decision::Limited);
-                let origin = match refusal.kind {
-                    RefusalKind::Rate { .. } => Origin::Quota,
-                    RefusalKind::Concurrency { .. } => Origin::Concurrency,
-                };
-                return local(respond::refused(&refusal, close), guard, origin);
-            }
+        let (now, ip) = (self.live.at(start), peer.addr.ip());
+        let mut admitted = match admit::admit(&snapshot, route, &req.fields, ip, now) {
+            Ok(admitted) => admitted,
+            Err(refusal) => return refused(route, &refusal, guard, close),
         };
+        if route.global {
+            // Quotas shared with every replica, through Redis: after the local ones, so a
+            // request refused here spends nothing of the shared state.
+            if let Err(refusal) = global::admit(&snapshot, route, &req.fields, ip, now, &mut admitted).await {
+                return refused(route, &refusal, guard, close);
+            }
+        }
+        route.metrics.decided(admitted.decision());
+        (guard.permits, guard.slots) = (admitted.permits, admitted.slots);
+        let advertised = admitted.advertised;
 
         let upgrade = req.is_upgrade();
         let service = &snapshot.config.upstream;
@@ -183,6 +184,23 @@ impl Proxy {
         *response.status_mut() = head.status;
         response
     }
+}
+
+/// The refusal of a quota, counted.
+#[cold]
+fn refused(
+    route: &crate::snapshot::RouteState,
+    refusal: &respond::Refusal,
+    guard: Guard,
+    close: bool,
+) -> Response<ProxyBody> {
+    route.metrics.decided(Decision::Limited);
+    let origin = match refusal.kind {
+        RefusalKind::Rate { .. } => Origin::Quota,
+        RefusalKind::Concurrency { .. } => Origin::Concurrency,
+        RefusalKind::Unavailable { .. } => Origin::QuotaUnavailable,
+    };
+    local(respond::refused(refusal, close), guard, origin)
 }
 
 /// A response sluice made itself, measured with `origin` when its body is sent.

@@ -29,6 +29,9 @@ pub enum RefusalKind {
     Rate { limit: u32, window: Duration, retry_after: Duration },
     /// `max` requests of this key are in flight.
     Concurrency { max: u32 },
+    /// A global quota that Redis could not decide, under `on_error: deny`: try again
+    /// after `retry_after`.
+    Unavailable { retry_after: Duration },
 }
 
 /// Whole seconds, rounded up, at least 1: a client that waits this long will pass.
@@ -40,6 +43,9 @@ pub fn whole_seconds(d: Duration) -> u64 {
 // formatting machinery, no JSON tree (BENCHMARKS.md, session 5).
 pub fn refused(refusal: &Refusal, close: bool) -> Response<ProxyBody> {
     let scope: &str = &refusal.scope;
+    if let RefusalKind::Unavailable { retry_after } = refusal.kind {
+        return unavailable(scope, retry_after, close);
+    }
     let mut detail = String::with_capacity(64);
     // The policy is named after the scope, with `-concurrency` for a concurrency quota.
     let (suffix, quota, window, retry_after) = match &refusal.kind {
@@ -51,6 +57,7 @@ pub fn refused(refusal: &Refusal, close: bool) -> Response<ProxyBody> {
             detail.extend([itoa::Buffer::new().format(*max), " requests of ", scope, " are already in flight"]);
             ("-concurrency", *max, 1, 1)
         }
+        RefusalKind::Unavailable { .. } => unreachable!("answered above"),
     };
     let mut response = problem(StatusCode::TOO_MANY_REQUESTS, &detail, close);
     let headers = response.headers_mut();
@@ -97,6 +104,15 @@ pub fn advertise(fields: &mut Fields, policy: &HeaderValue, scopes: [&str; 2], a
         field("ratelimit-policy", &[policy.as_bytes()]);
         field("ratelimit", &state[..n]);
     });
+}
+
+/// 503 for a global quota of `scope` that Redis could not decide (`on_error: deny`).
+#[cold]
+fn unavailable(scope: &str, retry_after: Duration, close: bool) -> Response<ProxyBody> {
+    let detail = format!("the global quota of {scope} cannot be decided now: its store is unavailable");
+    let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, &detail, close);
+    response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(whole_seconds(retry_after).max(1)));
+    response
 }
 
 /// A problem+json response. `close` asks an HTTP/1 client to close the connection, for

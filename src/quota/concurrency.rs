@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use super::{Key, KeySpec};
+use super::{Key, KeySpec, Scope};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConcurrencySpec {
     pub max: NonZeroU32,
     pub key: KeySpec,
+    pub scope: Scope,
 }
 
 /// In-flight counts. Keyed entries exist only while a request of that key is in flight,
@@ -112,7 +113,7 @@ mod tests {
     use super::*;
 
     fn spec(max: u32, key: KeySpec) -> ConcurrencySpec {
-        ConcurrencySpec { max: NonZeroU32::new(max).unwrap(), key }
+        ConcurrencySpec { max: NonZeroU32::new(max).unwrap(), key, scope: Scope::Local }
     }
 
     #[test]

@@ -91,6 +91,13 @@ impl PartialEq for Key {
 
 impl Eq for Key {}
 
+/// So a table of keys is looked up by a request's bytes, with no key made.
+impl std::borrow::Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Key({:?})", String::from_utf8_lossy(self.as_bytes()))

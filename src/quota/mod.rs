@@ -12,4 +12,4 @@ mod rate;
 pub use concurrency::{Concurrency, ConcurrencySpec, Permit};
 pub use key::{Key, KeySpec, INLINE};
 pub use offenders::{Offender, Offenders};
-pub use rate::{Advertise, Left, Mode, RateDecision, RateLimit, RateSpec, DEFAULT_MAX_KEYS};
+pub use rate::{Advertise, Left, Mode, RateDecision, RateLimit, RateSpec, Scope, DEFAULT_MAX_KEYS};

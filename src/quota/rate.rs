@@ -71,6 +71,26 @@ pub struct RateSpec {
     pub mode: Mode,
     pub max_keys: NonZeroUsize,
     pub advertise: Advertise,
+    pub scope: Scope,
+}
+
+/// Who a quota is counted by: this replica alone, or every replica of the service (on
+/// Redis, `global`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    #[default]
+    Local,
+    Global,
+}
+
+impl Scope {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "local" => Ok(Self::Local),
+            "global" => Ok(Self::Global),
+            _ => Err(format!("`{text}` is not a scope: use local or global")),
+        }
+    }
 }
 
 impl RateSpec {
@@ -300,6 +320,7 @@ mod tests {
             mode: Mode::Enforce,
             max_keys: NonZeroUsize::new(max_keys).unwrap(),
             advertise: Advertise::Refusals,
+            scope: Scope::Local,
         }
     }
 

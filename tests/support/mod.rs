@@ -1,6 +1,8 @@
 //! Test support: a real upstream and the real sluice on 127.0.0.1:0, and clients.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;

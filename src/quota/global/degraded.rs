@@ -110,6 +110,11 @@ impl Circuit {
     pub fn degraded(&self) -> bool {
         self.open_since.is_some()
     }
+
+    /// Since when calls fail, while they do.
+    pub fn since(&self) -> Option<Duration> {
+        self.open_since
+    }
 }
 
 #[cfg(test)]

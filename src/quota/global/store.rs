@@ -12,8 +12,10 @@
 //! to the node of its key's slot (every key is braced to one slot) and scripts are loaded on
 //! every primary.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus::{Histogram, IntCounter};
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::Script;
@@ -63,13 +65,32 @@ pub enum StoreError {
     Timeout(Duration),
 }
 
-/// The Redis of `global.redis`, and the scripts.
+/// How the calls went, for `sluice_global_quota_calls_total{result}` and
+/// `sluice_global_quota_call_duration_seconds`.
+#[derive(Clone)]
+pub struct CallMetrics {
+    pub ok: IntCounter,
+    pub error: IntCounter,
+    pub timeout: IntCounter,
+    pub duration: Histogram,
+}
+
+/// The Redis of `global.redis`, and the scripts. The connection is made on the first call
+/// (and again after one fails), so sluice starts, with its `on_error` policy deciding,
+/// while Redis is down.
 #[derive(Clone)]
 pub struct Store {
-    con: Connection,
+    client: Arc<Client>,
+    con: Arc<tokio::sync::OnceCell<Connection>>,
     take: Script,
     give_back: Script,
     timeout: Duration,
+    metrics: Option<CallMetrics>,
+}
+
+enum Client {
+    One(redis::Client),
+    Cluster(Box<redis::cluster::ClusterClient>),
 }
 
 /// One Redis, or a Redis Cluster.
@@ -83,34 +104,66 @@ enum Connection {
 /// (SHA-256, 16 bytes in hex), so any bytes make a short key and the same one on every
 /// replica; the braces keep it on one Redis Cluster slot.
 pub fn state_key(service: &str, route: &str, key: &[u8]) -> String {
+    hashed_key(service, route, key, "gcra")
+}
+
+/// `sluice:{SERVICE:ROUTE:HASH}:KIND`: the braces keep every key of one (route, client key)
+/// on one Redis Cluster slot.
+pub fn hashed_key(service: &str, route: &str, key: &[u8], kind: &str) -> String {
     let digest = Sha256::digest(key);
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("sluice:{{{service}:{route}:{hex}}}:gcra")
+    format!("sluice:{{{service}:{route}:{hex}}}:{kind}")
 }
 
 impl Store {
-    /// Connects to `urls`: one (`redis://HOST:PORT`, `redis+unix:///path`) is one Redis,
-    /// several the seed nodes of a Redis Cluster. Every call is bounded by `timeout`.
-    pub async fn connect(urls: &[&str], timeout: Duration) -> Result<Self, StoreError> {
-        let con = match urls {
-            [url] => {
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(timeout))
-                    .set_response_timeout(Some(timeout))
-                    .set_number_of_retries(1);
-                let client = redis::Client::open(*url)?;
-                Connection::One(bounded(timeout, client.get_connection_manager_with_config(config)).await?)
-            }
-            seeds => {
-                let client = redis::cluster::ClusterClient::builder(seeds.iter().copied())
+    /// The store of `urls`: one (`redis://HOST:PORT`, `redis+unix:///path`) is one Redis,
+    /// several the seed nodes of a Redis Cluster. Every call is bounded by `timeout`. No
+    /// I/O: the connection is made by the first call.
+    pub fn new(urls: &[&str], timeout: Duration, metrics: Option<CallMetrics>) -> Result<Self, StoreError> {
+        let client = match urls {
+            [url] => Client::One(redis::Client::open(*url)?),
+            seeds => Client::Cluster(Box::new(
+                redis::cluster::ClusterClient::builder(seeds.iter().copied())
                     .connection_timeout(timeout)
                     .response_timeout(timeout)
                     .retries(1)
-                    .build()?;
-                Connection::Cluster(bounded(timeout, client.get_async_connection()).await?)
-            }
+                    .build()?,
+            )),
         };
-        Ok(Self { con, take: Script::new(TAKE), give_back: Script::new(GIVE_BACK), timeout })
+        let con = Arc::new(tokio::sync::OnceCell::new());
+        let (take, give_back) = (Script::new(TAKE), Script::new(GIVE_BACK));
+        Ok(Self { client: Arc::new(client), con, take, give_back, timeout, metrics })
+    }
+
+    /// A store already connected (tests).
+    pub async fn connect(urls: &[&str], timeout: Duration) -> Result<Self, StoreError> {
+        let store = Self::new(urls, timeout, None)?;
+        store.connection().await?;
+        Ok(store)
+    }
+
+    /// The connection, made now if there is none yet: bounded by the timeout.
+    async fn connection(&self) -> Result<Connection, StoreError> {
+        let timeout = self.timeout;
+        let con = self
+            .con
+            .get_or_try_init(|| async {
+                match &*self.client {
+                    Client::One(client) => {
+                        let config = redis::aio::ConnectionManagerConfig::new()
+                            .set_connection_timeout(Some(timeout))
+                            .set_response_timeout(Some(timeout))
+                            .set_number_of_retries(1);
+                        let manager = client.get_connection_manager_with_config(config);
+                        Ok::<_, StoreError>(Connection::One(bounded(timeout, manager).await?))
+                    }
+                    Client::Cluster(client) => {
+                        Ok(Connection::Cluster(bounded(timeout, client.get_async_connection()).await?))
+                    }
+                }
+            })
+            .await?;
+        Ok(con.clone())
     }
 
     /// The bound of every call.
@@ -142,9 +195,10 @@ impl Store {
         Ok(())
     }
 
-    /// Runs a script (sent by its SHA-1, loaded on `NOSCRIPT`), bounded by the timeout.
-    /// With `now` (tests only), the script's last argument is that time instead of Redis's
-    /// clock: every script that reads the time takes it so.
+    /// Runs a script (sent by its SHA-1, loaded on `NOSCRIPT`), bounded by the timeout
+    /// (connecting included), counted and timed. With `now` (tests only), the script's
+    /// last argument is that time instead of Redis's clock: every script that reads the
+    /// time takes it so.
     pub(super) async fn call<T: redis::FromRedisValue>(
         &self,
         invocation: &mut redis::ScriptInvocation<'_>,
@@ -153,10 +207,29 @@ impl Store {
         if let Some(now) = now {
             invocation.arg(micros(now));
         }
-        match self.con.clone() {
-            Connection::One(mut con) => bounded(self.timeout, invocation.invoke_async(&mut con)).await,
-            Connection::Cluster(mut con) => bounded(self.timeout, invocation.invoke_async(&mut con)).await,
+        let start = std::time::Instant::now();
+        let result = match tokio::time::timeout(self.timeout, async {
+            match self.connection().await? {
+                Connection::One(mut con) => Ok(invocation.invoke_async(&mut con).await?),
+                Connection::Cluster(mut con) => Ok(invocation.invoke_async(&mut con).await?),
+            }
+        })
+        .await
+        {
+            // The client's own response timeout is the same bound.
+            Ok(Err(StoreError::Redis(e))) if e.is_timeout() => Err(StoreError::Timeout(self.timeout)),
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        };
+        if let Some(metrics) = &self.metrics {
+            metrics.duration.observe(start.elapsed().as_secs_f64());
+            match &result {
+                Ok(_) => metrics.ok.inc(),
+                Err(StoreError::Timeout(_)) => metrics.timeout.inc(),
+                Err(StoreError::Redis(_)) => metrics.error.inc(),
+            }
         }
+        result
     }
 }
 
@@ -373,7 +446,7 @@ pub(super) mod tests {
             let grant = store.take_at("k", gcra, 3, Some(now)).await.unwrap();
             assert_eq!(grant, Grant { granted: 3, retry_after: Duration::ZERO, remaining: 2 });
             // Redis restarted, its scripts gone: loaded again on NOSCRIPT.
-            let Connection::One(mut con) = store.con.clone() else { unreachable!("one redis") };
+            let Connection::One(mut con) = store.connection().await.unwrap() else { unreachable!("one redis") };
             let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut con).await.unwrap();
             let grant = store.take_at("k", gcra, 3, Some(now)).await.unwrap();
             assert_eq!((grant.granted, grant.remaining), (2, 0));
