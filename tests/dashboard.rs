@@ -23,8 +23,12 @@ routes:
     sla: { availability: 99% }
 "#;
 
+/// One browser at a time: the first test times requests, which a second Chromium would slow.
+static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_renders_the_routes_and_follows_a_quota_change() {
+    let _browser = BROWSER.lock().await;
     let upstream = Upstream::start().await;
     let sluice = Sluice::start(&upstream, REST).await;
     let client = client();
@@ -99,4 +103,43 @@ async fn the_dashboard_renders_the_routes_and_follows_a_quota_change() {
     assert!(seen["offenders"].as_str().unwrap().contains("(no key)"), "{seen}");
     let png = std::fs::metadata(artifacts.join("dashboard.png")).expect("a screenshot");
     assert!(png.len() > 10_000, "a real screenshot, not an empty one");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_shows_a_degraded_global_quota() {
+    let _browser = BROWSER.lock().await;
+    let upstream = Upstream::start().await;
+    let mut redis = support::redis::Redis::start();
+    let rest = format!(
+        "  tokens:\n    - {{ name: graf, role: viewer, token: dashboard-viewer-token }}\nglobal: {{ redis: \"{}\", on_error: local_share }}\nroutes:\n  - name: shared\n    match: {{ path: \"/*\" }}\n    quota: {{ rate: 100, per: 1s, burst: 50, scope: global }}\n",
+        redis.url()
+    );
+    let sluice = Sluice::start(&upstream, &rest).await;
+    let client = client();
+    assert_eq!(get(&client, &sluice.url("/x")).await.0.status(), 200);
+    redis.kill();
+    // The lease's tokens first, then Redis found gone: the local share decides.
+    for _ in 0..20 {
+        get(&client, &sluice.url("/x")).await;
+    }
+    assert!(sluice.running().snapshot().global.as_ref().unwrap().degraded());
+    let page = sluice.admin_url("");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .args(["tests/dashboard/global.mjs", &page, "dashboard-viewer-token", "shared"])
+            .output()
+            .expect("node runs tests/dashboard/global.mjs")
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the dashboard check failed:\n{stdout}\n{stderr}");
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(seen["degraded"], true, "{seen}");
+    let banner = seen["banner"].as_str().unwrap();
+    assert!(banner.contains("Redis unavailable") && banner.contains("on_error local_share decides"), "{seen}");
+    assert!(seen["quota"].as_str().unwrap().contains("global quota 100 per 1s, burst 50"), "{seen}");
+    let events = seen["events"].as_array().unwrap();
+    let degraded = events.iter().find(|e| e["kind"] == "global_quota_degraded").expect("the event is listed");
+    assert!(degraded["text"].as_str().unwrap().contains("on_error local_share decides"), "{seen}");
 }

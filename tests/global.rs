@@ -36,12 +36,16 @@ async fn counted(replicas: &[&Process], n: u64) {
     }
 }
 
+/// The tests that time requests or count them against the clock run one at a time.
+static TIMED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn url(process: &Process, path: &str) -> String {
     format!("http://{}{path}", process.addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_share_one_rate_quota_within_the_bound() {
+    let _timed = TIMED.lock().await;
     let (upstream, redis) = (Upstream::start().await, Redis::start());
     // 20 a second, burst 40: each replica leases batches of 40 / (4 × 3) = 3.
     let routes =
@@ -79,6 +83,7 @@ async fn three_replicas_share_one_rate_quota_within_the_bound() {
         "{admitted} admitted over {elapsed:.2} s: envelope {envelope} + N × k = 9"
     );
     assert!(admitted >= 0.95 * envelope, "{admitted} admitted over {elapsed:.2} s: at least 95 % of {envelope}");
+    println!("admitted {admitted} of an envelope of {envelope:.1} (+ N × k = 9), {refused} refused");
     assert!(refused > 500, "the load was well over the quota: {refused} refused");
     assert_eq!(upstream.hits.load(Ordering::SeqCst) as f64, admitted);
     // Redis stayed off the request path: calls are a small part of the requests.
@@ -98,6 +103,7 @@ fn replica_metrics(process: &Process) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_global_concurrency_quota_holds_exactly_max_across_replicas() {
+    let _timed = TIMED.lock().await;
     let (upstream, redis) = (Upstream::start().await, Redis::start());
     let routes = "  - name: jobs\n    match: { path: \"/*\" }\n    concurrency: { max: 2, key: header:x-user-id, scope: global }\n";
     let config = replica_config(&upstream, &redis, "deny", "500ms", routes);
@@ -221,6 +227,7 @@ async fn deny_answers_503_while_redis_is_gone_and_the_shared_state_rules_when_it
 
 #[tokio::test(flavor = "multi_thread")]
 async fn allow_passes_while_redis_is_paused_counted_and_adding_under_5_ms() {
+    let _timed = TIMED.lock().await;
     let (upstream, redis) = (Upstream::start().await, Redis::start());
     let sluice = sluice(&upstream, &redis, "allow", RATE).await;
     let client = client();
