@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 
 CONNECTIONS = 50
@@ -120,7 +121,7 @@ class Bench:
     def start(self, name, argv, port, env=None):
         log = open(os.path.join(self.dir, f"{name}.log"), "w")
         timeout = 10.0
-        if self.callgrind and name != "backend":
+        if self.callgrind and name not in ("backend", "redis"):
             out = os.path.join(self.dir, f"{name}.callgrind")
             argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + argv
             timeout = 120.0
@@ -235,6 +236,14 @@ backend out
         pid = self.start("haproxy", ["haproxy", "-db", "-f", conf], port)
         targets.append(Target("haproxy", port, pid, h2_port))
 
+        # the store of sluice-global's quota: a real redis-server, on the proxy's CPU too
+        redis = free_port()
+        self.start("redis", ["redis-server", "--bind", "127.0.0.1", "--port", str(redis), "--save", "",
+                             "--appendonly", "no", "--dir", self.dir], redis)
+        # the same never-refusing quota, counted by this replica alone or by every replica
+        # (a global one allows at most one request a microsecond: Redis's clock)
+        quota = "quota: { rate: 1000000, per: 1s, burst: 1000000, key: client_ip%s }"
+        self.global_admin = free_port()
         sluice_configs = {
             # no quotas, no SLA: the proxy alone (route metrics are always counted)
             "sluice": "",
@@ -254,6 +263,18 @@ backend out
     match: { path: "/*" }
     quota: { rate: 1, per: 1h, burst: 1 }
 """,
+            "sluice-local": f"""routes:
+  - name: all
+    match: {{ path: "/*" }}
+    {quota % ""}
+""",
+            # on_error deny: a request Redis could not decide is a 503, which voids the run
+            "sluice-global": f"""global: {{ redis: "redis://127.0.0.1:{redis}", timeout: 20ms, on_error: deny }}
+routes:
+  - name: all
+    match: {{ path: "/*" }}
+    {quota % ", scope: global"}
+""",
         }
         if self.args.baseline:
             sluice_configs["baseline"] = sluice_configs["sluice"]  # another build, bare config
@@ -266,7 +287,7 @@ backend out
 listen: 127.0.0.1:{port}
 upstream: http://127.0.0.1:{backend}
 admin:
-  listen: 127.0.0.1:0
+  listen: 127.0.0.1:{self.global_admin if name == "sluice-global" else 0}
   state_dir: {self.dir}/{name}-state
 {routes}""",
             )
@@ -276,6 +297,16 @@ admin:
         for t in targets:
             t.rss_idle = rss_bytes(t.pid)
         return targets
+
+    def redis_calls(self):
+        """sluice-global's Redis calls (ok, failed) and the requests it answered, so far."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.global_admin}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        def total(pattern):
+            return sum(float(v) for v in re.findall(pattern + r"\S* (\S+)$", text, re.M))
+        ok = total(r'^sluice_global_quota_calls_total\{result="ok"\}')
+        failed = total(r'^sluice_global_quota_calls_total\{result="(?:error|timeout)"\}')
+        return ok, failed, total(r"^sluice_requests_total\{")
 
     def load(self, argv):
         """Runs a load generator on the load CPU; returns what it printed."""
@@ -434,6 +465,17 @@ def report(targets, args):
         f"{more:.3f}x the instructions ({100 * (more - 1):.1f}% more)",
         f"429 path vs proxied path (sluice-429 vs sluice-full): {by_name['sluice-429'] / full:.2f}x",
     ]
+    local, shared = target["sluice-local"], target["sluice-global"]
+    paired = statistics.median(g / l for g, l in zip(shared.rates, local.rates))
+    ok, failed, requests = args.redis_calls
+    lines.append(
+        f"Global quota vs the same quota local (sluice-global vs sluice-local): "
+        f"{by_name['sluice-global'] / by_name['sluice-local']:.3f}x throughput by the medians, "
+        f"{paired:.3f}x by the median of the rounds' own ratios; "
+        f"{shared.instructions / local.instructions:.3f}x the instructions; "
+        f"Redis calls per 1,000 requests: {1000 * ok / requests:.2f} ({ok:,.0f} calls for {requests:,.0f} requests"
+        f", {failed:,.0f} failed)"
+    )
     if "baseline" in by_name:
         lines.append(f"This build vs the baseline build (sluice vs baseline): {bare / by_name['baseline']:.3f}x")
     return "\n".join(lines)
@@ -486,6 +528,8 @@ def main():
                 for t in targets:
                     if t.status == 200:  # not the 429 path: a refusal is not an answer
                         t.latency.setdefault(fraction, []).append(bench.open_loop(t, round(nginx * fraction), args.seconds))
+        # Redis calls over every request sluice-global answered, warm-up and all
+        args.redis_calls = bench.redis_calls()
         for t in targets:
             t.rss_per_connection = bench.idle_connections(t, args.idle)
     finally:

@@ -4,8 +4,8 @@
 #   benches/compare.sh --quick    every target briefly: proves the harness works
 # Options after these go to benches/compare.py (--rounds N, --seconds N, --sluice PATH,
 # --baseline PATH: another sluice build, run bare next to this one; --openloop PATH).
-# Installs what it needs (Debian nginx-light, haproxy, wrk, nghttp2-client, valgrind) when
-# missing.
+# Installs what it needs (Debian nginx-light, haproxy, wrk, nghttp2-client, valgrind,
+# redis-server) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 .ci/need wrk wrk
 .ci/need h2load nghttp2-client
 .ci/need callgrind_control valgrind
+.ci/need redis-server redis-server  # the store of sluice-global
 for tool in taskset python3; do
     command -v "$tool" >/dev/null || { echo "compare: $tool is missing" >&2; exit 1; }
 done

@@ -42,9 +42,11 @@ fn report(shared: &Shared, events: &Events) {
     for change in shared.take_changes() {
         match change {
             Change::Degraded => {
-                tracing::warn!(policy, redis = %shared.settings.redis.join(","), "global quotas: Redis is unavailable; on_error decides");
-                events
-                    .send(Event::new("global_quota_degraded", json!({ "service": shared.service, "policy": policy })));
+                let error = shared.last_error().unwrap_or_default();
+                let redis = shared.settings.redis.join(",");
+                tracing::warn!(policy, %redis, %error, "global quotas: Redis is unavailable; on_error decides");
+                let fields = json!({ "service": shared.service, "policy": policy, "error": error });
+                events.send(Event::new("global_quota_degraded", fields));
             }
             Change::Recovered { down } => {
                 let down = down.as_secs_f64();

@@ -17,7 +17,8 @@ fn quick_comparison_runs_every_target_and_reports() {
     assert!(out.status.success(), "compare.sh failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
     // tables: HTTP/1.1 throughput, h2c throughput, open-loop latency at two rates (not for
     // the 429 path), CPU and memory, instructions (not for direct); a row per target in each
-    for target in ["direct", "nginx", "haproxy", "sluice", "sluice-full", "sluice-429"] {
+    for target in ["direct", "nginx", "haproxy", "sluice", "sluice-full", "sluice-429", "sluice-local", "sluice-global"]
+    {
         let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with(&format!("| {target} |"))).collect();
         let expected = match target {
             "direct" => 5,
@@ -40,4 +41,10 @@ fn quick_comparison_runs_every_target_and_reports() {
     assert!((sluice[1] + sluice[2] - sluice[0]).abs() <= 0.5 * sluice[0], "user + system near the total: {sluice:?}");
     assert!(stdout.contains("Quota + SLA cost (sluice-full vs sluice):"), "{stdout}");
     assert!(stdout.contains("429 path vs proxied path"), "{stdout}");
+    // the global quota's row: Redis was called, and not once per request
+    let global = stdout.lines().find(|l| l.starts_with("Global quota vs the same quota local")).expect("{stdout}");
+    let per_1000: f64 =
+        global.split("Redis calls per 1,000 requests: ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(per_1000 > 0.0 && per_1000 < 100.0, "{global}");
+    assert!(global.contains(", 0 failed)"), "{global}");
 }

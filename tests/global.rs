@@ -260,6 +260,7 @@ async fn allow_passes_while_redis_is_paused_counted_and_adding_under_5_ms() {
     let status: serde_json::Value = serde_json::from_slice(&send(&client, req).await.1).unwrap();
     assert_eq!(status["global"]["redis"], "unavailable");
     assert_eq!(status["global"]["policy"], "allow");
+    assert!(status["global"]["error"].as_str().unwrap().contains("did not answer within"), "{status}");
     assert_eq!(status["routes"][0]["global_quota"]["rate"]["burst"], 20);
     // The pause ends: the quota is the shared one again (the burst of 20 was spent).
     eventually("Redis rules again", Duration::from_secs(8), async || degraded(&sluice).await == 0.0).await;
@@ -363,6 +364,10 @@ fn global_config_errors_are_placed() {
             "quota.advertise: `always` is for local quotas",
         ),
         ("quota: { rate: 1, per: 1s, scope: world }\n", "quota.scope: `world` is not a scope: use local or global"),
+        (
+            "global: { redis: \"redis://127.0.0.1:6379\" }\nquota: { rate: 2000000, per: 1s, scope: global }\n",
+            "quota.rate: a global quota allows at most one request per microsecond",
+        ),
     ];
     for (text, expected) in cases {
         let errors = sluice::config::parse(&format!("{base}{text}")).unwrap_err().to_string();

@@ -252,6 +252,14 @@ impl Validator {
             self.error(format!("{at}.rate"), "is more than one request per nanosecond");
             return None;
         }
+        if scope == Some(Scope::Global) && per / rate.get() < Duration::from_micros(1) {
+            // The shared state is kept on Redis's clock, in microseconds.
+            self.error(
+                format!("{at}.rate"),
+                "a global quota allows at most one request per microsecond (1000000 a second)",
+            );
+            return None;
+        }
         let (burst, key, mode, max_keys, advertise, scope) = (burst?, key?, mode?, max_keys?, advertise?, scope?);
         Some(RateSpec { rate, per, burst, key, mode, max_keys, advertise, scope })
     }

@@ -343,6 +343,7 @@ async fn status(State(ctl): Ctl, headers: HeaderMap) -> Result<Json<Value>, Prob
             "policy": shared.on_error().as_str(),
             "degraded": since.is_some(),
             "degraded_for_seconds": since.map(|s| now.saturating_sub(s).as_secs_f64()),
+            "error": since.and_then(|_| shared.last_error()),
             "replicas": shared.replicas(),
             "service_quota": snapshot.service.global.as_deref().map(global_quotas),
         })

@@ -72,7 +72,7 @@ impl GlobalConcurrency {
         let slot_key = hashed_key(&inner.shared.service, &inner.scope, key, "slots");
         let member = inner.shared.slot_member();
         let taken = inner.slots.take(&slot_key, inner.spec.max.get(), &member).await;
-        inner.shared.result(now, taken.is_ok());
+        inner.shared.result(now, taken.as_ref().err());
         match taken {
             Ok(true) => Acquired::Held(Slot::hold(self.clone(), slot_key, member)),
             Ok(false) => Acquired::Full,

@@ -158,7 +158,7 @@ impl GlobalRate {
                         return self.policy(key, now);
                     }
                     let taken = inner.shared.store.take(&state.state_key, inner.gcra, n).await;
-                    inner.shared.result(now, taken.is_ok());
+                    inner.shared.result(now, taken.as_ref().err());
                     match taken {
                         Ok(grant) => {
                             let back = lock(&state.lease).granted(now, grant);
@@ -183,7 +183,7 @@ impl GlobalRate {
         tokio::spawn(async move {
             let inner = &this.0;
             let taken = inner.shared.store.take(&state.state_key, inner.gcra, n).await;
-            inner.shared.result(now, taken.is_ok());
+            inner.shared.result(now, taken.as_ref().err());
             match taken {
                 Ok(grant) => {
                     let back = lock(&state.lease).granted(now, grant);
@@ -202,7 +202,7 @@ impl GlobalRate {
         tokio::spawn(async move {
             let inner = &this.0;
             let taken = inner.shared.store.take(&state.state_key, inner.gcra, 1).await;
-            inner.shared.result(now, taken.is_ok());
+            inner.shared.result(now, taken.as_ref().err());
             if let Ok(grant) = taken {
                 this.give_back(&state, grant.granted);
             }

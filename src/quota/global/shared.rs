@@ -49,6 +49,7 @@ pub struct Shared {
     next_request: AtomicU64,
     /// Changes of the circuit not reported yet, and a wake-up for the reporter.
     changes: Mutex<Vec<Change>>,
+    last_error: Mutex<Option<String>>,
     pub changed: Notify,
     degraded: IntGauge,
 }
@@ -69,6 +70,7 @@ impl Shared {
             replicas: AtomicU32::new(1),
             next_request: AtomicU64::new(0),
             changes: Mutex::new(Vec::new()),
+            last_error: Mutex::new(None),
             changed: Notify::new(),
             degraded: metrics.degraded,
         }))
@@ -83,10 +85,13 @@ impl Shared {
         lock(&self.circuit).call(now)
     }
 
-    /// A call's outcome at `now`: a change of the circuit is counted at once and queued
-    /// for the reporter.
-    pub fn result(&self, now: Duration, ok: bool) {
-        let Some(change) = lock(&self.circuit).result(now, ok) else { return };
+    /// A call's outcome at `now` (its error, if it failed): a change of the circuit is
+    /// counted at once and queued for the reporter, with the error that opened it.
+    pub fn result(&self, now: Duration, error: Option<&StoreError>) {
+        let Some(change) = lock(&self.circuit).result(now, error.is_none()) else { return };
+        if let Some(e) = error {
+            *lock(&self.last_error) = Some(e.to_string());
+        }
         self.degraded.set(i64::from(matches!(change, Change::Degraded)));
         lock(&self.changes).push(change);
         self.changed.notify_one();
@@ -95,6 +100,11 @@ impl Shared {
     /// The changes not reported yet, oldest first.
     pub fn take_changes(&self) -> Vec<Change> {
         std::mem::take(&mut *lock(&self.changes))
+    }
+
+    /// The error of the call that opened the circuit last.
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.last_error).clone()
     }
 
     /// Whether the policy decides now.
@@ -122,7 +132,7 @@ impl Shared {
     /// is what `local_share` divides by from now.
     pub async fn beat(&self, now: Duration) {
         let beat = self.replicas_set.beat(&self.service, &self.replica).await;
-        self.result(now, beat.is_ok());
+        self.result(now, beat.as_ref().err());
         match beat {
             Ok(n) => self.replicas.store(n.max(1), Ordering::Relaxed),
             Err(e) => tracing::debug!(error = %e, "global quotas: heartbeat failed"),
