@@ -18,12 +18,18 @@ use crate::snapshot::Live;
 /// Beats every [`HEARTBEAT_EVERY`] and reports changes as they come, until aborted.
 pub async fn run(live: Arc<Live>, events: Events) {
     let mut next_beat = tokio::time::Instant::now();
+    let mut beating: Option<Arc<Shared>> = None;
     loop {
         let Some(shared) = live.load().global.clone() else {
             // No global quotas (yet): look again after a reload might have brought some.
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         };
+        if !beating.as_ref().is_some_and(|b| Arc::ptr_eq(b, &shared)) {
+            // A new `global` section: counted (and its replica count read) at once.
+            next_beat = tokio::time::Instant::now();
+            beating = Some(shared.clone());
+        }
         if tokio::time::Instant::now() >= next_beat {
             shared.beat(live.clock()).await;
             next_beat = tokio::time::Instant::now() + HEARTBEAT_EVERY;

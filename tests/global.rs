@@ -381,3 +381,26 @@ fn global_config_errors_are_placed() {
     let global = config.global.unwrap();
     assert_eq!((global.redis.len(), global.timeout), (2, Duration::from_millis(50)));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_global_refusal_carries_the_ratelimit_fields_of_the_shared_state() {
+    let (upstream, redis) = (Upstream::start().await, Redis::start());
+    // Two a minute, burst 2: a batch of 1, every request asks Redis.
+    let routes = "  - name: r\n    match: { path: \"/*\" }\n    quota: { rate: 2, per: 1m, burst: 2, scope: global }\n";
+    let (a, b) = (sluice(&upstream, &redis, "deny", routes).await, sluice(&upstream, &redis, "deny", routes).await);
+    let client = client();
+    assert_eq!(get(&client, &a.url("/x")).await.0.status(), 200);
+    assert_eq!(get(&client, &b.url("/x")).await.0.status(), 200);
+    // The burst is spent across both: either refuses, with Redis's retry-after (30 s, one
+    // token's interval, less the moments since).
+    for replica in [&a, &b] {
+        let (refused, _) = get(&client, &replica.url("/x")).await;
+        assert_eq!(refused.status(), 429);
+        let h = refused.headers();
+        let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((29..=30).contains(&retry), "{h:?}");
+        assert_eq!(h["ratelimit-policy"], "\"r\";q=2;w=60");
+        assert_eq!(h["ratelimit"].to_str().unwrap(), format!("\"r\";r=0;t={retry}"));
+    }
+    assert_eq!(upstream.hits.load(Ordering::SeqCst), 2);
+}

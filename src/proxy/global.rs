@@ -15,15 +15,15 @@ use crate::quota::Mode;
 use crate::snapshot::{Quotas, RouteState, Snapshot};
 
 /// Decides the global quotas of a request that its local quotas admitted, adding what it
-/// holds (slots, a local share's permits) to `admitted`.
+/// holds (slots, a local share's permits) to what they did.
 pub async fn admit(
     snapshot: &Snapshot,
     route: &RouteState,
     fields: &RequestFields,
     client_ip: IpAddr,
     now: Duration,
-    admitted: &mut Admitted,
-) -> Result<(), Refusal> {
+    mut admitted: Admitted,
+) -> Result<Admitted, Refusal> {
     let scopes = [&route.quotas, &snapshot.service];
     for quotas in scopes {
         let Some((rate, mode)) = quotas.global.as_ref().and_then(|g| g.rate.as_ref()) else { continue };
@@ -58,7 +58,7 @@ pub async fn admit(
             }
         }
     }
-    Ok(())
+    Ok(admitted)
 }
 
 #[cold]

@@ -120,21 +120,28 @@ impl Proxy {
         }
         let route = snapshot.route_at(index);
 
-        let (now, ip) = (self.live.at(start), peer.addr.ip());
-        let mut admitted = match admit::admit(&snapshot, route, &req.fields, ip, now) {
-            Ok(admitted) => admitted,
-            Err(refusal) => return refused(route, &refusal, guard, close),
-        };
-        if route.global {
-            // Quotas shared with every replica, through Redis: after the local ones, so a
-            // request refused here spends nothing of the shared state.
-            if let Err(refusal) = global::admit(&snapshot, route, &req.fields, ip, now, &mut admitted).await {
-                return refused(route, &refusal, guard, close);
+        // (In a block: what the quotas admitted is not kept across the wait for the service.)
+        let advertised = {
+            let fields = &req.fields;
+            let mut admitted = match admit::admit(&snapshot, route, fields, peer.addr.ip(), self.live.at(start)) {
+                Ok(admitted) => admitted,
+                Err(refusal) => return refused(route, &refusal, guard, close),
+            };
+            if route.global {
+                // Quotas shared with every replica, through Redis: after the local ones, so
+                // a request they refuse spends nothing of the shared state. Boxed, and handed
+                // what was admitted so far: what it holds across its wait for Redis would
+                // otherwise be part of every connection's task, global quota or not.
+                let step = global::admit(&snapshot, route, fields, peer.addr.ip(), self.live.at(start), admitted);
+                admitted = match Box::pin(step).await {
+                    Ok(admitted) => admitted,
+                    Err(refusal) => return refused(route, &refusal, guard, close),
+                };
             }
-        }
-        route.metrics.decided(admitted.decision());
-        (guard.permits, guard.slots) = (admitted.permits, admitted.slots);
-        let advertised = admitted.advertised;
+            route.metrics.decided(admitted.decision());
+            (guard.permits, guard.slots) = (admitted.permits, admitted.slots);
+            admitted.advertised
+        };
 
         let upgrade = req.is_upgrade();
         let service = &snapshot.config.upstream;

@@ -2,18 +2,13 @@
 // that it goes live on the event stream, and that a quota pushed through the API shows up
 // without a reload; then keeps a screenshot.
 // Usage: node check.mjs ADMIN_URL VIEWER_TOKEN OPERATOR_TOKEN SCREENSHOT ROUTE...
-import { chromium } from "playwright-core";
+import { open, finish } from "./browser.mjs";
 
 const [base, viewer, operator, screenshot, ...routes] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
-});
 const failures = [];
+const { browser, page } = await open(failures);
+let seen;
 try {
-  const page = await browser.newPage({ viewport: { width: 1440, height: 900 } });
-  page.on("pageerror", (e) => failures.push(`page error: ${e}`));
-  page.on("console", (m) => m.type() === "error" && failures.push(`console error: ${m.text()}`));
   await page.goto(`${base}/#token=${encodeURIComponent(viewer)}`);
   for (const route of routes) await page.waitForSelector(`[data-route="${route}"]`, { timeout: 10_000 });
   await page.waitForFunction(() => document.getElementById("state").textContent === "live", null, { timeout: 10_000 });
@@ -41,13 +36,10 @@ try {
       (spans) => Object.fromEntries(spans.map((s) => [s.dataset.quantile, s.dataset.seconds === "" ? null : Number(s.dataset.seconds)])));
   }
   await page.screenshot({ path: screenshot, fullPage: true });
-  console.log(JSON.stringify({ before, after, events, percentiles, offenders }));
+  seen = { before, after, events, percentiles, offenders };
 } catch (e) {
   failures.push(String(e));
 } finally {
   await browser.close();
 }
-if (failures.length) {
-  console.error(failures.join("\n"));
-  process.exit(1);
-}
+finish(failures, seen);

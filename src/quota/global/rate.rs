@@ -177,11 +177,17 @@ impl GlobalRate {
         }
     }
 
-    /// Tops the lease up in the background.
+    /// Tops the lease up in the background (unless Redis is known to be gone: then the
+    /// lease runs down, and the policy decides once it is empty).
     fn top_up(&self, state: Arc<KeyState>, n: u32, now: Duration) {
         let this = self.clone();
         tokio::spawn(async move {
             let inner = &this.0;
+            if inner.shared.call(now) == Call::Skip {
+                lock(&state.lease).failed();
+                state.taken.notify_waiters();
+                return;
+            }
             let taken = inner.shared.store.take(&state.state_key, inner.gcra, n).await;
             inner.shared.result(now, taken.as_ref().err());
             match taken {

@@ -60,6 +60,8 @@ impl Shared {
     pub fn new(settings: GlobalSettings, service: &str, metrics: GlobalMetrics) -> Result<Arc<Self>, StoreError> {
         let urls: Vec<&str> = settings.redis.iter().map(String::as_str).collect();
         let store = Store::new(&urls, settings.timeout, Some(metrics.calls))?;
+        // A new circuit, closed until a call fails.
+        metrics.degraded.set(0);
         Ok(Arc::new(Self {
             replicas_set: Replicas::new(store.clone()),
             store,
@@ -147,14 +149,30 @@ impl Shared {
     }
 }
 
-/// `HOST-PID-START`: the pod's name in Kubernetes, told apart from a restart of it.
+/// `HOST-PID-N`: the pod's name in Kubernetes, the process, and which `global` section of
+/// it (a reload that changes the section makes a new one, and the old one leaves).
 fn replica_name() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "sluice".to_string());
     let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    format!("{}-{}-{:x}", host.trim(), std::process::id(), started.as_micros() & 0xff_ffff)
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{}-{}-{:x}-{n}", host.trim(), std::process::id(), started.as_micros() & 0xff_ffff)
+}
+
+impl Drop for Shared {
+    /// A `global` section replaced by a reload leaves the replica count at once, so the
+    /// section that replaced it is not counted twice.
+    fn drop(&mut self) {
+        let (set, service, replica) = (self.replicas_set.clone(), self.service.clone(), self.replica.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = set.leave(&service, &replica).await;
+            });
+        }
+    }
 }
 
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
