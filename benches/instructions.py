@@ -9,7 +9,8 @@ comparison around it: for an A/B of a change to the request path in a few minute
 
 Each build runs each config behind the same nginx backend, as compare.py counts it: 200
 keep-alive requests of warm-up, then 20,000 counted (h2load --h1, 10 connections). Needs
-nginx, h2load and valgrind (benches/compare.sh installs them).
+nginx, h2load and valgrind (benches/compare.sh installs them), and redis-server for the
+`global` config.
 """
 
 import argparse
@@ -41,6 +42,12 @@ CONFIGS = {
     "full": FULL.format(quota=QUOTA.format(advertise="")),
     # the same, its quota advertising on every response (`advertise: always`)
     "full-advertise": FULL.format(quota=QUOTA.format(advertise=", advertise: always")),
+    # one never-refusing keyed rate quota (compare.py's `sluice-local`), and the same shared
+    # by every replica on a real redis-server (`sluice-global`; REDIS is its address; a
+    # timeout of 1s, as under callgrind a call is far slower than in production)
+    "local": 'routes:\n  - name: all\n    match: { path: "/*" }\n    quota: { rate: 1000000, per: 1s, burst: 1000000, key: client_ip }\n',
+    "global": 'global: { redis: "redis://REDIS", timeout: 1s, on_error: deny }\nroutes:\n  - name: all\n    match: { path: "/*" }\n'
+    '    quota: { rate: 1000000, per: 1s, burst: 1000000, key: client_ip, scope: global }\n',
 }
 
 
@@ -62,6 +69,11 @@ def main():
         backend = compare.free_port()
         conf = bench.nginx("backend", f'server {{ listen 127.0.0.1:{backend}; location / {{ return 200 "ok\\n"; }} }}')
         bench.start("backend", conf, backend)
+        if "global" in configs:
+            redis = compare.free_port()
+            argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(redis), "--save", "", "--appendonly", "no"]
+            bench.start("redis", argv + ["--dir", bench.dir], redis)
+            configs["global"] = configs["global"].replace("REDIS", f"127.0.0.1:{redis}")
         for r in range(args.rounds):
             for config, routes in configs.items():
                 for build, binary in builds.items():

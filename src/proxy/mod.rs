@@ -129,12 +129,20 @@ impl Proxy {
             };
             if route.global {
                 // Quotas shared with every replica, through Redis: after the local ones, so
-                // a request they refuse spends nothing of the shared state. Boxed, and handed
-                // what was admitted so far: what it holds across its wait for Redis would
-                // otherwise be part of every connection's task, global quota or not.
-                let step = global::admit(&snapshot, route, fields, peer.addr.ip(), self.live.at(start), admitted);
-                admitted = match Box::pin(step).await {
-                    Ok(admitted) => admitted,
+                // a request they refuse spends nothing of the shared state. Most are decided
+                // by this replica's leases at once; the rest wait for Redis in a boxed step
+                // (what it holds while it waits would otherwise be part of every
+                // connection's task, global quota or not).
+                let now = self.live.at(start);
+                admitted = match global::admit_leased(&snapshot, route, fields, peer.addr.ip(), now, admitted) {
+                    Ok(global::Leased::Decided(admitted)) => admitted,
+                    Ok(pending) => {
+                        let step = global::admit(&snapshot, route, fields, peer.addr.ip(), now, pending);
+                        match Box::pin(step).await {
+                            Ok(admitted) => admitted,
+                            Err(refusal) => return refused(route, &refusal, guard, close),
+                        }
+                    }
                     Err(refusal) => return refused(route, &refusal, guard, close),
                 };
             }

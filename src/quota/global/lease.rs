@@ -189,6 +189,16 @@ impl Lease {
     pub fn tokens(&self) -> u32 {
         self.tokens
     }
+
+    /// When the leased tokens stop being spendable.
+    pub fn expires(&self) -> Duration {
+        self.expires
+    }
+
+    /// Until when a refusal is kept.
+    pub fn refused_until(&self) -> Duration {
+        self.refused_until
+    }
 }
 
 #[cfg(test)]

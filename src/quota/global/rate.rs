@@ -109,6 +109,35 @@ impl GlobalRate {
         state.clone()
     }
 
+    /// The decision of the key's lease alone, at once: `Some` when the lease holds a token
+    /// (a top-up may go out in the background) or a refusal, which is most requests;
+    /// `None` when it is empty, and [`GlobalRate::check`] must wait for Redis.
+    pub fn check_leased(&self, key: &[u8], now: Duration) -> Option<Outcome> {
+        let state = self.0.keys.get(key)?.clone();
+        let (step, back) = {
+            let mut lease = lock(&state.lease);
+            let back = lease.expire(now);
+            if now >= lease.refused_until() && (lease.tokens() == 0 || now >= lease.expires()) {
+                // Nothing to decide with here: `check` takes (or waits for the take out).
+                drop(lease);
+                self.give_back(&state, back);
+                return None;
+            }
+            (lease.decide(now, batch(self.0.gcra.burst, self.0.shared.replicas())), back)
+        };
+        self.give_back(&state, back);
+        match step {
+            Step::Allowed { refill } => {
+                if let Some(n) = refill {
+                    self.top_up(state, n, now);
+                }
+                Some(Outcome::Allowed)
+            }
+            Step::Limited { retry_after } => Some(Outcome::Limited { retry_after }),
+            Step::Take(_) | Step::Wait => unreachable!("a lease with a token or a refusal decides"),
+        }
+    }
+
     /// The decision for one request whose client key is `key`, at `now` on the engines'
     /// clock.
     pub async fn check(&self, key: &[u8], now: Duration) -> Outcome {
@@ -408,6 +437,26 @@ mod tests {
 
     fn spec_small() -> RateSpec {
         spec(1, Duration::from_secs(10), 2)
+    }
+
+    #[tokio::test]
+    async fn a_lease_decides_at_once_and_an_empty_one_says_so() {
+        let redis = Redis::start();
+        // burst 8, one replica: leases of 2
+        let rate = GlobalRate::new(
+            shared(&redis, OnError::Deny, Duration::from_secs(1)),
+            "r",
+            &spec(1, Duration::from_secs(60), 8),
+        );
+        let now = clock();
+        assert_eq!(rate.check_leased(b"k", now), None, "no lease yet: Redis must be asked");
+        assert_eq!(rate.check(b"k", now).await, Outcome::Allowed, "took 2, spent 1");
+        assert_eq!(rate.check_leased(b"k", now), Some(Outcome::Allowed), "the second, from the lease");
+        // a refusal kept is decided at once too
+        let tight = GlobalRate::new(rate.shared().clone(), "t", &spec(1, Duration::from_secs(60), 1));
+        assert_eq!(tight.check(b"k", now).await, Outcome::Allowed);
+        assert!(matches!(tight.check(b"k", now).await, Outcome::Limited { .. }), "Redis refuses");
+        assert!(matches!(tight.check_leased(b"k", now), Some(Outcome::Limited { .. })), "kept until its retry-after");
     }
 
     #[tokio::test]
