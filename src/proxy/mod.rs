@@ -2,7 +2,8 @@
 //!
 //! 1. [`Proxy::handle`] loads the live snapshot once; the request finishes on it.
 //! 2. The target is checked (414, 400) and normalized, and matched to a route.
-//! 3. [`admit`] applies the route's quotas, then the service's (429).
+//! 3. [`admit`] applies the route's quotas, then the service's (429); then, where one
+//!    applies, [`global`] the quotas shared with every replica through Redis.
 //! 4. [`upstream::write_head`] writes the request's head for the service; it goes out on
 //!    one of the worker's [`pool`]ed connections under the route's timeout (504); failures are
 //!    502s. sluice speaks HTTP/1.1 to the service itself: [`conn`] drives the connection
