@@ -12,6 +12,7 @@
 //!   atomically on reload.
 //! - [`sla`]: SLIs over rolling windows, error budgets, burn rates, breach detection; no
 //!   HTTP in there. [`monitor`] ticks it every second and raises [`events`].
+//! - [`rules`]: `sluice rules`, the Prometheus rules that compute what [`sla`] computes.
 //! - [`metrics`]: the Prometheus registry and the per-route handles the request path uses.
 //! - [`control`]: the admin listener (`/metrics`, `/healthz`, `/readyz`).
 //! - [`server`]: binds the sockets, starts the tasks, drains on SIGTERM.
@@ -27,6 +28,7 @@ pub mod monitor;
 pub mod proxy;
 pub mod quota;
 pub mod route;
+pub mod rules;
 pub mod server;
 pub mod sla;
 pub mod snapshot;

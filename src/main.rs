@@ -36,6 +36,18 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Print the Prometheus recording and alert rules of every route's SLA (docs/deploy.md).
+    Rules {
+        #[arg(long)]
+        config: PathBuf,
+        /// Label matchers added to every selector, for a Prometheus that scrapes several
+        /// services: `namespace="shop"`.
+        #[arg(long)]
+        selector: Option<String>,
+        /// The alerts' runbook_url annotation.
+        #[arg(long)]
+        runbook_url: Option<String>,
+    },
     /// The audit log of the control API.
     Audit {
         #[command(subcommand)]
@@ -96,6 +108,22 @@ fn main() -> ExitCode {
                 sluice::server::run_until_signalled(running).await?;
                 Ok(())
             }))
+        }
+        Command::Rules { config: path, selector, runbook_url } => {
+            if let Some(Err(why)) = selector.as_deref().map(sluice::rules::check_selector) {
+                eprintln!("--selector: {why}");
+                return ExitCode::from(2);
+            }
+            match sluice::config::load(&path) {
+                Ok(config) => {
+                    print!("{}", sluice::rules::render(&config, &sluice::rules::Options { selector, runbook_url }));
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Command::Audit { command: AuditCommand::Verify { path } } => match sluice::control::audit::verify(&path) {
             Ok(records) => {

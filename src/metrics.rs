@@ -54,7 +54,7 @@ impl Origin {
 }
 
 /// The (origin, code class) pairs that can occur; one counter each, made up front.
-const OUTCOMES: [(Origin, &str); 11] = [
+pub const OUTCOMES: [(Origin, &str); 11] = [
     (Origin::Upstream, "1xx"),
     (Origin::Upstream, "2xx"),
     (Origin::Upstream, "3xx"),
@@ -169,6 +169,7 @@ pub struct Metrics {
     decisions: IntCounterVec,
     inflight: IntGaugeVec,
     sla_objective: GaugeVec,
+    sla_threshold: GaugeVec,
     sla_compliance: GaugeVec,
     sla_budget: GaugeVec,
     sla_burn: GaugeVec,
@@ -258,6 +259,11 @@ impl Metrics {
         registry.register(Box::new(inflight.clone())).expect("registered once");
         let sli = ["route", "sli"];
         let sla_objective = gauge("sluice_sla_objective_ratio", "The SLA objective of each route's SLI.", &sli);
+        let sla_threshold = gauge(
+            "sluice_sla_latency_threshold_seconds",
+            "The latency SLI's threshold: a request answered within it is good.",
+            &["route"],
+        );
         let sla_compliance = gauge(
             "sluice_sla_compliance_ratio",
             "Good requests over all requests within the SLA window (1 without traffic).",
@@ -301,6 +307,7 @@ impl Metrics {
             decisions,
             inflight,
             sla_objective,
+            sla_threshold,
             sla_compliance,
             sla_budget,
             sla_burn,
@@ -377,6 +384,9 @@ impl Metrics {
     pub fn sla(&self, route: &str, report: &Report) {
         let labels = [route, report.kind.as_str()];
         self.sla_objective.with_label_values(&labels).set(report.objective);
+        if let Some(threshold) = report.threshold {
+            self.sla_threshold.with_label_values(&[route]).set(threshold.as_secs_f64());
+        }
         self.sla_compliance.with_label_values(&labels).set(report.compliance);
         self.sla_budget.with_label_values(&labels).set(report.budget_remaining);
         for (window, burn) in Window::ALL.iter().zip(report.burn) {
@@ -386,6 +396,7 @@ impl Metrics {
 
     /// Drops a route's SLA series (its SLA was removed, or the route was).
     pub fn forget_sla(&self, route: &str) {
+        let _ = self.sla_threshold.remove_label_values(&[route]);
         for sli in ["latency", "availability"] {
             let labels = [route, sli];
             let _ = self.sla_objective.remove_label_values(&labels);

@@ -56,14 +56,16 @@ impl Severity {
 
 /// (long window, short window, burn-rate factor): both windows must burn faster than the
 /// factor. The short window makes the alert stop soon after the burn does.
-const FAST: [(Window, Window, f64); 2] = [(Window::H1, Window::M5, 14.4), (Window::H6, Window::M30, 6.0)];
-const SLOW: [(Window, Window, f64); 2] = [(Window::D1, Window::H2, 3.0), (Window::D3, Window::H6, 1.0)];
+pub const FAST: [(Window, Window, f64); 2] = [(Window::H1, Window::M5, 14.4), (Window::H6, Window::M30, 6.0)];
+pub const SLOW: [(Window, Window, f64); 2] = [(Window::D1, Window::H2, 3.0), (Window::D3, Window::H6, 1.0)];
 
 /// One SLI's figures at a moment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
     pub kind: SliKind,
     pub objective: f64,
+    /// The latency SLI's threshold; `None` for availability.
+    pub threshold: Option<Duration>,
     /// Good / total over the SLA window; 1 when there was no traffic.
     pub compliance: f64,
     /// 1 − bad / allowed bad over the SLA window: 1 untouched, 0 spent, below 0 overspent.
@@ -159,7 +161,7 @@ impl Sli {
         let pending = self.pending.swap(0, Relaxed);
         let mut state = self.lock();
         state.windows.add(now, Counts { good: pending & (ONE - 1), total: pending >> 32 });
-        let report = report(self.kind, &state, now);
+        let report = report(self, &state, now);
         let firing = firing(&state, &report, now);
         let alert = match (state.breached, firing) {
             // A slow burn turning fast is a new, more urgent breach; the way back is not.
@@ -174,7 +176,7 @@ impl Sli {
     }
 
     pub fn report(&self, now: Duration) -> Report {
-        report(self.kind, &self.lock(), now)
+        report(self, &self.lock(), now)
     }
 
     /// This SLI's state at `now`, for a checkpoint: what was recorded since the last tick
@@ -216,13 +218,14 @@ impl Sli {
     }
 }
 
-fn report(kind: SliKind, state: &State, now: Duration) -> Report {
+fn report(sli: &Sli, state: &State, now: Duration) -> Report {
     let allowed = 1.0 - state.objective;
     let counts = state.windows.over_sla_window(now);
     let error_ratio = |c: Counts| if c.total == 0 { 0.0 } else { c.bad() as f64 / c.total as f64 };
     Report {
-        kind,
+        kind: sli.kind,
         objective: state.objective,
+        threshold: sli.threshold,
         compliance: 1.0 - error_ratio(counts),
         budget_remaining: 1.0 - error_ratio(counts) / allowed,
         burn: Window::ALL.map(|w| error_ratio(state.windows.over(now, w)) / allowed),
