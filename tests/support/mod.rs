@@ -407,13 +407,14 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(config: &std::path::Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(config)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command.args(["--log-format", "json", "run", "--config"]).arg(config);
+        Self::spawn_command(command)
+    }
+
+    /// `command` runs sluice (`--log-format json run ...`), perhaps through another program.
+    pub fn spawn_command(mut command: Command) -> Self {
+        let mut child = command.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
