@@ -174,6 +174,10 @@ pub struct Metrics {
     sla_budget: GaugeVec,
     sla_burn: GaugeVec,
     pub config_version: IntGauge,
+    /// Client connections open now, by listener (`proxy`).
+    pub connections: IntGaugeVec,
+    /// Client connections closed at once, by reason (`max_connections`).
+    pub connections_refused: IntCounterVec,
     reloads: IntCounterVec,
     /// Unauthenticated control API calls left out of the audit log by its rate bound.
     pub audit_suppressed: prometheus::IntCounter,
@@ -218,6 +222,19 @@ impl Metrics {
             "Configs offered after the start, by source (file: the file changed; signal: SIGHUP; api: the control API) and result (success: a new version is live; unchanged: the same config, no new version; failure: refused, the previous config serves).",
             &["source", "result"],
         );
+        let connections_refused = counter(
+            "sluice_connections_refused_total",
+            "Client connections closed as soon as they were accepted, by reason (max_connections: limits.max_connections were open).",
+            &["reason"],
+        );
+        connections_refused.with_label_values(&["max_connections"]);
+        let connections = IntGaugeVec::new(
+            Opts::new("sluice_connections", "Client connections open now, by listener."),
+            &["listener"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(connections.clone())).expect("registered once");
+        connections.with_label_values(&["proxy"]);
         let audit_suppressed = prometheus::IntCounter::new(
             "sluice_audit_suppressed_total",
             "Control API calls without a valid token that the audit log left out (it writes 20 at once, then one a second), each counted in its next `suppressed` record.",
@@ -312,6 +329,8 @@ impl Metrics {
             sla_budget,
             sla_burn,
             config_version,
+            connections,
+            connections_refused,
             reloads,
             audit_suppressed,
             global,

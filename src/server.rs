@@ -121,12 +121,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
         control::probes(live.clone()),
     ];
     for (listener, router) in std::iter::once(admin).chain(metrics_listener.map(|(l, _)| l)).zip(routers) {
-        background.push(tokio::spawn(async move {
-            let service = router.into_make_service_with_connect_info::<SocketAddr>();
-            if let Err(e) = axum::serve(listener, service).await {
-                tracing::error!(error = %e, "admin listener failed");
-            }
-        }));
+        background.push(tokio::spawn(control::serve::serve(listener, router, live.clone())));
     }
     let reloader = config_path.map(|path| config::reload::Reloader {
         path,

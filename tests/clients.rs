@@ -39,7 +39,11 @@ async fn ambiguous_or_malformed_heads_are_refused_and_nothing_is_smuggled() {
         ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", "400"),
         ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", "400"),
         ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "501"),
-        ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n", "501"),
+        ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n", "400"),
+        ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", "400"),
+        ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", "400"),
+        ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", "400"),
+        ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: \u{1}chunked\r\n\r\n", "400"),
         ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", "400"),
         ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\n", "400"),
         ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", "400"),
@@ -52,8 +56,14 @@ async fn ambiguous_or_malformed_heads_are_refused_and_nothing_is_smuggled() {
         ("GET / HTTP/2.0\r\nHost: x\r\n\r\n", "505"),
         ("GET / HTTP/1.1\r\nHost: x\r\nX: a\0b\r\n\r\n", "400"),
     ];
-    for (head, status) in cases {
-        let answer = raw(sluice.addr, format!("{head}{smuggled}").as_bytes(), Duration::from_secs(5));
+    // A byte that is not UTF-8 (0xA0, no-break space in Latin-1) before or after the coding.
+    let latin1 =
+        |field: &[u8]| [&b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: "[..], field, b"\r\n\r\n"].concat();
+    let heads = cases.iter().map(|(head, status)| (head.as_bytes().to_vec(), *status));
+    let heads = heads.chain([(latin1(b"\xa0chunked"), "400"), (latin1(b"chunked\xa0"), "400")]);
+    for (bytes, status) in heads {
+        let answer = raw(sluice.addr, &[&bytes[..], smuggled.as_bytes()].concat(), Duration::from_secs(5));
+        let head = String::from_utf8_lossy(&bytes);
         assert!(answer.starts_with(&format!("HTTP/1.1 {status} ")), "{head:?}: {answer}");
         let answers = answer.lines().filter(|line| line.starts_with("HTTP/1.1 ")).count();
         assert_eq!(answers, 1, "{head:?}: one answer, then the connection closes: {answer}");
@@ -162,4 +172,47 @@ async fn a_client_that_hangs_up_after_its_body_frees_its_slot() {
         get(&client, &sluice.url("/fast")).await.0.status() == 200
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_past_max_connections_are_closed_at_once_while_the_open_ones_carry_on() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, "limits: { max_connections: 3 }\n").await;
+    let addr = sluice.url("").trim_start_matches("http://").parse().unwrap();
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut connection = Connection::open(addr).await;
+        assert_eq!(connection.send(http::Method::GET, "/a").await.0, 200);
+        open.push(connection);
+    }
+    let metrics = sluice.scrape().await;
+    assert_eq!(metrics.value("sluice_connections", "listener=\"proxy\""), 3.0);
+
+    // A fourth is accepted by the kernel and closed by sluice without an answer.
+    let refused = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = stream.write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut answer = Vec::new();
+        let started = std::time::Instant::now();
+        let read = stream.read_to_end(&mut answer);
+        (read.is_ok() || started.elapsed() < Duration::from_secs(4), answer)
+    })
+    .await
+    .unwrap();
+    assert!(refused.0, "the refused connection was left open");
+    assert!(refused.1.is_empty(), "{}", String::from_utf8_lossy(&refused.1));
+    assert_eq!(sluice.scrape().await.value("sluice_connections_refused_total", "reason=\"max_connections\""), 1.0);
+
+    // The open ones are served; once one closes, a new connection is served too.
+    for connection in &mut open {
+        assert_eq!(connection.send(http::Method::GET, "/c").await.0, 200);
+    }
+    drop(open.pop());
+    eventually("the closed connection to be counted out", Duration::from_secs(5), async || {
+        sluice.scrape().await.value("sluice_connections", "listener=\"proxy\"") == 2.0
+    })
+    .await;
+    assert_eq!(Connection::open(addr).await.send(http::Method::GET, "/d").await.0, 200);
+    assert!(!upstream.seen().iter().any(|s| s.uri.path() == "/b"));
 }

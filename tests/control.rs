@@ -718,3 +718,27 @@ async fn a_dry_run_lists_every_error_type_errors_included() {
     );
     assert_eq!(errors[0].1, "must be a whole number of at least 1, got -5");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_half_request_head_on_the_admin_listener_is_closed_at_the_header_timeout() {
+    use std::io::{Read, Write};
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, "limits: { header_read_timeout: 1s }\n").await;
+    let admin = sluice.running().admin_addr();
+    let started = std::time::Instant::now();
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(admin).unwrap();
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Half").unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).map(|_| answer)
+    })
+    .await
+    .unwrap();
+    let waited = started.elapsed();
+    assert!(closed.is_ok(), "the connection was not closed within 10 s: {closed:?}");
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(4), "closed after {waited:?}");
+    // A whole request is served as before.
+    let (response, _) = get(&client(), &sluice.admin_url("/healthz")).await;
+    assert_eq!(response.status(), 200);
+}

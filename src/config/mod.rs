@@ -65,6 +65,8 @@ pub struct Limits {
     pub max_uri_bytes: usize,
     pub timeout: Duration,
     pub drain_timeout: Duration,
+    /// Client connections open at once; past it new ones are closed at once, counted.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -75,6 +77,7 @@ impl Default for Limits {
             max_uri_bytes: 8 * 1024,
             timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
         }
     }
 }

@@ -186,6 +186,9 @@ pub struct RawLimits {
     /// Longest request target, in bytes (414 beyond it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_uri_bytes: Option<Count>,
+    /// Client connections open at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<Count>,
     /// Timeout of routes that set none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,

@@ -212,6 +212,12 @@ impl Validator {
                 *slot = n as usize;
             }
         }
+        let path = "limits.max_connections";
+        if let Some(n) =
+            raw.max_connections.as_ref().and_then(|v| self.check(path, whole(v, 1, 1 << 24, "connections")))
+        {
+            limits.max_connections = n as usize;
+        }
         limits
     }
 

@@ -10,6 +10,7 @@ mod api;
 pub mod audit;
 mod auth;
 mod problem;
+pub mod serve;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -16,6 +17,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -59,7 +61,7 @@ pub fn start(
             runtime.block_on(async move {
                 if let Some((listener, workers)) = accept {
                     match TcpListener::from_std(listener) {
-                        Ok(listener) => drop(tokio::spawn(deal(listener, workers, phase.clone()))),
+                        Ok(listener) => drop(tokio::spawn(deal(listener, workers, live.clone(), phase.clone()))),
                         Err(e) => tracing::error!(error = %e, "cannot serve the listener"),
                     }
                 }
@@ -74,16 +76,47 @@ pub fn start(
     Ok(running)
 }
 
-type Accepted = (std::net::TcpStream, SocketAddr);
+type Accepted = (std::net::TcpStream, SocketAddr, Open);
+
+/// One client connection counted open (`sluice_connections`) until it is dropped.
+struct Open {
+    count: Arc<AtomicUsize>,
+    gauge: IntGauge,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
+    }
+}
 
 /// Accepts until the phase leaves `Serving`, handing each connection to the next worker.
-async fn deal(listener: TcpListener, workers: Vec<mpsc::UnboundedSender<Accepted>>, mut phase: watch::Receiver<Phase>) {
+/// Past `limits.max_connections` open at once, a new connection is closed as soon as it is
+/// accepted (counted), so that the connections already open carry on.
+async fn deal(
+    listener: TcpListener,
+    workers: Vec<mpsc::UnboundedSender<Accepted>>,
+    live: Arc<Live>,
+    mut phase: watch::Receiver<Phase>,
+) {
     let mut next = 0;
+    let count = Arc::new(AtomicUsize::new(0));
+    let gauge = live.metrics.connections.with_label_values(&["proxy"]);
+    let refused = live.metrics.connections_refused.with_label_values(&["max_connections"]);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted.and_then(|(stream, peer)| Ok((stream.into_std()?, peer))) {
-                Ok(connection) => {
-                    let _ = workers[next].send(connection);
+                Ok((stream, peer)) => {
+                    if count.load(Ordering::Relaxed) >= live.load().config.limits.max_connections {
+                        refused.inc();
+                        drop(stream);
+                        continue;
+                    }
+                    count.fetch_add(1, Ordering::Relaxed);
+                    gauge.inc();
+                    let open = Open { count: count.clone(), gauge: gauge.clone() };
+                    let _ = workers[next].send((stream, peer, open));
                     next = (next + 1) % workers.len();
                 }
                 Err(e) => {
@@ -115,7 +148,7 @@ async fn serve(
     loop {
         tokio::select! {
             next = incoming.recv() => {
-                let Some((stream, peer)) = next else { break };
+                let Some((stream, peer, counted)) = next else { break };
                 let stream = match TcpStream::from_std(stream) {
                     Ok(stream) => stream,
                     Err(e) => {
@@ -128,7 +161,7 @@ async fn serve(
                 let (proxy, phase) = (proxy.clone(), phase.clone());
                 tokio::spawn(async move {
                     connection(stream, peer, proxy, limits, phase).await;
-                    drop(open);
+                    drop((open, counted));
                 });
             }
             _ = stopped(&mut stop) => break,

@@ -65,7 +65,7 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<Reque
     // connection's reuse.
     let mut places = Vec::with_capacity(parsed.headers.len());
     let mut hosts = 0;
-    let (mut lengths, mut lengths_differ, mut codings, mut more_codings) = (None, false, None, false);
+    let (mut lengths, mut lengths_differ, mut codings) = (None, false, Codings::default());
     let (mut close, mut keep_alive_asked, mut expect_continue, mut trailers) = (false, false, false, false);
     let (mut upgrade_field, mut upgrade_asked) = (false, false);
     for field in &*parsed.headers {
@@ -76,10 +76,7 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<Reque
                 lengths_differ |= lengths.is_some_and(|first| first != value);
                 lengths = lengths.or(Some(value));
             }
-            Known::TransferEncoding => {
-                more_codings |= codings.is_some();
-                codings = codings.or(Some(value));
-            }
+            Known::TransferEncoding => codings.add(value),
             Known::Connection => {
                 for option in options(value) {
                     close |= option.eq_ignore_ascii_case(b"close");
@@ -105,16 +102,14 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<Reque
     }
     // One framing or none (RFC 9112 §6): a request with both, or a coding sluice does not
     // decode, could be read one way here and another by the service.
-    let body = if let Some(codings) = codings {
+    let body = if codings.seen {
         if version == Version::HTTP_10 {
             return Err(bad("Transfer-Encoding in an HTTP/1.0 request"));
         }
         if lengths.is_some() {
             return Err(bad("both Content-Length and Transfer-Encoding"));
         }
-        if more_codings || !codings.eq_ignore_ascii_case(b"chunked") {
-            return Err(Refused(StatusCode::NOT_IMPLEMENTED, "only the chunked transfer coding is served"));
-        }
+        codings.framing()?;
         Decoder::chunked()
     } else if let Some(length) = lengths {
         // Each a plain number, the same in every field: a list, which the service might
@@ -135,6 +130,71 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<Reque
     let uri = Uri::from_maybe_shared(head.slice(target)).map_err(|_| bad("bad request target"))?;
     let fields = Fields { head, places, dated: false };
     Ok(Some(RequestHead { method, uri, version, fields, body, keep_alive, expect_continue, trailers, upgrade }))
+}
+
+/// What a request's `Transfer-Encoding` fields say, read as one list (RFC 9112 §6.1).
+#[derive(Default)]
+struct Codings {
+    seen: bool,
+    /// An element that is not a coding's name (`\xa0chunked`, `chunked;x=1`, an empty field).
+    malformed: bool,
+    chunked: u32,
+    last_is_chunked: bool,
+    other: bool,
+}
+
+impl Codings {
+    fn add(&mut self, value: &[u8]) {
+        self.seen = true;
+        let mut any = false;
+        // Empty elements of a list are allowed and mean nothing (RFC 9110 §5.6.1).
+        for element in value.split(|&b| b == b',').map(trim_ows).filter(|e| !e.is_empty()) {
+            any = true;
+            let name = element.split(|&b| b == b';').next().unwrap_or_default();
+            if !is_token(trim_ows(name)) {
+                self.malformed = true;
+            } else if element.eq_ignore_ascii_case(b"chunked") {
+                self.chunked += 1;
+                self.last_is_chunked = true;
+            } else if trim_ows(name).eq_ignore_ascii_case(b"chunked") {
+                self.malformed = true; // chunked takes no parameters
+            } else {
+                self.other = true;
+                self.last_is_chunked = false;
+            }
+        }
+        self.malformed |= !any;
+    }
+
+    /// `Ok` for chunked alone. 400 for a malformed list, chunked twice, or a list that does
+    /// not end in chunked (its end could not be found, RFC 9112 §6.3); 501 for a well-formed
+    /// coding other than chunked before it, which sluice does not decode.
+    fn framing(&self) -> Result<(), Refused> {
+        if self.malformed {
+            Err(bad("malformed Transfer-Encoding"))
+        } else if self.chunked > 1 {
+            Err(bad("chunked applied more than once"))
+        } else if !self.last_is_chunked {
+            Err(bad("a request's last transfer coding must be chunked"))
+        } else if self.other {
+            Err(Refused(StatusCode::NOT_IMPLEMENTED, "only the chunked transfer coding is served"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Without the optional whitespace (space and tab only) around a list element.
+fn trim_ows(bytes: &[u8]) -> &[u8] {
+    let ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = bytes.iter().position(|b| !ows(b)).unwrap_or(bytes.len());
+    let end = bytes.iter().rposition(|b| !ows(b)).map_or(start, |i| i + 1);
+    &bytes[start..end]
+}
+
+/// A token of RFC 9110 §5.6.2: one or more tchar.
+fn is_token(bytes: &[u8]) -> bool {
+    !bytes.is_empty() && bytes.iter().all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn bad(why: &'static str) -> Refused {
