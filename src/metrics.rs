@@ -31,6 +31,9 @@ pub enum Origin {
     Rejected,
     /// Refused because Redis could not decide a global quota, under `on_error: deny` (503).
     QuotaUnavailable,
+    /// The client's failure: its request body stalled past `limits.body_read_timeout`
+    /// (408) or broke off (400). Never the service's.
+    Client,
 }
 
 impl Origin {
@@ -43,6 +46,7 @@ impl Origin {
             Self::UpstreamError => "upstream_error",
             Self::Rejected => "rejected",
             Self::QuotaUnavailable => "quota_unavailable",
+            Self::Client => "client",
         }
     }
 
@@ -54,7 +58,7 @@ impl Origin {
 }
 
 /// The (origin, code class) pairs that can occur; one counter each, made up front.
-pub const OUTCOMES: [(Origin, &str); 11] = [
+pub const OUTCOMES: [(Origin, &str); 12] = [
     (Origin::Upstream, "1xx"),
     (Origin::Upstream, "2xx"),
     (Origin::Upstream, "3xx"),
@@ -66,6 +70,7 @@ pub const OUTCOMES: [(Origin, &str); 11] = [
     (Origin::UpstreamError, "5xx"),
     (Origin::Rejected, "4xx"),
     (Origin::QuotaUnavailable, "5xx"),
+    (Origin::Client, "4xx"),
 ];
 
 fn outcome(origin: Origin, status: u16) -> usize {
@@ -77,6 +82,7 @@ fn outcome(origin: Origin, status: u16) -> usize {
         Origin::UpstreamError => 8,
         Origin::Rejected => 9,
         Origin::QuotaUnavailable => 10,
+        Origin::Client => 11,
     }
 }
 

@@ -216,3 +216,75 @@ async fn connections_past_max_connections_are_closed_at_once_while_the_open_ones
     assert_eq!(Connection::open(addr).await.send(http::Method::GET, "/d").await.0, 200);
     assert!(!upstream.seen().iter().any(|s| s.uri.path() == "/b"));
 }
+
+/// Sends `bytes` on a new connection, then stops sending (or hangs up, with `close`); what
+/// came back and when the connection was closed.
+fn stall(addr: std::net::SocketAddr, bytes: &'static [u8], close: bool) -> (String, Duration) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = std::time::Instant::now();
+    stream.write_all(bytes).unwrap();
+    if close {
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    (String::from_utf8_lossy(&answer).into_owned(), started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_or_broken_body_is_the_clients_failure_not_the_services() {
+    let upstream = Upstream::start().await;
+    let config = "limits: { body_read_timeout: 1s }\nroutes:\n  - name: up\n    match: { path: \"/*\" }\n    \
+                  concurrency: { max: 1 }\n    sla: { availability: 99%, min_events: 0 }\n";
+    let sluice = Sluice::start(&upstream, config).await;
+    let addr: std::net::SocketAddr = sluice.url("").trim_start_matches("http://").parse().unwrap();
+
+    // 10 of 1,000 bytes, then nothing: 408 at the body timeout, and the connection closes.
+    let head = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789";
+    let (answer, waited) = tokio::task::spawn_blocking(move || stall(addr, head, false)).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(5), "{waited:?}");
+
+    // Its concurrency slot is free at once, and the SLI never saw it.
+    let (response, _) = get(&client(), &sluice.url("/after")).await;
+    assert_eq!(response.status(), 200);
+    let metrics = sluice.scrape().await;
+    assert_eq!(metrics.value("sluice_requests_total", "route=\"up\",code_class=\"4xx\",origin=\"client\""), 1.0);
+    assert_eq!(metrics.value("sluice_request_duration_seconds_count", "route=\"up\""), 1.0, "only /after");
+
+    // A client that hangs up mid-body: the same origin, and the service's SLI untouched.
+    let (answer, _) = tokio::task::spawn_blocking(move || stall(addr, head, true)).await.unwrap();
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    eventually("the broken body to be counted", Duration::from_secs(5), async || {
+        sluice.scrape().await.value("sluice_requests_total", "route=\"up\",code_class=\"4xx\",origin=\"client\"") == 2.0
+    })
+    .await;
+    let metrics = sluice.scrape().await;
+    assert_eq!(metrics.value("sluice_request_duration_seconds_count", "route=\"up\""), 1.0);
+    assert_eq!(
+        metrics.value("sluice_requests_total", "route=\"up\",code_class=\"5xx\",origin=\"upstream_error\""),
+        0.0
+    );
+    assert_eq!(metrics.value("sluice_requests_total", "route=\"up\",code_class=\"5xx\",origin=\"timeout\""), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_h2c_body_gets_408_on_its_stream() {
+    use http_body_util::BodyExt;
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, "limits: { body_read_timeout: 1s }\n").await;
+    let (mut tx, body) =
+        http_body_util::channel::Channel::<bytes::Bytes, Box<dyn std::error::Error + Send + Sync>>::new(1);
+    let request = http::Request::post(sluice.url("/upload")).body(body.boxed()).unwrap();
+    tx.send_data(bytes::Bytes::from_static(b"0123456789")).await.unwrap();
+    let started = std::time::Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(10), h2_client().request(request)).await.unwrap().unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), 408);
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    let metrics = sluice.scrape().await;
+    assert_eq!(metrics.value("sluice_requests_total", "route=\"unmatched\",code_class=\"4xx\",origin=\"client\""), 1.0);
+    drop(tx);
+}

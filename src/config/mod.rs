@@ -67,6 +67,8 @@ pub struct Limits {
     pub drain_timeout: Duration,
     /// Client connections open at once; past it new ones are closed at once, counted.
     pub max_connections: usize,
+    /// The longest wait for the next bytes of a request body (408).
+    pub body_read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -78,6 +80,7 @@ impl Default for Limits {
             timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             max_connections: 10_000,
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }

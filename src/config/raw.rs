@@ -189,6 +189,9 @@ pub struct RawLimits {
     /// Client connections open at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<Count>,
+    /// The longest wait for the next bytes of a request body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_read_timeout: Option<String>,
     /// Timeout of routes that set none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,

@@ -197,6 +197,7 @@ impl Validator {
             ("limits.header_read_timeout", &raw.header_read_timeout, &mut limits.header_read_timeout),
             ("limits.timeout", &raw.timeout, &mut limits.timeout),
             ("limits.drain_timeout", &raw.drain_timeout, &mut limits.drain_timeout),
+            ("limits.body_read_timeout", &raw.body_read_timeout, &mut limits.body_read_timeout),
         ];
         for (path, text, slot) in durations {
             if let Some(d) = text.as_deref().and_then(|t| self.duration(path, t)) {

@@ -270,6 +270,43 @@ pub struct Upload {
     pending: VecDeque<Bytes>,
     /// The body has ended; once `pending` is written, the upload is done.
     ended: bool,
+    /// `limits.body_read_timeout`: the longest wait for the body's next bytes.
+    patience: Duration,
+    /// When the body last gave something (or the upload started).
+    progress: Instant,
+    /// Fires at the earliest time the body may be found stalled; moved on, not reset for
+    /// every frame (a timer-wheel operation each), when the body has moved meanwhile.
+    stall: Pin<Box<Sleep>>,
+}
+
+/// The client's part in a request that failed: the error of an exchange whose cause is the
+/// client, not the service ([`client_fault`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFault {
+    /// No byte of the body came within `limits.body_read_timeout`.
+    Stalled,
+    /// The body broke off: the client hung up, or broke its framing.
+    Broken,
+}
+
+impl std::fmt::Display for ClientFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Stalled => "the request body stalled",
+            Self::Broken => "the request body broke off",
+        })
+    }
+}
+
+impl std::error::Error for ClientFault {}
+
+/// Whether `error` is the client's doing, and how.
+pub fn client_fault(error: &io::Error) -> Option<ClientFault> {
+    error.get_ref().and_then(|e| e.downcast_ref::<ClientFault>()).copied()
+}
+
+fn fault(fault: ClientFault) -> io::Error {
+    io::Error::other(fault)
 }
 
 enum UploadError {
@@ -282,7 +319,7 @@ enum UploadError {
 impl Upload {
     /// The upload of `body`, and how the request head frames it: not at all for an
     /// empty body, by its length if known, else chunked.
-    pub fn new(body: RequestBody) -> (Option<Box<Upload>>, Framing) {
+    pub fn new(body: RequestBody, patience: Duration) -> (Option<Box<Upload>>, Framing) {
         if body.is_end_stream() {
             return (None, Framing::None);
         }
@@ -290,7 +327,22 @@ impl Upload {
             Some(len) => (false, Framing::Length(len)),
             None => (true, Framing::Chunked),
         };
-        (Some(Box::new(Upload { body, chunked, pending: VecDeque::new(), ended: false })), framing)
+        let progress = Instant::now();
+        let stall = Box::pin(tokio::time::sleep_until(progress + patience));
+        let upload = Upload { body, chunked, pending: VecDeque::new(), ended: false, patience, progress, stall };
+        (Some(Box::new(upload)), framing)
+    }
+
+    /// Whether the body has given nothing for `patience`, as of the stall timer firing.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.stall.as_mut().poll(cx).is_ready() {
+            let due = self.progress + self.patience;
+            if Instant::now() >= due {
+                return true;
+            }
+            self.stall.as_mut().reset(due);
+        }
+        false
     }
 
     fn poll_send(&mut self, stream: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), UploadError>> {
@@ -319,9 +371,20 @@ impl Upload {
             if self.ended {
                 return Poll::Ready(Ok(()));
             }
-            let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+            let polled = Pin::new(&mut self.body).poll_frame(cx);
+            if polled.is_pending() {
+                if self.stalled(cx) {
+                    return Poll::Ready(Err(UploadError::Client(fault(ClientFault::Stalled))));
+                }
+                return Poll::Pending;
+            }
+            self.progress = Instant::now();
+            let frame = match ready!(polled) {
                 Some(Ok(frame)) => frame,
-                Some(Err(e)) => return Poll::Ready(Err(UploadError::Client(e))),
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "the request body broke off");
+                    return Poll::Ready(Err(UploadError::Client(fault(ClientFault::Broken))));
+                }
                 None => {
                     self.ended = true;
                     if self.chunked {

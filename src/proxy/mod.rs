@@ -155,7 +155,7 @@ impl Proxy {
         let upgrade = req.is_upgrade();
         let service = &snapshot.config.upstream;
         let ProxyRequest { method, uri, fields, body, .. } = req;
-        let (upload, framing) = conn::Upload::new(body);
+        let (upload, framing) = conn::Upload::new(body, snapshot.config.limits.body_read_timeout);
         let forward = upstream::Forward {
             host: uri.authority().unwrap_or(service).as_str(),
             client: peer.forwarded_for.as_bytes(),
@@ -168,6 +168,19 @@ impl Proxy {
         let deadline = tokio::time::Instant::from_std(start) + route.timeout; // from the request's start
         let (mut head, lease) = match self.pool.send(service, &method, write_head, upload, upgrade, deadline).await {
             Ok(sent) => sent,
+            Err(e) if conn::client_fault(&e).is_some() => {
+                // The client's doing, not the service's: answered (if anyone is left to
+                // read it), closed, and kept out of the service's SLIs.
+                let response = match conn::client_fault(&e) {
+                    Some(conn::ClientFault::Stalled) => respond::problem(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "the request body stalled past limits.body_read_timeout",
+                        true,
+                    ),
+                    _ => respond::problem(StatusCode::BAD_REQUEST, "the request body broke off", true),
+                };
+                return local(response, guard, Origin::Client);
+            }
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                 let response =
                     respond::problem(StatusCode::GATEWAY_TIMEOUT, "the service did not answer in time", false);
