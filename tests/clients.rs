@@ -288,3 +288,49 @@ async fn a_stalled_h2c_body_gets_408_on_its_stream() {
     assert_eq!(metrics.value("sluice_requests_total", "route=\"unmatched\",code_class=\"4xx\",origin=\"client\""), 1.0);
     drop(tx);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kept_alive_connections_close_after_idle_timeout_http1_and_h2c() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, "limits: { idle_timeout: 1s, header_read_timeout: 10s }\n").await;
+    let addr: std::net::SocketAddr = sluice.url("").trim_start_matches("http://").parse().unwrap();
+
+    // HTTP/1.1: a second request within the idle timeout is served; the connection closes
+    // about one idle timeout after the last answer, long before the header timeout.
+    let (answers, quiet) = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        let request = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        stream.write_all(request).unwrap();
+        std::thread::sleep(Duration::from_millis(600));
+        stream.write_all(request).unwrap();
+        let sent = std::time::Instant::now();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        (answer.matches("HTTP/1.1 200 ").count(), sent.elapsed())
+    })
+    .await
+    .unwrap();
+    assert_eq!(answers, 2);
+    assert!(quiet >= Duration::from_millis(900) && quiet < Duration::from_secs(4), "closed after {quiet:?}");
+
+    // h2c: the connection gets GOAWAY and ends once no stream has been active for 1s.
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get(sluice.url("/b")).body(empty()).unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    drop(response);
+    let answered = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(8), connection).await;
+    assert!(ended.is_ok(), "the h2c connection stayed open");
+    let quiet = answered.elapsed();
+    assert!(quiet >= Duration::from_millis(900) && quiet < Duration::from_secs(4), "closed after {quiet:?}");
+}

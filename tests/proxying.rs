@@ -280,14 +280,13 @@ async fn slow_and_silent_clients_are_cut_off() {
     assert!(upstream.seen().is_empty());
 }
 
-/// The header timeout runs from when sluice starts waiting for each head (the keep-alive
-/// idle time included), on a kept-alive connection too: a request that took longer than
-/// the timeout leaves the next head its whole time, and an idle connection is closed once
-/// it has waited that long, not before.
+/// On a kept-alive connection each head has the whole header timeout from its first byte:
+/// a request that took longer than the timeout leaves the next head its whole time, and an
+/// idle connection is closed once it has waited `idle_timeout`, not before.
 #[tokio::test(flavor = "multi_thread")]
 async fn each_head_on_a_kept_connection_has_the_whole_header_timeout() {
     let upstream = Upstream::start().await;
-    let rest = format!("limits: {{ header_read_timeout: 2s }}\n{ROUTES}");
+    let rest = format!("limits: {{ header_read_timeout: 2s, idle_timeout: 2s }}\n{ROUTES}");
     let sluice = Sluice::start(&upstream, &rest).await;
     let addr = sluice.addr;
     tokio::task::spawn_blocking(move || {
@@ -304,7 +303,7 @@ async fn each_head_on_a_kept_connection_has_the_whole_header_timeout() {
         stream.write_all(b"Host: x\r\n\r\n").unwrap();
         let answer = read_response(&mut stream);
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        // Then idle: closed after the timeout, not before.
+        // Then idle: closed after idle_timeout, not before.
         let idle = Instant::now();
         let mut rest = Vec::new();
         assert_eq!(stream.read_to_end(&mut rest).unwrap(), 0, "{}", String::from_utf8_lossy(&rest));

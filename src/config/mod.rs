@@ -69,6 +69,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// The longest wait for the next bytes of a request body (408).
     pub body_read_timeout: Duration,
+    /// How long a kept-alive connection (HTTP/1.1 or h2c) may wait with no request.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -81,6 +83,7 @@ impl Default for Limits {
             drain_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -192,6 +192,9 @@ pub struct RawLimits {
     /// The longest wait for the next bytes of a request body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_read_timeout: Option<String>,
+    /// How long a kept-alive connection may wait with no request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
     /// Timeout of routes that set none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,

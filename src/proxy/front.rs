@@ -82,8 +82,9 @@ pub async fn serve(
     let mut out = Vec::new();
     // The header timeout's timer, one for the connection (see `read_head`).
     let mut timer = pin!(tokio::time::sleep(limits.header_read_timeout));
+    let mut kept_alive = false;
     loop {
-        let head = match read_head(&mut reader, &limits, &mut phase, timer.as_mut()).await {
+        let head = match read_head(&mut reader, &limits, kept_alive, &mut phase, timer.as_mut()).await {
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(Refused(status, why)) => {
@@ -151,25 +152,39 @@ pub async fn serve(
         if out.capacity() > GATHER * 2 {
             out = Vec::new();
         }
+        kept_alive = true;
     }
 }
 
 /// Reads until a whole request head is in the buffer. `None`: the client closed the
-/// connection, sent nothing more within the header timeout (the keep-alive idle timeout
-/// too), or the phase reached `Closing`.
+/// connection, sent nothing more in time, or the phase reached `Closing`. In time: a
+/// connection's first head within `header_read_timeout`; on a kept-alive connection, its
+/// first byte within `idle_timeout`, then the rest of the head within
+/// `header_read_timeout` of it.
 ///
 /// `timer` is the connection's, re-armed lazily: a timer set for each head was a
 /// registration in tokio's timer wheel and a removal per request (500 instructions of
-/// 18,200). So a timer set for an earlier head is left to fire, and only then moved on to
-/// this head's deadline. It is never late: it was set one header timeout (the
-/// connection's, which does not change) after an earlier moment.
+/// 18,200). So a timer set for an earlier head is left to fire, and only then moved on,
+/// never past one header timeout from now: it is never late, since it was set at most one
+/// header timeout (the connection's, which does not change) after an earlier moment, and
+/// every deadline is at least that far from a later one.
 async fn read_head(
     reader: &mut Reader,
     limits: &Limits,
+    kept_alive: bool,
     phase: &mut watch::Receiver<Phase>,
     mut timer: Pin<&mut Sleep>,
 ) -> Result<Option<RequestHead>, Refused> {
-    let deadline = Instant::now() + limits.header_read_timeout;
+    let now = Instant::now();
+    let mut deadline = match kept_alive && reader.buf.is_empty() {
+        true => now + limits.idle_timeout,
+        false => now + limits.header_read_timeout,
+    };
+    let mut waiting = kept_alive && reader.buf.is_empty();
+    if timer.deadline() > deadline {
+        // Only when idle_timeout is the shorter: then each wait sets the timer.
+        timer.as_mut().reset(deadline);
+    }
     loop {
         if let Some(head) = h1::parse_request(&mut reader.buf, limits.max_header_bytes)? {
             return Ok(Some(head));
@@ -178,11 +193,17 @@ async fn read_head(
             biased;
             read = read_when_ready(reader) => match read {
                 Ok(0) | Err(_) => return Ok(None),
+                Ok(_) if waiting => {
+                    // The first byte of the next head: the head timeout runs from here.
+                    waiting = false;
+                    deadline = Instant::now() + limits.header_read_timeout;
+                }
                 Ok(_) => {}
             },
             () = timer.as_mut() => {
-                if timer.deadline() < deadline {
-                    timer.as_mut().reset(deadline);
+                let now = Instant::now();
+                if now < deadline {
+                    timer.as_mut().reset(deadline.min(now + limits.header_read_timeout));
                     continue;
                 }
                 return if reader.buf.is_empty() {

@@ -5,8 +5,8 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -208,8 +208,11 @@ async fn connection(
 /// Serves h2c with hyper until the client or a drain ends the connection.
 async fn http2(stream: Rewind, peer: Peer, proxy: Proxy, limits: Limits, mut phase: watch::Receiver<Phase>) {
     let addr = peer.addr;
+    let activity = Arc::new(Activity::new());
+    let streams = activity.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let (proxy, peer) = (proxy.clone(), peer.clone());
+        let stream = Active::new(streams.clone());
         // Boxed: the request's future is about 2 KB, and hyper moves it more than once.
         Box::pin(async move {
             let mut response = proxy.handle(ProxyRequest::from(req.map(RequestBody::Hyper)), &peer).await;
@@ -217,7 +220,8 @@ async fn http2(stream: Rewind, peer: Peer, proxy: Proxy, limits: Limits, mut pha
             if let Some(fields) = response.body_mut().take_fields() {
                 fields.into_map(response.headers_mut());
             }
-            Ok::<_, Infallible>(response)
+            // The stream is active until hyper drops its body: sent whole, or reset.
+            Ok::<_, Infallible>(response.map(|body| Counted { body, _stream: stream }))
         })
     });
     let conn = http2::Builder::new(TokioExecutor::new())
@@ -228,6 +232,7 @@ async fn http2(stream: Rewind, peer: Peer, proxy: Proxy, limits: Limits, mut pha
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let mut shutting_down = false;
+    let mut idle = pin!(tokio::time::sleep(limits.idle_timeout));
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -236,12 +241,90 @@ async fn http2(stream: Rewind, peer: Peer, proxy: Proxy, limits: Limits, mut pha
                 }
                 return;
             }
+            // No stream for idle_timeout: GOAWAY, as for a drain.
+            () = idle.as_mut(), if !shutting_down => match activity.idle_for() {
+                Some(quiet) if quiet >= limits.idle_timeout => {
+                    conn.as_mut().graceful_shutdown();
+                    shutting_down = true;
+                }
+                quiet => {
+                    let left = limits.idle_timeout - quiet.unwrap_or_default();
+                    idle.as_mut().reset(tokio::time::Instant::now() + left);
+                }
+            },
             // Draining or closing: GOAWAY, then in-flight streams finish.
             _ = phase.changed(), if !shutting_down => {
                 conn.as_mut().graceful_shutdown();
                 shutting_down = true;
             }
         }
+    }
+}
+
+/// The streams of one h2c connection: how many are active, and since when none is.
+struct Activity {
+    active: AtomicUsize,
+    /// When the last active stream ended (or the connection began), since `start`, in ms.
+    quiet_since: AtomicU64,
+    start: std::time::Instant,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self { active: AtomicUsize::new(0), quiet_since: AtomicU64::new(0), start: std::time::Instant::now() }
+    }
+
+    /// How long no stream has been active; `None` while one is.
+    fn idle_for(&self) -> Option<Duration> {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = Duration::from_millis(self.quiet_since.load(Ordering::Acquire));
+        Some(self.start.elapsed().saturating_sub(since))
+    }
+}
+
+/// One active stream, until dropped.
+struct Active(Arc<Activity>);
+
+impl Active {
+    fn new(activity: Arc<Activity>) -> Self {
+        activity.active.fetch_add(1, Ordering::AcqRel);
+        Self(activity)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        let now = self.0.start.elapsed().as_millis() as u64;
+        self.0.quiet_since.store(now, Ordering::Release);
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its stream counted active.
+struct Counted<B> {
+    body: B,
+    _stream: Active,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
