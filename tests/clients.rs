@@ -334,3 +334,46 @@ async fn kept_alive_connections_close_after_idle_timeout_http1_and_h2c() {
     let quiet = answered.elapsed();
     assert!(quiet >= Duration::from_millis(900) && quiet < Duration::from_secs(4), "closed after {quiet:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_does_not_read_is_cut_at_write_timeout_and_the_service_let_go() {
+    use std::sync::atomic::Ordering;
+    let upstream = Upstream::start().await;
+    let config = "limits: { write_timeout: 1s }\nroutes:\n  - name: big\n    match: { path: /big }\n    \
+                  sla: { latency: { threshold: 10s, objective: 99% }, availability: 99%, min_events: 0 }\n";
+    let sluice = Sluice::start(&upstream, config).await;
+    let addr: std::net::SocketAddr = sluice.url("").trim_start_matches("http://").parse().unwrap();
+    let cut_before = BIG_STREAMS_CUT.load(Ordering::SeqCst);
+
+    // 256 MiB asked for, none read for 4 s: far more than the socket buffers hold.
+    let (read, closed) = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.write_all(b"GET /big?mb=256 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        std::thread::sleep(Duration::from_secs(4));
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut total = 0usize;
+        let mut buf = vec![0; 1 << 20];
+        let closed = loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => total += n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(_) => break false,
+            }
+        };
+        (total, closed)
+    })
+    .await
+    .unwrap();
+    assert!(closed, "the connection was still open after {read} bytes");
+    assert!(read < 256 << 20, "all {read} bytes came: nothing was cut");
+
+    // The service's stream was let go, and the request counted as the client's failure.
+    eventually("the service's stream to be cut", Duration::from_secs(5), async || {
+        BIG_STREAMS_CUT.load(Ordering::SeqCst) > cut_before
+    })
+    .await;
+    let metrics = sluice.scrape().await;
+    assert_eq!(metrics.value("sluice_requests_total", "route=\"big\",code_class=\"4xx\",origin=\"client\""), 1.0);
+    assert_eq!(metrics.value("sluice_request_duration_seconds_count", "route=\"big\""), 0.0);
+}

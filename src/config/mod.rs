@@ -71,6 +71,8 @@ pub struct Limits {
     pub body_read_timeout: Duration,
     /// How long a kept-alive connection (HTTP/1.1 or h2c) may wait with no request.
     pub idle_timeout: Duration,
+    /// How long a response write may wait on a client that does not read.
+    pub write_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -84,6 +86,7 @@ impl Default for Limits {
             max_connections: 10_000,
             body_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -195,6 +195,9 @@ pub struct RawLimits {
     /// How long a kept-alive connection may wait with no request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<String>,
+    /// How long a response write may wait on a client that does not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_timeout: Option<String>,
     /// Timeout of routes that set none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,

@@ -127,6 +127,15 @@ impl ProxyBody {
     pub fn set_guard(&mut self, guard: Guard) {
         self.guard = Some(guard);
     }
+
+    /// The client stopped taking this response (it did not read within
+    /// `limits.write_timeout`, or hung up): the request is counted as the client's
+    /// failure, never in the service's SLIs.
+    pub fn client_failed(&mut self) {
+        if let Some(measure) = self.guard.as_mut().and_then(|g| g.measure.as_mut()) {
+            measure.origin = Origin::Client;
+        }
+    }
 }
 
 fn give_back(lease: &mut Option<Lease>) {

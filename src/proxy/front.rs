@@ -17,12 +17,12 @@ use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
@@ -91,7 +91,7 @@ pub async fn serve(
                 tracing::debug!(peer = %peer.addr, status = status.as_u16(), why, "request refused");
                 let refusal = respond::problem(status, why, true);
                 let asked = Asked { head: false, version: Version::HTTP_11, keep_alive: false, trailers: false };
-                let _ = respond(&mut writer, &shared, &mut out, refusal, asked).await;
+                let _ = respond(&mut writer, &shared, &mut out, refusal, asked, limits.write_timeout).await;
                 return linger(writer, reader).await;
             }
         };
@@ -133,7 +133,7 @@ pub async fn serve(
             let Some((reader, true)) = returned else { return };
             return switch(reader, writer, out, response, service).await;
         }
-        let keep = respond(&mut writer, &shared, &mut out, response, asked).await;
+        let keep = respond(&mut writer, &shared, &mut out, response, asked, limits.write_timeout).await;
         reader = match returned.or_else(|| shared.take_returned()) {
             Some((reader, true)) => reader,
             // The body was not read to its end: where the next request starts is unknown,
@@ -268,6 +268,7 @@ async fn respond(
     out: &mut Vec<u8>,
     response: Response<ProxyBody>,
     asked: Asked,
+    patience: Duration,
 ) -> io::Result<bool> {
     let Asked { head: head_request, version, keep_alive, trailers } = asked;
     let (parts, mut body) = response.into_parts();
@@ -299,7 +300,7 @@ async fn respond(
     let mut left = match framing {
         Framing::None | Framing::AsSent => {
             drop(body); // over: the request is measured now
-            writer.write_all(out).await?;
+            write_within(writer, out, patience).await?;
             return Ok(keep_alive);
         }
         Framing::Length(len) => len,
@@ -316,7 +317,7 @@ async fn respond(
         })
         .await;
         let Some(frame) = next else {
-            writer.write_all(out).await?;
+            write_within(writer, out, patience).await.inspect_err(|_| body.client_failed())?;
             out.clear();
             continue;
         };
@@ -327,7 +328,7 @@ async fn respond(
                 Err(frame) => {
                     if let (true, Ok(fields)) = (chunked && trailers, frame.into_trailers()) {
                         h1::write_last_chunk(&fields, out);
-                        writer.write_all(out).await?;
+                        write_within(writer, out, patience).await.inspect_err(|_| body.client_failed())?;
                         return Ok(keep_alive);
                     }
                     continue;
@@ -337,11 +338,11 @@ async fn respond(
             Some(Err(e)) => return Err(e),
             None if chunked => {
                 h1::write_last_chunk(&HeaderMap::new(), out);
-                writer.write_all(out).await?;
+                write_within(writer, out, patience).await.inspect_err(|_| body.client_failed())?;
                 return Ok(keep_alive);
             }
             None if left == 0 || framing == Framing::UntilClose => {
-                writer.write_all(out).await?;
+                write_within(writer, out, patience).await.inspect_err(|_| body.client_failed())?;
                 return Ok(keep_alive);
             }
             None => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the body ended short of its length")),
@@ -359,18 +360,47 @@ async fn respond(
         if data.len() <= GATHER {
             out.extend_from_slice(&data);
         } else {
-            writer.write_all(out).await?;
+            write_within(writer, out, patience).await.inspect_err(|_| body.client_failed())?;
             out.clear();
-            writer.write_all(&data).await?;
+            write_within(writer, &data, patience).await.inspect_err(|_| body.client_failed())?;
         }
         if chunked {
             out.extend_from_slice(b"\r\n");
         }
         if out.len() >= GATHER {
-            writer.write_all(out).await?;
+            write_within(writer, out, patience).await.inspect_err(|_| body.client_failed())?;
             out.clear();
         }
     }
+}
+
+/// Writes all of `bytes`, failing with `TimedOut` once the client has taken none of them
+/// for `patience` (`limits.write_timeout`). The timer is made only when a write has to
+/// wait, which most never do, and starts over whenever the client takes some.
+async fn write_within(writer: &mut OwnedWriteHalf, mut bytes: &[u8], patience: Duration) -> io::Result<()> {
+    let mut timer: Option<Pin<Box<Sleep>>> = None;
+    poll_fn(|cx| {
+        while !bytes.is_empty() {
+            match Pin::new(&mut *writer).poll_write(cx, bytes) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    bytes = &bytes[n..];
+                    timer = None;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(patience)));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        let why = "the client did not read its response within limits.write_timeout";
+                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    })
+    .await
 }
 
 /// After a `101`: the head goes out, and the connection becomes a tunnel to the service

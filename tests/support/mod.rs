@@ -104,6 +104,9 @@ impl Upstream {
     }
 }
 
+/// Streams of `/big` that their reader left before the end.
+pub static BIG_STREAMS_CUT: AtomicU64 = AtomicU64::new(0);
+
 fn query(req: &Request<Incoming>, name: &str) -> Option<u64> {
     req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
 }
@@ -122,6 +125,25 @@ async fn answer(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Resp
                 }
             });
             Response::new(body.map_err(|e| match e {}).boxed())
+        }
+        "/big" => {
+            // `mb` MiB in 64 KiB chunks, as fast as they are taken; counts in
+            // BIG_STREAMS_CUT a stream whose reader went away before its end.
+            let mb = query(&req, "mb").unwrap_or(1);
+            let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(1);
+            tokio::spawn(async move {
+                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                for _ in 0..mb * 16 {
+                    if tx.send_data(chunk.clone()).await.is_err() {
+                        BIG_STREAMS_CUT.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            });
+            Response::builder()
+                .header("content-length", (mb * 1024 * 1024).to_string())
+                .body(body.map_err(|e| match e {}).boxed())
+                .unwrap()
         }
         "/echo-body" => Response::new(req.into_body().map_err(Into::into).boxed()),
         "/sink" => {
