@@ -377,3 +377,44 @@ async fn a_client_that_does_not_read_is_cut_at_write_timeout_and_the_service_let
     assert_eq!(metrics.value("sluice_requests_total", "route=\"big\",code_class=\"4xx\",origin=\"client\""), 1.0);
     assert_eq!(metrics.value("sluice_request_duration_seconds_count", "route=\"big\""), 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_h2c_connection_without_a_stream_is_closed_at_the_header_timeout() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, "limits: { header_read_timeout: 1s, idle_timeout: 30s }\n").await;
+    let addr: std::net::SocketAddr = sluice.url("").trim_start_matches("http://").parse().unwrap();
+    let waited = tokio::task::spawn_blocking(move || {
+        // The preface and an empty SETTINGS frame, then nothing.
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let started = std::time::Instant::now();
+        stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").unwrap();
+        let mut answer = Vec::new();
+        let read = stream.read_to_end(&mut answer);
+        assert!(read.is_ok() || read.unwrap_err().kind() == std::io::ErrorKind::ConnectionReset);
+        started.elapsed()
+    })
+    .await
+    .unwrap();
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(4), "closed after {waited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_h2c_head_gets_431_as_over_http1() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, "limits: { max_header_bytes: 16384 }\n").await;
+    let addr: std::net::SocketAddr = sluice.url("").trim_start_matches("http://").parse().unwrap();
+    // A real HTTP/2 client (Python's h2, installed by .ci/test), which sends what it is told.
+    let status = move |size: usize| {
+        let out = std::process::Command::new("python3")
+            .args(["tests/h2/oversized_head.py", "127.0.0.1", &addr.port().to_string(), &size.to_string()])
+            .output()
+            .expect("python3 with h2 (.ci/test installs it)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let (big, small) = tokio::task::spawn_blocking(move || (status(40_000), status(100))).await.unwrap();
+    assert_eq!(big, "431");
+    assert_eq!(small, "200");
+    assert!(upstream.seen().iter().all(|s| s.headers.get("x-big").is_none_or(|v| v.len() == 100)));
+}

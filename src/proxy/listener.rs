@@ -170,6 +170,24 @@ async fn serve(
     connections.idle().await;
 }
 
+/// HTTP/2 settings, after Envoy's guide for an edge proxy and the h2 advisories:
+/// 100 concurrent streams a connection (Envoy's edge figure; hyper's default is 200).
+const H2_MAX_STREAMS: u32 = 100;
+/// 64 KiB a stream and 1 MiB a connection of request body in flight (Envoy's edge figures;
+/// hyper's are 1 MiB each): what a client can make sluice buffer before it reads.
+const H2_STREAM_WINDOW: u32 = 64 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// Response bytes hyper queues a stream before it stops taking more (hyper's default).
+const H2_SEND_BUFFER: usize = 400 * 1024;
+/// Streams a client may open and reset before sluice has accepted them (h2's default, the
+/// bound on the "rapid reset" attack, CVE-2023-44487) and streams sluice itself may reset
+/// for a client's protocol errors (h2's default, against floods that make the server do
+/// the resetting), before the connection is closed with GOAWAY.
+const H2_PENDING_RESETS: usize = 20;
+const H2_ERROR_RESETS: usize = 1024;
+/// A PING every 20 s, and the connection closed when one is not answered within 20 s.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+
 /// What an HTTP/2 connection starts with (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -224,15 +242,25 @@ async fn http2(stream: Rewind, peer: Peer, proxy: Proxy, limits: Limits, mut pha
             Ok::<_, Infallible>(response.map(|body| Counted { body, _stream: stream }))
         })
     });
+    // Every setting explicit, with its reason: docs/config.md, "HTTP/2".
     let conn = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new()) // without a timer the keep-alive pings panic
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .keep_alive_interval(Some(Duration::from_secs(20)))
-        .keep_alive_timeout(Duration::from_secs(20))
+        .max_header_list_size(limits.max_header_bytes as u32) // larger heads get 431, as over HTTP/1.1
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_frame_size(16 * 1024)
+        .max_send_buf_size(H2_SEND_BUFFER)
+        .max_pending_accept_reset_streams(H2_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_ERROR_RESETS)
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_INTERVAL)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let mut shutting_down = false;
-    let mut idle = pin!(tokio::time::sleep(limits.idle_timeout));
+    // The first stream must come within the header timeout, as a first HTTP/1.1 head
+    // must: that bounds the handshake too (hyper does not).
+    let mut idle = pin!(tokio::time::sleep(limits.header_read_timeout.min(limits.idle_timeout)));
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -241,17 +269,24 @@ async fn http2(stream: Rewind, peer: Peer, proxy: Proxy, limits: Limits, mut pha
                 }
                 return;
             }
-            // No stream for idle_timeout: GOAWAY, as for a drain.
-            () = idle.as_mut(), if !shutting_down => match activity.idle_for() {
-                Some(quiet) if quiet >= limits.idle_timeout => {
-                    conn.as_mut().graceful_shutdown();
-                    shutting_down = true;
+            // No first stream within the header timeout: closed. No stream for
+            // idle_timeout since the last: GOAWAY, as for a drain.
+            () = idle.as_mut(), if !shutting_down => {
+                let now = tokio::time::Instant::now();
+                let age = activity.start.elapsed();
+                match (activity.streams.load(Ordering::Acquire), activity.idle_for()) {
+                    (0, _) if age >= limits.header_read_timeout => {
+                        tracing::debug!(peer = %addr, "no HTTP/2 stream within the header timeout");
+                        return;
+                    }
+                    (0, _) => idle.as_mut().reset(now + (limits.header_read_timeout - age)),
+                    (_, Some(quiet)) if quiet >= limits.idle_timeout => {
+                        conn.as_mut().graceful_shutdown();
+                        shutting_down = true;
+                    }
+                    (_, quiet) => idle.as_mut().reset(now + (limits.idle_timeout - quiet.unwrap_or_default())),
                 }
-                quiet => {
-                    let left = limits.idle_timeout - quiet.unwrap_or_default();
-                    idle.as_mut().reset(tokio::time::Instant::now() + left);
-                }
-            },
+            }
             // Draining or closing: GOAWAY, then in-flight streams finish.
             _ = phase.changed(), if !shutting_down => {
                 conn.as_mut().graceful_shutdown();
@@ -264,6 +299,8 @@ async fn http2(stream: Rewind, peer: Peer, proxy: Proxy, limits: Limits, mut pha
 /// The streams of one h2c connection: how many are active, and since when none is.
 struct Activity {
     active: AtomicUsize,
+    /// Streams begun, ever.
+    streams: AtomicU64,
     /// When the last active stream ended (or the connection began), since `start`, in ms.
     quiet_since: AtomicU64,
     start: std::time::Instant,
@@ -271,7 +308,8 @@ struct Activity {
 
 impl Activity {
     fn new() -> Self {
-        Self { active: AtomicUsize::new(0), quiet_since: AtomicU64::new(0), start: std::time::Instant::now() }
+        let start = std::time::Instant::now();
+        Self { active: AtomicUsize::new(0), streams: AtomicU64::new(0), quiet_since: AtomicU64::new(0), start }
     }
 
     /// How long no stream has been active; `None` while one is.
@@ -289,6 +327,7 @@ struct Active(Arc<Activity>);
 
 impl Active {
     fn new(activity: Arc<Activity>) -> Self {
+        activity.streams.fetch_add(1, Ordering::AcqRel);
         activity.active.fetch_add(1, Ordering::AcqRel);
         Self(activity)
     }
