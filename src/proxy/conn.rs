@@ -27,7 +27,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// up to `MAX_READ`, so a large body takes few system calls; a connection put back idle
 /// starts over with a buffer of this size.
 const READ_CHUNK: usize = 16 * 1024;
-const MAX_READ: usize = 256 * 1024;
+/// 64 KiB, not more: what a client that reads slowly can make sluice hold is about two of
+/// these (the read being written, and the next), so 256 KiB let 300 slow readers grow the
+/// process by 150 MiB (tests/floods.rs; BENCHMARKS.md, issue 20).
+const MAX_READ: usize = 64 * 1024;
 
 pub struct Conn {
     stream: TcpStream,
