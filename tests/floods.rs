@@ -1,6 +1,8 @@
-//! Slow clients as an attacker runs them (slowhttptest, Debian's, installed by .ci/test):
-//! slowloris (heads that never end), slow body (R-U-Dead-Yet) and slow read, each against
-//! the real binary while a well-behaved client measures its latency. For each: sluice stays
+//! Floods as an attacker runs them, each against the real binary while a well-behaved
+//! client measures its latency: slow clients with slowhttptest (Debian's, installed by
+//! .ci/test): slowloris (heads that never end), slow body (R-U-Dead-Yet) and slow read;
+//! HTTP/2 floods framed by hand (tests/h2/flood.py): rapid reset, CONTINUATION, empty
+//! DATA, PING and SETTINGS. For each: sluice stays
 //! up, its peak RSS stays under a stated bound, the flood's connections are cut by sluice's
 //! own timeouts, and (slowloris, slow body) the good client's p99 stays within a bound for
 //! this noisy 2-core machine: twice its p99 before the flood, or 25 ms, whichever is
@@ -134,4 +136,42 @@ async fn slow_readers_are_cut_at_the_write_timeout() {
     // three and 250 ms in one (each slow reader pulls megabytes into the socket buffers
     // before it stalls). Printed above; open in issue 20 (BENCHMARKS.md).
     judge("slow read", result, 16 + u64::from(OPEN_AT_ONCE) * 192 / 1024, false);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_floods_are_cut_and_the_good_client_does_not_notice() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let upstream = Upstream::start().await;
+    let dir = temp_dir("h2-flood");
+    let config = dir.join("sluice.yaml");
+    std::fs::write(&config, config_text(upstream.addr, "")).unwrap();
+    let sluice = Process::spawn(&config);
+    let before = p99(&good_client(sluice.addr, Duration::from_secs(2)).await);
+    let port = sluice.addr.port().to_string();
+    for mode in ["rapid_reset", "continuation", "empty_data", "ping", "settings"] {
+        // Frames by hand, in Python (tests/h2/flood.py), for 3 s on one connection.
+        let mut command = Command::new("python3");
+        command.args(["tests/h2/flood.py", "127.0.0.1", &port, mode, "3"]).stdout(Stdio::piped());
+        let attack = command.spawn().expect("python3");
+        let during = p99(&good_client(sluice.addr, Duration::from_secs(3)).await);
+        let out = tokio::task::spawn_blocking(move || attack.wait_with_output().unwrap()).await.unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        eprintln!("{mode}: {said}; good p99 {before:?} before, {during:?} during");
+        assert!(out.status.success(), "{mode}: the flood script failed");
+        // rapid reset, CONTINUATION and empty DATA are cut (h2's bounds); PING and SETTINGS
+        // floods are throttled (h2 stops reading while its answers are not read) or cut.
+        if ["rapid_reset", "continuation", "empty_data"].contains(&mode) {
+            assert!(
+                said.starts_with("goaway") || said.starts_with("closed"),
+                "{mode}: the connection was not cut: {said}"
+            );
+        }
+        let bound = (before * 2).max(Duration::from_millis(25));
+        assert!(during <= bound, "{mode}: the good client's p99 {during:?} is over {bound:?}");
+    }
+    let (response, _) = get(&client(), &sluice.admin_url("/healthz")).await;
+    assert_eq!(response.status(), 200);
+    let rss = sluice.peak_rss_kib();
+    eprintln!("h2 floods: peak RSS {rss} KiB");
+    assert!(rss < 64 * 1024, "peak RSS {rss} KiB over 64 MiB");
 }
