@@ -32,7 +32,8 @@ pub enum Origin {
     /// Refused because Redis could not decide a global quota, under `on_error: deny` (503).
     QuotaUnavailable,
     /// The client's failure: its request body stalled past `limits.body_read_timeout`
-    /// (408) or broke off (400). Never the service's.
+    /// (408) or broke off (400), or it did not read its response within
+    /// `limits.write_timeout` (cut). Never the service's: out of the SLIs.
     Client,
 }
 
