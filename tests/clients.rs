@@ -418,3 +418,55 @@ async fn an_oversized_h2c_head_gets_431_as_over_http1() {
     assert_eq!(small, "200");
     assert!(upstream.seen().iter().all(|s| s.headers.get("x-big").is_none_or(|v| v.len() == 100)));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn busy_connections_end_at_max_connection_age_between_requests() {
+    let upstream = Upstream::start().await;
+    let sluice = Sluice::start(&upstream, "limits: { max_connection_age: 1s }\n").await;
+    let addr: std::net::SocketAddr = sluice.url("").trim_start_matches("http://").parse().unwrap();
+
+    // HTTP/1.1, a request every 100 ms: every answer is whole, and the first one past the
+    // age says `Connection: close`.
+    let mut connection = Connection::open(addr).await;
+    let opened = std::time::Instant::now();
+    let mut answered = 0;
+    while connection.send(http::Method::GET, "/a").await.0 == 200 {
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if opened.elapsed() > Duration::from_secs(5) {
+            panic!("the connection outlived its age");
+        }
+        if connection.closed() {
+            break;
+        }
+    }
+    assert!(opened.elapsed() >= Duration::from_millis(900), "closed after {:?}", opened.elapsed());
+    assert!(answered >= 8, "{answered} answers");
+
+    // h2c, a request every 100 ms: GOAWAY once the age is reached; every request answered.
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let opened = std::time::Instant::now();
+    while !conn.is_finished() && opened.elapsed() < Duration::from_secs(5) {
+        if sender.ready().await.is_err() {
+            break;
+        }
+        let request = http::Request::get(sluice.url("/b")).body(empty()).unwrap();
+        match sender.send_request(request).await {
+            Ok(response) => assert_eq!(response.status(), 200),
+            Err(e) => assert!(e.is_canceled() || e.is_closed(), "a request failed: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ended = opened.elapsed();
+    assert!(
+        ended >= Duration::from_millis(900) && ended < Duration::from_secs(4),
+        "the h2c connection ended after {ended:?}"
+    );
+}

@@ -73,6 +73,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// How long a response write may wait on a client that does not read.
     pub write_timeout: Duration,
+    /// How long a client connection may live; then it is closed between requests
+    /// (HTTP/1.1: `Connection: close`; h2c: GOAWAY). None: for ever.
+    pub max_connection_age: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -87,6 +90,7 @@ impl Default for Limits {
             body_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(30),
+            max_connection_age: None,
         }
     }
 }

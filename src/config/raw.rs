@@ -198,6 +198,9 @@ pub struct RawLimits {
     /// How long a response write may wait on a client that does not read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_timeout: Option<String>,
+    /// How long a client connection may live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connection_age: Option<String>,
     /// Timeout of routes that set none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,

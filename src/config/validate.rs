@@ -215,6 +215,9 @@ impl Validator {
                 *slot = n as usize;
             }
         }
+        if let Some(text) = &raw.max_connection_age {
+            limits.max_connection_age = self.duration("limits.max_connection_age", text);
+        }
         let path = "limits.max_connections";
         if let Some(n) =
             raw.max_connections.as_ref().and_then(|v| self.check(path, whole(v, 1, 1 << 24, "connections")))

@@ -83,6 +83,7 @@ pub async fn serve(
     // The header timeout's timer, one for the connection (see `read_head`).
     let mut timer = pin!(tokio::time::sleep(limits.header_read_timeout));
     let mut kept_alive = false;
+    let born = Instant::now();
     loop {
         let head = match read_head(&mut reader, &limits, kept_alive, &mut phase, timer.as_mut()).await {
             Ok(Some(head)) => head,
@@ -96,6 +97,8 @@ pub async fn serve(
             }
         };
         let RequestHead { method, uri, version, fields, body, keep_alive, expect_continue, trailers, upgrade } = head;
+        // Past limits.max_connection_age, this answer is the connection's last.
+        let keep_alive = keep_alive && limits.max_connection_age.is_none_or(|age| born.elapsed() < age);
         let asked = Asked { head: method == Method::HEAD, version, keep_alive, trailers };
 
         // The reading half stays here for a request without a body; one with a body takes

@@ -261,6 +261,7 @@ async fn http2(stream: Rewind, peer: Peer, proxy: Proxy, limits: Limits, mut pha
     // The first stream must come within the header timeout, as a first HTTP/1.1 head
     // must: that bounds the handshake too (hyper does not).
     let mut idle = pin!(tokio::time::sleep(limits.header_read_timeout.min(limits.idle_timeout)));
+    let mut age = limits.max_connection_age.map(|age| Box::pin(tokio::time::sleep(age)));
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -287,12 +288,25 @@ async fn http2(stream: Rewind, peer: Peer, proxy: Proxy, limits: Limits, mut pha
                     (_, quiet) => idle.as_mut().reset(now + (limits.idle_timeout - quiet.unwrap_or_default())),
                 }
             }
+            // Old enough: GOAWAY, so that the client reconnects (to another replica, perhaps).
+            () = aged(&mut age), if !shutting_down => {
+                conn.as_mut().graceful_shutdown();
+                shutting_down = true;
+            }
             // Draining or closing: GOAWAY, then in-flight streams finish.
             _ = phase.changed(), if !shutting_down => {
                 conn.as_mut().graceful_shutdown();
                 shutting_down = true;
             }
         }
+    }
+}
+
+/// Resolves when the connection reaches `limits.max_connection_age`; never without one.
+async fn aged(age: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match age {
+        Some(timer) => timer.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

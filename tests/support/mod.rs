@@ -317,6 +317,11 @@ impl Connection {
         Self(sender)
     }
 
+    /// Whether the connection has been closed (by sluice, say).
+    pub fn closed(&self) -> bool {
+        self.0.is_closed()
+    }
+
     /// Sends `method path` with a Host header; returns the status and the whole body.
     pub async fn send(&mut self, method: http::Method, path: &str) -> (StatusCode, Bytes) {
         self.0.ready().await.expect("the connection is open");
