@@ -188,19 +188,22 @@ async fn read_head(
         // Only when idle_timeout is the shorter: then each wait sets the timer.
         timer.as_mut().reset(deadline);
     }
+    let mut begun = false;
     loop {
         if let Some(head) = h1::parse_request(&mut reader.buf, limits.max_header_bytes)? {
             return Ok(Some(head));
+        }
+        if begun {
+            // The next head has begun but is not whole: its header timeout runs from now.
+            // (Read here, not at its first byte: a head that comes whole needs no clock.)
+            deadline = Instant::now() + limits.header_read_timeout;
+            begun = false;
         }
         tokio::select! {
             biased;
             read = read_when_ready(reader) => match read {
                 Ok(0) | Err(_) => return Ok(None),
-                Ok(_) if waiting => {
-                    // The first byte of the next head: the head timeout runs from here.
-                    waiting = false;
-                    deadline = Instant::now() + limits.header_read_timeout;
-                }
+                Ok(_) if waiting => (waiting, begun) = (false, true),
                 Ok(_) => {}
             },
             () = timer.as_mut() => {
