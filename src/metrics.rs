@@ -13,7 +13,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::sla::{Report, Window};
+use crate::sla::{Report, SliKind, Window};
 
 /// The buckets of `sluice_request_duration_seconds`, before each route's SLA threshold is
 /// added as an edge of its own.
@@ -422,15 +422,22 @@ impl Metrics {
 
     /// Drops a route's SLA series (its SLA was removed, or the route was).
     pub fn forget_sla(&self, route: &str) {
-        let _ = self.sla_threshold.remove_label_values(&[route]);
-        for sli in ["latency", "availability"] {
-            let labels = [route, sli];
-            let _ = self.sla_objective.remove_label_values(&labels);
-            let _ = self.sla_compliance.remove_label_values(&labels);
-            let _ = self.sla_budget.remove_label_values(&labels);
-            for window in Window::ALL {
-                let _ = self.sla_burn.remove_label_values(&[route, sli, window.as_str()]);
-            }
+        for sli in [SliKind::Latency, SliKind::Availability] {
+            self.forget_sli(route, sli);
+        }
+    }
+
+    /// Drops the series of one SLI of a route (the SLA no longer has it).
+    pub fn forget_sli(&self, route: &str, sli: SliKind) {
+        if sli == SliKind::Latency {
+            let _ = self.sla_threshold.remove_label_values(&[route]);
+        }
+        let labels = [route, sli.as_str()];
+        let _ = self.sla_objective.remove_label_values(&labels);
+        let _ = self.sla_compliance.remove_label_values(&labels);
+        let _ = self.sla_budget.remove_label_values(&labels);
+        for window in Window::ALL {
+            let _ = self.sla_burn.remove_label_values(&[route, sli.as_str(), window.as_str()]);
         }
     }
 

@@ -194,8 +194,14 @@ impl Snapshot {
         };
         let names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).chain([UNMATCHED]).collect();
         metrics.retain_routes(&names);
-        for route in config.routes.iter().filter(|r| r.sla.is_none()) {
-            metrics.forget_sla(&route.name);
+        for route in &config.routes {
+            let sla = route.sla.as_ref();
+            if sla.is_none_or(|s| s.latency.is_none()) {
+                metrics.forget_sli(&route.name, crate::sla::SliKind::Latency);
+            }
+            if sla.is_none_or(|s| s.availability.is_none()) {
+                metrics.forget_sli(&route.name, crate::sla::SliKind::Availability);
+            }
         }
         Self { version, config: Arc::new(config), matcher, routes, unmatched, service, global }
     }

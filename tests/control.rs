@@ -265,6 +265,17 @@ async fn a_route_push_keeps_the_state_of_quotas_it_did_not_change() {
     assert_eq!(routes["routes"][0]["sla"]["latency"]["threshold"], "250ms");
     let status = api.get("/v1/status", VIEWER).await.json;
     assert_eq!(status["routes"][0]["sla"]["latency"]["objective"], 0.99);
+    sluice.running().tick();
+    let m = sluice.scrape().await;
+    assert_eq!(m.get("sluice_sla_latency_threshold_seconds", "route=\"a\""), Some(0.25));
+    // An SLA that drops its latency objective drops that SLI's series, threshold included.
+    let sla = json!({ "availability": "99.9%" });
+    assert_eq!(api.put("/v1/routes/a/sla", OPERATOR, None, &sla).await.status, 200);
+    sluice.running().tick();
+    let m = sluice.scrape().await;
+    assert_eq!(m.get("sluice_sla_latency_threshold_seconds", "route=\"a\""), None);
+    assert_eq!(m.get("sluice_sla_objective_ratio", "route=\"a\",sli=\"latency\""), None);
+    assert_eq!(m.get("sluice_sla_objective_ratio", "route=\"a\",sli=\"availability\""), Some(0.999));
 }
 
 #[tokio::test(flavor = "multi_thread")]
