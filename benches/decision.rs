@@ -67,19 +67,26 @@ fn decision(c: &mut Criterion) {
 criterion_group!(benches, decision);
 
 /// The rate engine alone, keys already in hand: what the quota table costs by itself.
-fn rate_check(c: &mut Criterion) {
-    use sluice::quota::{Advertise, KeySpec, Mode, RateLimit, RateSpec, Scope};
+/// A quota keyed by `x-consumer-id` that never refuses at the benches' pace: `rate` a
+/// second, a burst of a million, 200,000 keys at most.
+fn keyed_spec(rate: u32, scope: sluice::quota::Scope) -> sluice::quota::RateSpec {
+    use sluice::quota::{Advertise, KeySpec, Mode, RateSpec};
     use std::num::{NonZeroU32, NonZeroUsize};
-    let spec = RateSpec {
-        rate: NonZeroU32::new(1_000_000_000).unwrap(),
+    RateSpec {
+        rate: NonZeroU32::new(rate).unwrap(),
         per: std::time::Duration::from_secs(1),
         burst: NonZeroU32::new(1_000_000).unwrap(),
         key: KeySpec::Header(http::HeaderName::from_static("x-consumer-id")),
         mode: Mode::Enforce,
         max_keys: NonZeroUsize::new(200_000).unwrap(),
         advertise: Advertise::Refusals,
-        scope: Scope::Local,
-    };
+        scope,
+    }
+}
+
+fn rate_check(c: &mut Criterion) {
+    use sluice::quota::{RateLimit, Scope};
+    let spec = keyed_spec(1_000_000_000, Scope::Local);
     for keys in [1, 100_000] {
         let limit = RateLimit::new(spec.clone());
         let keys: Vec<Vec<u8>> = (0..keys).map(|i| format!("consumer-{i:06}").into_bytes()).collect();
@@ -105,8 +112,7 @@ fn rate_check(c: &mut Criterion) {
 /// brings the next, and the figure would be Redis's, not the lease's).
 fn global_check(c: &mut Criterion) {
     use sluice::quota::global::{GlobalRate, GlobalSettings, OnError, Outcome, Shared};
-    use sluice::quota::{Advertise, KeySpec, Mode, RateSpec, Scope};
-    use std::num::{NonZeroU32, NonZeroUsize};
+    use sluice::quota::Scope;
 
     let dir = std::env::temp_dir().join(format!("sluice-bench-redis-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -128,16 +134,7 @@ fn global_check(c: &mut Criterion) {
         timeout: std::time::Duration::from_secs(1),
         on_error: OnError::Deny,
     };
-    let spec = RateSpec {
-        rate: NonZeroU32::new(1_000_000).unwrap(),
-        per: std::time::Duration::from_secs(1),
-        burst: NonZeroU32::new(1_000_000).unwrap(),
-        key: KeySpec::Header(http::HeaderName::from_static("x-consumer-id")),
-        mode: Mode::Enforce,
-        max_keys: NonZeroUsize::new(200_000).unwrap(),
-        advertise: Advertise::Refusals,
-        scope: Scope::Global,
-    };
+    let spec = keyed_spec(1_000_000, Scope::Global);
     let rate = runtime.block_on(async {
         let shared = Shared::new(settings, "bench", sluice::metrics::Metrics::new().global()).unwrap();
         GlobalRate::new(shared, "r", &spec)

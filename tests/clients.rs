@@ -178,7 +178,7 @@ async fn a_client_that_hangs_up_after_its_body_frees_its_slot() {
 async fn connections_past_max_connections_are_closed_at_once_while_the_open_ones_carry_on() {
     let upstream = Upstream::start().await;
     let sluice = Sluice::start(&upstream, "limits: { max_connections: 3 }\n").await;
-    let addr = sluice.url("").trim_start_matches("http://").parse().unwrap();
+    let addr = sluice.addr;
     let mut open = Vec::new();
     for _ in 0..3 {
         let mut connection = Connection::open(addr).await;
@@ -238,7 +238,7 @@ async fn a_stalled_or_broken_body_is_the_clients_failure_not_the_services() {
     let config = "limits: { body_read_timeout: 1s }\nroutes:\n  - name: up\n    match: { path: \"/*\" }\n    \
                   concurrency: { max: 1 }\n    sla: { availability: 99%, min_events: 0 }\n";
     let sluice = Sluice::start(&upstream, config).await;
-    let addr: std::net::SocketAddr = sluice.url("").trim_start_matches("http://").parse().unwrap();
+    let addr = sluice.addr;
 
     // 10 of 1,000 bytes, then nothing: 408 at the body timeout, and the connection closes.
     let head = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789";
@@ -293,7 +293,7 @@ async fn a_stalled_h2c_body_gets_408_on_its_stream() {
 async fn kept_alive_connections_close_after_idle_timeout_http1_and_h2c() {
     let upstream = Upstream::start().await;
     let sluice = Sluice::start(&upstream, "limits: { idle_timeout: 1s, header_read_timeout: 10s }\n").await;
-    let addr: std::net::SocketAddr = sluice.url("").trim_start_matches("http://").parse().unwrap();
+    let addr = sluice.addr;
 
     // HTTP/1.1: a second request within the idle timeout is served; the connection closes
     // about one idle timeout after the last answer, long before the header timeout.
@@ -316,14 +316,7 @@ async fn kept_alive_connections_close_after_idle_timeout_http1_and_h2c() {
     assert!(quiet >= Duration::from_millis(900) && quiet < Duration::from_secs(4), "closed after {quiet:?}");
 
     // h2c: the connection gets GOAWAY and ends once no stream has been active for 1s.
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    let connection = tokio::spawn(connection);
+    let (mut sender, connection) = h2_connection(addr).await;
     let request = http::Request::get(sluice.url("/b")).body(empty()).unwrap();
     let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.status(), 200);
@@ -342,7 +335,7 @@ async fn a_client_that_does_not_read_is_cut_at_write_timeout_and_the_service_let
     let config = "limits: { write_timeout: 1s }\nroutes:\n  - name: big\n    match: { path: /big }\n    \
                   sla: { latency: { threshold: 10s, objective: 99% }, availability: 99%, min_events: 0 }\n";
     let sluice = Sluice::start(&upstream, config).await;
-    let addr: std::net::SocketAddr = sluice.url("").trim_start_matches("http://").parse().unwrap();
+    let addr = sluice.addr;
     let cut_before = BIG_STREAMS_CUT.load(Ordering::SeqCst);
 
     // 256 MiB asked for, none read for 4 s: far more than the socket buffers hold.
@@ -382,7 +375,7 @@ async fn a_client_that_does_not_read_is_cut_at_write_timeout_and_the_service_let
 async fn an_h2c_connection_without_a_stream_is_closed_at_the_header_timeout() {
     let upstream = Upstream::start().await;
     let sluice = Sluice::start(&upstream, "limits: { header_read_timeout: 1s, idle_timeout: 30s }\n").await;
-    let addr: std::net::SocketAddr = sluice.url("").trim_start_matches("http://").parse().unwrap();
+    let addr = sluice.addr;
     let waited = tokio::task::spawn_blocking(move || {
         // The preface and an empty SETTINGS frame, then nothing.
         let mut stream = std::net::TcpStream::connect(addr).unwrap();
@@ -403,7 +396,7 @@ async fn an_h2c_connection_without_a_stream_is_closed_at_the_header_timeout() {
 async fn an_oversized_h2c_head_gets_431_as_over_http1() {
     let upstream = Upstream::start().await;
     let sluice = Sluice::start(&upstream, "limits: { max_header_bytes: 16384 }\n").await;
-    let addr: std::net::SocketAddr = sluice.url("").trim_start_matches("http://").parse().unwrap();
+    let addr = sluice.addr;
     // A real HTTP/2 client (Python's h2, installed by .ci/test), which sends what it is told.
     let status = move |size: usize| {
         let out = std::process::Command::new("python3")
@@ -423,7 +416,7 @@ async fn an_oversized_h2c_head_gets_431_as_over_http1() {
 async fn busy_connections_end_at_max_connection_age_between_requests() {
     let upstream = Upstream::start().await;
     let sluice = Sluice::start(&upstream, "limits: { max_connection_age: 1s }\n").await;
-    let addr: std::net::SocketAddr = sluice.url("").trim_start_matches("http://").parse().unwrap();
+    let addr = sluice.addr;
 
     // HTTP/1.1, a request every 100 ms: every answer is whole, and the first one past the
     // age says `Connection: close`.
@@ -444,14 +437,7 @@ async fn busy_connections_end_at_max_connection_age_between_requests() {
     assert!(answered >= 8, "{answered} answers");
 
     // h2c, a request every 100 ms: GOAWAY once the age is reached; every request answered.
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut sender, conn) = h2_connection(addr).await;
     let opened = std::time::Instant::now();
     while !conn.is_finished() && opened.elapsed() < Duration::from_secs(5) {
         if sender.ready().await.is_err() {

@@ -290,7 +290,7 @@ async fn prometheus_computes_from_the_rules_what_the_engine_computes() {
     std::fs::write(&config, config_text(upstream.addr, rest)).unwrap();
     let rules = dir.join("rules.yaml");
     std::fs::write(&rules, run(sluice().args(["rules", "--config"]).arg(&config)).stdout).unwrap();
-    let admin: SocketAddr = sluice_process.admin_url("").trim_start_matches("http://").parse().unwrap();
+    let admin = sluice_process.running().admin_addr();
     let prometheus = Prometheus::start(&dir, admin, &rules);
 
     // Traffic while Prometheus scrapes: of every 10 requests, one 500 and two slower than

@@ -332,6 +332,18 @@ impl Connection {
     }
 }
 
+/// One h2c (prior knowledge) connection to `addr`: its sender, and its task, which ends
+/// when the connection does.
+pub async fn h2_connection(
+    addr: SocketAddr,
+) -> (hyper::client::conn::http2::SendRequest<Body>, tokio::task::JoinHandle<hyper::Result<()>>) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .expect("an h2c handshake");
+    (sender, tokio::spawn(connection))
+}
+
 /// A service that answers in raw bytes, as a broken or unusual one might: for each
 /// request head it reads (it never reads a body), `answer(path)` gives the bytes to write
 /// and whether to close the connection after them. It counts the connections it accepts
