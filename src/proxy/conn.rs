@@ -277,9 +277,10 @@ pub struct Upload {
     patience: Duration,
     /// When the body last gave something (or the upload started).
     progress: Instant,
-    /// Fires at the earliest time the body may be found stalled; moved on, not reset for
-    /// every frame (a timer-wheel operation each), when the body has moved meanwhile.
-    stall: Pin<Box<Sleep>>,
+    /// Fires at the earliest time the body may be found stalled; made the first time the
+    /// body has to be waited for, and moved on, not reset for every frame (a timer-wheel
+    /// operation each), when the body has moved meanwhile.
+    stall: Option<Pin<Box<Sleep>>>,
 }
 
 /// The client's part in a request that failed: the error of an exchange whose cause is the
@@ -331,19 +332,20 @@ impl Upload {
             None => (true, Framing::Chunked),
         };
         let progress = Instant::now();
-        let stall = Box::pin(tokio::time::sleep_until(progress + patience));
-        let upload = Upload { body, chunked, pending: VecDeque::new(), ended: false, patience, progress, stall };
+        let upload = Upload { body, chunked, pending: VecDeque::new(), ended: false, patience, progress, stall: None };
         (Some(Box::new(upload)), framing)
     }
 
     /// Whether the body has given nothing for `patience`, as of the stall timer firing.
     fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
-        while self.stall.as_mut().poll(cx).is_ready() {
+        let due = self.progress + self.patience;
+        let stall = self.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        while stall.as_mut().poll(cx).is_ready() {
             let due = self.progress + self.patience;
             if Instant::now() >= due {
                 return true;
             }
-            self.stall.as_mut().reset(due);
+            stall.as_mut().reset(due);
         }
         false
     }
