@@ -753,3 +753,27 @@ async fn a_half_request_head_on_the_admin_listener_is_closed_at_the_header_timeo
     let (response, _) = get(&client(), &sluice.admin_url("/healthz")).await;
     assert_eq!(response.status(), 200);
 }
+
+/// With the admin listener's tracing on, a call is logged with its headers, and the token
+/// is not among them.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_calls_are_traced_without_their_token() {
+    let upstream = Upstream::start().await;
+    let dir = temp_dir("trace");
+    let path = dir.join("sluice.yaml");
+    std::fs::write(&path, config_text(upstream.addr, REST)).unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command.env("SLUICE_LOG", "info,tower_http=debug").args(["--log-format", "json", "run", "--config"]).arg(&path);
+    let process = Process::spawn_command(command);
+    process.admin_json("/v1/status?traced=1", VIEWER).await;
+
+    let traced = || {
+        let log = LOG.lock().unwrap();
+        log.iter().filter(|l| l.contains("traced=1")).cloned().collect::<Vec<_>>()
+    };
+    eventually("the call's span is logged", Duration::from_secs(5), async || !traced().is_empty()).await;
+    let lines = traced();
+    assert!(lines.iter().any(|l| l.contains("authorization") && l.contains("Sensitive")), "{lines:#?}");
+    let log = LOG.lock().unwrap();
+    assert!(!log.iter().any(|l| l.contains(VIEWER)), "the token is in the log");
+}

@@ -12,8 +12,10 @@ mod auth;
 mod problem;
 pub mod serve;
 
+use std::any::Any;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -27,6 +29,8 @@ pub use auth::{Caller, Role};
 pub use problem::Problem;
 
 use serde_json::json;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
 
 use crate::config::overlay::{Overlay, Push};
 use crate::config::reload::config_fingerprint;
@@ -37,6 +41,11 @@ use crate::snapshot::{Live, Snapshot};
 
 /// Request bodies larger than this get 413.
 pub const MAX_BODY: usize = 1 << 20;
+
+/// The longest a call may take, its body's reading included (408 after it). An event
+/// stream is bounded only until its response head is out: its events flow for as long as
+/// the viewer stays.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The control plane's view of a running sluice.
 pub struct Control {
@@ -171,10 +180,18 @@ pub fn probes(live: Arc<Live>) -> Router {
 
 /// The whole admin listener: the control API and the probes.
 pub fn router(control: Arc<Control>) -> Router {
-    let api = api::routes()
-        .route("/v1/openapi.json", get(openapi))
-        .route("/", get(dashboard))
+    let api = api::routes().route("/v1/openapi.json", get(openapi)).route("/", get(dashboard));
+    guarded(api, control)
+}
+
+/// `routes` under the admin listener's guards, from the inside out: the request timeout, a
+/// panic made a 500, the audit of both and of every mutating call, the body limit, and
+/// problem+json for what the framework refuses. The probes are merged in beside.
+fn guarded(routes: Router<Arc<Control>>, control: Arc<Control>) -> Router {
+    let api = routes
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no such path: see /v1/openapi.json") })
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(CatchPanicLayer::custom(panicked))
         .layer(axum::middleware::from_fn_with_state(control.clone(), audit_calls))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(as_problem))
@@ -200,6 +217,25 @@ async fn dashboard() -> impl IntoResponse {
 /// The OpenAPI 3 document of this API; `tests/schemathesis.rs` holds the API to it.
 async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json"))
+}
+
+/// Marks a response made from a panic, so that the audit layer records the call.
+#[derive(Clone, Copy)]
+struct Panicked;
+
+/// A handler that panicked: 500, and the panic in the log (its message, which holds no
+/// request data: handlers never format a token).
+fn panicked(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message");
+    tracing::error!(panic = message, "an admin call panicked: answered 500");
+    let mut response =
+        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "the call failed inside sluice: see its log").into_response();
+    response.extensions_mut().insert(Panicked);
+    response
 }
 
 /// Refusals made by the framework (a body over the limit, a method the path does not have)
@@ -239,19 +275,20 @@ async fn ready(State(live): State<Arc<Live>>) -> (StatusCode, &'static str) {
     }
 }
 
-/// Records every mutating call in the audit log, whatever answered it (the handler, or an
-/// extractor refusing a body), and never a token.
+/// Records every mutating call in the audit log, whatever answered it (the handler, an
+/// extractor refusing a body, the request timeout), and any call that panicked; never a
+/// token.
 async fn audit_calls(State(control): State<Arc<Control>>, request: Request, next: Next) -> Response {
-    if matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS)
-        || request.uri().path().ends_with("/validate")
-    {
-        return next.run(request).await;
-    }
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        || request.uri().path().ends_with("/validate");
     let action = format!("{} {}", request.method(), request.uri().path());
     let remote = request.extensions().get::<ConnectInfo<SocketAddr>>().map_or_else(String::new, |c| c.0.to_string());
     let authorization = request.headers().get(header::AUTHORIZATION).cloned();
     let version = control.live.load().version;
     let response = next.run(request).await;
+    if reads && response.extensions().get::<Panicked>().is_none() {
+        return response;
+    }
     let status = response.status().as_u16();
     let (record, authenticated) = match response.extensions().get::<Audited>() {
         Some(a) => {
@@ -297,3 +334,6 @@ async fn audit_calls(State(control): State<Arc<Control>>, request: Request, next
     }
     response
 }
+
+#[cfg(test)]
+mod tests;
