@@ -372,6 +372,35 @@ async fn a_client_that_does_not_read_is_cut_at_write_timeout_and_the_service_let
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_h2c_client_that_does_not_read_is_cut_at_write_timeout_and_the_service_let_go() {
+    use std::sync::atomic::Ordering;
+    let upstream = Upstream::start().await;
+    let config = "limits: { write_timeout: 1s }\nroutes:\n  - name: big\n    match: { path: /big }\n    \
+                  sla: { latency: { threshold: 10s, objective: 99% }, availability: 99%, min_events: 0 }\n";
+    let sluice = Sluice::start(&upstream, config).await;
+    let cut_before = BIG_STREAMS_CUT.load(Ordering::SeqCst);
+
+    // 256 MiB asked for; the head is read, the body never: the client's windows fill and
+    // sluice's frames wait on it.
+    let (mut sender, connection) = h2_connection(sluice.addr).await;
+    let response = sender.send_request(http::Request::get("/big?mb=256").body(empty()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let started = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(8), connection).await;
+    assert!(ended.is_ok(), "the h2c connection stayed open");
+    assert!(started.elapsed() >= Duration::from_millis(900), "cut after {:?}", started.elapsed());
+    drop(response);
+
+    eventually("the service's stream to be cut", Duration::from_secs(5), async || {
+        BIG_STREAMS_CUT.load(Ordering::SeqCst) > cut_before
+    })
+    .await;
+    let metrics = sluice.scrape().await;
+    assert_eq!(metrics.value("sluice_requests_total", "route=\"big\",code_class=\"4xx\",origin=\"client\""), 1.0);
+    assert_eq!(metrics.value("sluice_request_duration_seconds_count", "route=\"big\""), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_h2c_connection_without_a_stream_is_closed_at_the_header_timeout() {
     let upstream = Upstream::start().await;
     let sluice = Sluice::start(&upstream, "limits: { header_read_timeout: 1s, idle_timeout: 30s }\n").await;

@@ -2,27 +2,17 @@
 //! knowledge) with hyper, told apart by the connection's first bytes; and the phases of a
 //! drain.
 
-use std::convert::Infallible;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use http::Request;
-use hyper::body::Incoming;
-use hyper::server::conn::http2;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use bytes::BytesMut;
 use prometheus::IntGauge;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use super::{front, Peer, Proxy, ProxyRequest, RequestBody, Tracker};
+use super::{front, h2c, Peer, Proxy, Tracker};
 use crate::config::Limits;
 use crate::snapshot::Live;
 
@@ -170,23 +160,13 @@ async fn serve(
     connections.idle().await;
 }
 
-/// HTTP/2 settings, after Envoy's guide for an edge proxy and the h2 advisories:
-/// 100 concurrent streams a connection (Envoy's edge figure; hyper's default is 200).
-const H2_MAX_STREAMS: u32 = 100;
-/// 64 KiB a stream and 1 MiB a connection of request body in flight (Envoy's edge figures;
-/// hyper's are 1 MiB each): what a client can make sluice buffer before it reads.
-const H2_STREAM_WINDOW: u32 = 64 * 1024;
-const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
-/// Response bytes hyper queues a stream before it stops taking more (hyper's default).
-const H2_SEND_BUFFER: usize = 400 * 1024;
-/// Streams a client may open and reset before sluice has accepted them (h2's default, the
-/// bound on the "rapid reset" attack, CVE-2023-44487) and streams sluice itself may reset
-/// for a client's protocol errors (h2's default, against floods that make the server do
-/// the resetting), before the connection is closed with GOAWAY.
-const H2_PENDING_RESETS: usize = 20;
-const H2_ERROR_RESETS: usize = 1024;
-/// A PING every 20 s, and the connection closed when one is not answered within 20 s.
-const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+/// The most response bytes the kernel keeps for a client without sending them
+/// (`TCP_NOTSENT_LOWAT`): the socket takes more only below it. Bytes in flight are not
+/// counted, so a fast client's throughput is untouched (bulk downloads cost the same CPU);
+/// a client that opens no window makes the kernel hold this and one write for it, where
+/// the socket's own buffer grew to 2.7 MiB each under the slow-read flood and the
+/// machine's TCP memory ran short for every connection (BENCHMARKS.md, "Issue 20").
+const NOTSENT_LOWAT: u32 = 512 * 1024;
 
 /// What an HTTP/2 connection starts with (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -199,6 +179,7 @@ async fn connection(
     phase: watch::Receiver<Phase>,
 ) {
     let _ = stream.set_nodelay(true);
+    let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(NOTSENT_LOWAT);
     // Nothing is allocated for the connection until it sends something; what it sends
     // first tells HTTP/2 from HTTP/1.
     let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
@@ -217,211 +198,9 @@ async fn connection(
     }
     let peer = Peer::new(peer);
     if buf.starts_with(PREFACE) {
-        http2(Rewind { early: buf.freeze(), stream }, peer, proxy, limits, phase).await;
+        h2c::serve(h2c::Rewind::new(buf.freeze(), stream), peer, proxy, limits, phase).await;
     } else {
         front::serve(stream, buf, peer, proxy, limits, phase).await;
-    }
-}
-
-/// Serves h2c with hyper until the client or a drain ends the connection.
-async fn http2(stream: Rewind, peer: Peer, proxy: Proxy, limits: Limits, mut phase: watch::Receiver<Phase>) {
-    let addr = peer.addr;
-    let activity = Arc::new(Activity::new());
-    let streams = activity.clone();
-    let service = service_fn(move |req: Request<Incoming>| {
-        let (proxy, peer) = (proxy.clone(), peer.clone());
-        let stream = Active::new(streams.clone());
-        // Boxed: the request's future is about 2 KB, and hyper moves it more than once.
-        Box::pin(async move {
-            let mut response = proxy.handle(ProxyRequest::from(req.map(RequestBody::Hyper)), &peer).await;
-            // hyper writes a response's fields from its map.
-            if let Some(fields) = response.body_mut().take_fields() {
-                fields.into_map(response.headers_mut());
-            }
-            // The stream is active until hyper drops its body: sent whole, or reset.
-            Ok::<_, Infallible>(response.map(|body| Counted { body, _stream: stream }))
-        })
-    });
-    // Every setting explicit, with its reason: docs/config.md, "HTTP/2".
-    let conn = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new()) // without a timer the keep-alive pings panic
-        .max_header_list_size(limits.max_header_bytes as u32) // larger heads get 431, as over HTTP/1.1
-        .max_concurrent_streams(H2_MAX_STREAMS)
-        .initial_stream_window_size(H2_STREAM_WINDOW)
-        .initial_connection_window_size(H2_CONNECTION_WINDOW)
-        .max_frame_size(16 * 1024)
-        .max_send_buf_size(H2_SEND_BUFFER)
-        .max_pending_accept_reset_streams(H2_PENDING_RESETS)
-        .max_local_error_reset_streams(H2_ERROR_RESETS)
-        .keep_alive_interval(Some(H2_PING_INTERVAL))
-        .keep_alive_timeout(H2_PING_INTERVAL)
-        .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let mut shutting_down = false;
-    // The first stream must come within the header timeout, as a first HTTP/1.1 head
-    // must: that bounds the handshake too (hyper does not).
-    let mut idle = pin!(tokio::time::sleep(limits.header_read_timeout.min(limits.idle_timeout)));
-    let mut age = limits.max_connection_age.map(|age| Box::pin(tokio::time::sleep(age)));
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            // No first stream within the header timeout: closed. No stream for
-            // idle_timeout since the last: GOAWAY, as for a drain.
-            () = idle.as_mut(), if !shutting_down => {
-                let now = tokio::time::Instant::now();
-                let age = activity.start.elapsed();
-                match (activity.streams.load(Ordering::Acquire), activity.idle_for()) {
-                    (0, _) if age >= limits.header_read_timeout => {
-                        tracing::debug!(peer = %addr, "no HTTP/2 stream within the header timeout");
-                        return;
-                    }
-                    (0, _) => idle.as_mut().reset(now + (limits.header_read_timeout - age)),
-                    (_, Some(quiet)) if quiet >= limits.idle_timeout => {
-                        conn.as_mut().graceful_shutdown();
-                        shutting_down = true;
-                    }
-                    (_, quiet) => idle.as_mut().reset(now + (limits.idle_timeout - quiet.unwrap_or_default())),
-                }
-            }
-            // Old enough: GOAWAY, so that the client reconnects (to another replica, perhaps).
-            () = aged(&mut age), if !shutting_down => {
-                conn.as_mut().graceful_shutdown();
-                shutting_down = true;
-            }
-            // Draining or closing: GOAWAY, then in-flight streams finish.
-            _ = phase.changed(), if !shutting_down => {
-                conn.as_mut().graceful_shutdown();
-                shutting_down = true;
-            }
-        }
-    }
-}
-
-/// Resolves when the connection reaches `limits.max_connection_age`; never without one.
-async fn aged(age: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
-    match age {
-        Some(timer) => timer.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The streams of one h2c connection: how many are active, and since when none is.
-struct Activity {
-    active: AtomicUsize,
-    /// Streams begun, ever.
-    streams: AtomicU64,
-    /// When the last active stream ended (or the connection began), since `start`, in ms.
-    quiet_since: AtomicU64,
-    start: std::time::Instant,
-}
-
-impl Activity {
-    fn new() -> Self {
-        let start = std::time::Instant::now();
-        Self { active: AtomicUsize::new(0), streams: AtomicU64::new(0), quiet_since: AtomicU64::new(0), start }
-    }
-
-    /// How long no stream has been active; `None` while one is.
-    fn idle_for(&self) -> Option<Duration> {
-        if self.active.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        let since = Duration::from_millis(self.quiet_since.load(Ordering::Acquire));
-        Some(self.start.elapsed().saturating_sub(since))
-    }
-}
-
-/// One active stream, until dropped.
-struct Active(Arc<Activity>);
-
-impl Active {
-    fn new(activity: Arc<Activity>) -> Self {
-        activity.streams.fetch_add(1, Ordering::AcqRel);
-        activity.active.fetch_add(1, Ordering::AcqRel);
-        Self(activity)
-    }
-}
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        let now = self.0.start.elapsed().as_millis() as u64;
-        self.0.quiet_since.store(now, Ordering::Release);
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A response body that keeps its stream counted active.
-struct Counted<B> {
-    body: B,
-    _stream: Active,
-}
-
-impl<B: hyper::body::Body + Unpin> hyper::body::Body for Counted<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// A connection whose first bytes were read to tell its protocol: they are read again.
-struct Rewind {
-    early: Bytes,
-    stream: TcpStream,
-}
-
-impl AsyncRead for Rewind {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if self.early.is_empty() {
-            return Pin::new(&mut self.stream).poll_read(cx, buf);
-        }
-        let n = self.early.len().min(buf.remaining());
-        buf.put_slice(&self.early[..n]);
-        self.early.advance(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Rewind {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 

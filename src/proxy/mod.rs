@@ -26,6 +26,7 @@ mod differential;
 mod front;
 mod global;
 mod h1;
+mod h2c;
 pub mod listener;
 mod pool;
 mod request;

@@ -7,7 +7,9 @@ Run by tests/floods.rs.
 MODE: rapid_reset (a request opened and reset, again and again: CVE-2023-44487),
 continuation (one head that never ends: CONTINUATION after CONTINUATION), empty_data (a
 request body of empty DATA frames), ping (PINGs, their ACKs never read), settings
-(SETTINGS frames, each to be acknowledged)."""
+(SETTINGS frames, each to be acknowledged), slow_read (100 streams of 64 MiB responses
+asked for with the widest windows, then nothing read: what the server buffers for a
+reader that stalls; `closed` when the server closed the connection within SECONDS)."""
 
 import socket
 import struct
@@ -16,7 +18,7 @@ import time
 
 host, port, mode, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 
-DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, CONTINUATION = 0, 1, 3, 4, 6, 7, 9
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0, 1, 3, 4, 6, 7, 8, 9
 END_STREAM, END_HEADERS = 0x1, 0x4
 # HPACK, static table only: :method GET (or POST), :scheme http, :path /, :authority "x".
 GET_HEAD = bytes([0x82, 0x86, 0x84, 0x41, 0x01, ord("x")])
@@ -78,6 +80,33 @@ def send(data):
 stream = 1
 frames = 0
 end = time.monotonic() + seconds
+if mode == "slow_read":
+    widest = 2**31 - 1
+    send(frame(SETTINGS, 0, 0, struct.pack(">HI", 0x4, widest)))  # SETTINGS_INITIAL_WINDOW_SIZE
+    send(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", widest - 65535)))
+    path = b"/big?mb=64"  # :path, its name from the static table, not indexed
+    head = bytes([0x82, 0x86, 0x41, 0x01, ord("x"), 0x04, len(path)]) + path
+    for stream in range(1, 201, 2):
+        send(frame(HEADERS, END_STREAM | END_HEADERS, stream, head))
+    frames = 102
+    time.sleep(seconds)  # nothing read meanwhile
+    # Then read what came, for at most 3 s: a connection the server closed ends in that
+    # time; one it kept open goes on sending, or stays quiet.
+    sock.setblocking(True)
+    sock.settimeout(1)
+    deadline = time.monotonic() + 3
+    outcome = "open"
+    try:
+        while time.monotonic() < deadline:
+            if not sock.recv(1 << 20):
+                outcome = "closed"
+                break
+    except (ConnectionResetError, BrokenPipeError):
+        outcome = "closed"
+    except socket.timeout:
+        pass
+    print(outcome, frames)
+    sys.exit(0)
 if mode == "continuation":
     send(frame(HEADERS, 0, 1, GET_HEAD))
 elif mode == "empty_data":

@@ -161,6 +161,11 @@ async fn write_within(writer: &mut OwnedWriteHalf, mut bytes: &[u8], patience: D
                 Poll::Pending => {
                     let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(patience)));
                     if timer.as_mut().poll(cx).is_ready() {
+                        // Closed with a reset, not a FIN behind what it did not read: the
+                        // kernel would keep that queued, and memory, for as long as the
+                        // client reads a byte now and then (it held 2 GiB of socket buffers
+                        // under the slow-read flood).
+                        let _ = writer.as_ref().set_zero_linger();
                         let why = "the client did not read its response within limits.write_timeout";
                         return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)));
                     }
