@@ -181,7 +181,7 @@ pub struct Metrics {
     sla_budget: GaugeVec,
     sla_burn: GaugeVec,
     pub config_version: IntGauge,
-    /// Client connections open now, by listener (`proxy`).
+    /// Client connections open now, by listener (`proxy`, `admin`, `metrics`).
     pub connections: IntGaugeVec,
     /// Client connections closed at once, by reason (`max_connections`).
     pub connections_refused: IntCounterVec,
@@ -242,6 +242,7 @@ impl Metrics {
         .expect("valid metric");
         registry.register(Box::new(connections.clone())).expect("registered once");
         connections.with_label_values(&["proxy"]);
+        connections.with_label_values(&["admin"]);
         let audit_suppressed = prometheus::IntCounter::new(
             "sluice_audit_suppressed_total",
             "Control API calls without a valid token that the audit log left out (it writes 20 at once, then one a second), each counted in its next `suppressed` record.",

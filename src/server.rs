@@ -120,8 +120,9 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
         control::router(control::Control::new(live.clone(), events.clone(), overlay.clone(), audit.clone())),
         control::probes(live.clone()),
     ];
-    for (listener, router) in std::iter::once(admin).chain(metrics_listener.map(|(l, _)| l)).zip(routers) {
-        background.push(tokio::spawn(control::serve::serve(listener, router, live.clone())));
+    let listeners = std::iter::once((admin, "admin")).chain(metrics_listener.map(|(l, _)| (l, "metrics")));
+    for ((listener, name), router) in listeners.zip(routers) {
+        background.push(tokio::spawn(control::serve::serve(listener, router, live.clone(), name)));
     }
     let reloader = config_path.map(|path| config::reload::Reloader {
         path,
@@ -238,7 +239,8 @@ impl Running {
     }
 }
 
-/// Serves until SIGTERM or SIGINT, then drains. SIGHUP reloads the config file.
+/// Serves until SIGTERM or SIGINT, then drains after `limits.drain_delay` (a second
+/// SIGTERM or SIGINT ends the delay). SIGHUP reloads the config file, delay or not.
 pub async fn run_until_signalled(running: Running) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangup = signal(SignalKind::hangup())?;
@@ -249,6 +251,23 @@ pub async fn run_until_signalled(running: Running) -> std::io::Result<()> {
             _ = hangup.recv() => { let _ = running.reload(); }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
+        }
+    }
+    let delay = running.live.load().config.limits.drain_delay;
+    if !delay.is_zero() {
+        // Kubernetes sends SIGTERM while the endpoint still routes here: serve on, unready,
+        // until the endpoint is gone.
+        running.live.stop_being_ready();
+        tracing::info!(delay = ?delay, "SIGTERM: serving for the drain delay, /readyz answers 503");
+        let end = tokio::time::sleep(delay);
+        tokio::pin!(end);
+        loop {
+            tokio::select! {
+                () = &mut end => break,
+                _ = hangup.recv() => { let _ = running.reload(); }
+                _ = terminate.recv() => { tracing::info!("a second signal: the drain delay is cut short"); break }
+                _ = interrupt.recv() => { tracing::info!("a second signal: the drain delay is cut short"); break }
+            }
         }
     }
     running.drain().await;

@@ -265,6 +265,8 @@ pub struct Live {
     generation: AtomicU64,
     /// Set by SIGTERM: responses tell HTTP/1 clients to close.
     draining: AtomicBool,
+    /// SIGTERM came: `/readyz` answers 503 while the drain delay lasts.
+    unready: AtomicBool,
     pub metrics: Arc<Metrics>,
     /// The engines' clock: `origin` (the wall clock at start, since the Unix epoch) plus
     /// the steady time since `started`. It never goes back within a process, and it lines
@@ -300,6 +302,7 @@ impl Live {
             next_version: AtomicU64::new(2),
             generation: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            unready: AtomicBool::new(false),
             metrics,
             started: Instant::now(),
             origin,
@@ -348,6 +351,17 @@ impl Live {
         self.current.store(next.clone());
         self.metrics.reloaded(source, Reload::Applied(version));
         Applied { snapshot: next, previous }
+    }
+
+    /// Stops being ready (`/readyz` answers 503) without draining yet: the start of
+    /// `limits.drain_delay`.
+    pub fn stop_being_ready(&self) {
+        self.unready.store(true, Ordering::Relaxed);
+    }
+
+    /// Ready while neither a drain nor its delay has begun.
+    pub fn ready(&self) -> bool {
+        !self.unready.load(Ordering::Relaxed) && !self.draining()
     }
 
     pub fn start_draining(&self) {

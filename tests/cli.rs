@@ -115,6 +115,46 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     assert_eq!(code, Some(0));
 }
 
+/// `limits.drain_delay`: after SIGTERM, new connections are still accepted and served
+/// while /readyz answers 503; then the drain. A second signal cuts the delay short.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_with_a_drain_delay_serves_unready_first_and_a_second_signal_cuts_it_short() {
+    let upstream = Upstream::start().await;
+    let dir = temp_dir("drain-delay");
+    for (delay, second) in [("2s", None), ("30s", Some("INT"))] {
+        let path = dir.join(format!("sluice-{delay}.yaml"));
+        let config = config_text(upstream.addr, &format!("limits: {{ drain_delay: {delay}, drain_timeout: 5s }}\n"));
+        // An address of its own, as above: the closed listener must stay closed.
+        std::fs::write(&path, config.replacen("listen: 127.0.0.1:0", "listen: 127.0.0.4:0", 1)).unwrap();
+        let mut process = Process::spawn(&path);
+        let (addr, ready) = (process.addr, process.admin_url("/readyz"));
+        assert_eq!(get(&client(), &ready).await.0.status(), 200);
+        let signalled = std::time::Instant::now();
+        process.signal("TERM");
+        eventually("/readyz to answer 503", Duration::from_secs(1), async || {
+            get(&client(), &ready).await.0.status() == 503
+        })
+        .await;
+        match second {
+            None => {
+                // A new connection, during the delay: served.
+                let (response, body) = get(&client(), &format!("http://{addr}/during")).await;
+                assert_eq!((response.status().as_u16(), &body[..]), (200, &b"hello from upstream"[..]));
+                assert!(signalled.elapsed() < Duration::from_millis(1500), "the check came too late to count");
+            }
+            Some(signal) => process.signal(signal),
+        }
+        let code = tokio::task::spawn_blocking(move || process.wait(Duration::from_secs(10))).await.unwrap();
+        assert_eq!(code, Some(0), "drain_delay {delay}");
+        let took = signalled.elapsed();
+        match second {
+            None => assert!(took >= Duration::from_secs(2), "exited {took:?} after SIGTERM, within the delay"),
+            Some(_) => assert!(took < Duration::from_secs(5), "a second signal did not cut the 30 s delay: {took:?}"),
+        }
+        assert!(std::net::TcpStream::connect(addr).is_err(), "the listener is closed");
+    }
+}
+
 #[test]
 fn demo_runs_on_its_own_and_shows_429s() {
     let out = sluice().args(["demo", "--duration", "4s"]).output().unwrap();

@@ -65,6 +65,9 @@ pub struct Limits {
     pub max_uri_bytes: usize,
     pub timeout: Duration,
     pub drain_timeout: Duration,
+    /// After SIGTERM, how long sluice goes on serving while `/readyz` answers 503, before
+    /// it drains.
+    pub drain_delay: Duration,
     /// Client connections open at once; past it new ones are closed at once, counted.
     pub max_connections: usize,
     /// The longest wait for the next bytes of a request body (408).
@@ -86,6 +89,7 @@ impl Default for Limits {
             max_uri_bytes: 8 * 1024,
             timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
+            drain_delay: Duration::ZERO,
             max_connections: 10_000,
             body_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),

@@ -207,6 +207,7 @@ pub struct RawLimits {
     /// How long SIGTERM waits for in-flight requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_timeout: Option<String>,
+    pub drain_delay: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

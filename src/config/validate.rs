@@ -197,6 +197,7 @@ impl Validator {
             ("limits.header_read_timeout", &raw.header_read_timeout, &mut limits.header_read_timeout),
             ("limits.timeout", &raw.timeout, &mut limits.timeout),
             ("limits.drain_timeout", &raw.drain_timeout, &mut limits.drain_timeout),
+            ("limits.drain_delay", &raw.drain_delay, &mut limits.drain_delay),
             ("limits.body_read_timeout", &raw.body_read_timeout, &mut limits.body_read_timeout),
             ("limits.idle_timeout", &raw.idle_timeout, &mut limits.idle_timeout),
             ("limits.write_timeout", &raw.write_timeout, &mut limits.write_timeout),

@@ -265,13 +265,13 @@ async fn metrics(State(live): State<Arc<Live>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], live.metrics.render())
 }
 
-/// Ready while serving; not ready once draining, so the endpoints controller takes the
-/// pod out before its connections close.
+/// Ready while serving; not ready from SIGTERM on (through `limits.drain_delay` and the
+/// drain), so the endpoints controller takes the pod out before its connections close.
 async fn ready(State(live): State<Arc<Live>>) -> (StatusCode, &'static str) {
-    if live.draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-    } else {
+    if live.ready() {
         (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
     }
 }
 

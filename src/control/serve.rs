@@ -35,8 +35,10 @@ use crate::snapshot::Live;
 /// stream holds a place only until its response head is out.
 pub const CONCURRENCY: usize = 64;
 
-/// Serves `router` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, router: Router, live: Arc<Live>) {
+/// Serves `router` on `listener` until the task is dropped; `name` is the listener's in
+/// `sluice_connections` (`admin`, `metrics`).
+pub async fn serve(listener: TcpListener, router: Router, live: Arc<Live>, name: &'static str) {
+    let open = live.metrics.connections.with_label_values(&[name]);
     let service = ServiceBuilder::new()
         .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
         .layer(TraceLayer::new_for_http().make_span_with(DefaultMakeSpan::new().include_headers(true)))
@@ -59,7 +61,9 @@ pub async fn serve(listener: TcpListener, router: Router, live: Arc<Live>) {
             request.extensions_mut().insert(ConnectInfo(peer));
             request
         });
+        let open = OpenGuard::new(open.clone());
         tokio::spawn(async move {
+            let _open = open;
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(timeout)
@@ -68,6 +72,22 @@ pub async fn serve(listener: TcpListener, router: Router, live: Arc<Live>) {
                 tracing::debug!(%peer, error = %e, "admin connection ended");
             }
         });
+    }
+}
+
+/// One connection counted open until dropped.
+struct OpenGuard(prometheus::IntGauge);
+
+impl OpenGuard {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -119,7 +119,7 @@ async fn calls_past_the_concurrency_limit_are_shed_at_once() {
     let router = guarded(Router::new().route("/v1/hold", get(hold)), control.clone());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(serve::serve(listener, router, control.live.clone()));
+    let server = tokio::spawn(serve::serve(listener, router, control.live.clone(), "admin"));
 
     let ask = |path: &'static str| async move {
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -134,6 +134,9 @@ async fn calls_past_the_concurrency_limit_are_shed_at_once() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
+    let open = control.live.metrics.connections.with_label_values(&["admin"]);
+    assert_eq!(open.get(), serve::CONCURRENCY as i64, "sluice_connections{{listener=\"admin\"}}");
+
     let started = std::time::Instant::now();
     let shed = ask("/healthz").await;
     assert!(shed.starts_with("HTTP/1.1 503"), "{shed}");
@@ -145,5 +148,8 @@ async fn calls_past_the_concurrency_limit_are_shed_at_once() {
         assert!(holder.await.unwrap().starts_with("HTTP/1.1 200"));
     }
     assert!(ask("/healthz").await.starts_with("HTTP/1.1 200"));
+    while open.get() > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     server.abort();
 }
