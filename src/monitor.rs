@@ -1,7 +1,7 @@
 //! The SLA monitor: once a second, moves every route's recorded requests into its SLA
 //! windows, publishes the figures as metrics, and turns breach changes into events; every
-//! [`checkpoint::PERIOD`] it writes the windows to the state directory, so that a restart
-//! starts from them ([`restore`]).
+//! [`checkpoint::PERIOD`] it writes the windows and the local rate quotas' buckets to the
+//! state directory, so that a restart starts from them ([`restore`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use crate::config::overlay::write_atomically;
 use crate::events::{Event, Events};
+use crate::quota::{checkpoint as quotas, RateLimit};
 use crate::sla::checkpoint::{self, Checkpoint};
 use crate::sla::Alert;
-use crate::snapshot::Live;
+use crate::snapshot::{Live, Snapshot};
 
 pub const TICK: Duration = Duration::from_secs(1);
 
@@ -29,43 +30,63 @@ pub async fn run(live: Arc<Live>, events: Events, state_dir: Option<PathBuf>) {
             let (live, dir) = (live.clone(), dir.clone());
             let written = tokio::task::spawn_blocking(move || save(&live, &dir)).await;
             if let Ok(Err(e)) = written {
-                tracing::warn!(error = %e, "could not checkpoint the SLA windows");
+                tracing::warn!(error = %e, "could not checkpoint the SLA windows and rate quotas");
             }
         }
     }
 }
 
-/// Writes every route's SLA windows to `dir` (a temp file, fsync, rename).
+/// Writes every route's SLA windows and every local rate quota's buckets to `dir` (each a
+/// temp file, fsync, rename).
 pub fn save(live: &Live, dir: &Path) -> std::io::Result<()> {
-    let snapshot = live.load();
-    let saved = Checkpoint::of(live.clock(), snapshot.routes.iter().map(|r| (&*r.name, &r.sla)));
-    let bytes = serde_json::to_vec(&saved).map_err(std::io::Error::other)?;
-    write_atomically(dir, checkpoint::FILE, &bytes)
+    let (now, snapshot) = (live.clock(), live.load());
+    let saved = Checkpoint::of(now, snapshot.routes.iter().map(|r| (&*r.name, &r.sla)));
+    write_atomically(dir, checkpoint::FILE, &serde_json::to_vec(&saved).map_err(std::io::Error::other)?)?;
+    let saved = quotas::Checkpoint::of(now, local_rates(&snapshot));
+    write_atomically(dir, quotas::FILE, &serde_json::to_vec(&saved).map_err(std::io::Error::other)?)
 }
 
 /// Gives the live routes' SLIs the windows checkpointed in `dir`, where their SLA is the
-/// same; returns how many SLIs took theirs.
-pub fn restore(live: &Live, dir: &Path) -> usize {
-    let bytes = match std::fs::read(dir.join(checkpoint::FILE)) {
+/// same, and the local rate quotas their buckets, where the limiter is the same; returns
+/// how many SLIs and quotas took theirs.
+pub fn restore(live: &Live, dir: &Path) -> (usize, usize) {
+    let (now, snapshot) = (live.clock(), live.load());
+    let slis = read::<Checkpoint>(dir, checkpoint::FILE, "SLA windows").map_or(0, |saved| {
+        let restored = saved.restore(now, snapshot.routes.iter().map(|r| (&*r.name, &r.sla)));
+        let age = now.saturating_sub(Duration::from_nanos(saved.saved_ns));
+        tracing::info!(restored, age_seconds = age.as_secs(), "SLA windows restored from the checkpoint");
+        restored
+    });
+    let rates = read::<quotas::Checkpoint>(dir, quotas::FILE, "rate quotas").map_or(0, |saved| {
+        let restored = saved.restore(now, local_rates(&snapshot));
+        let age = now.saturating_sub(Duration::from_nanos(saved.saved_ns));
+        tracing::info!(restored, age_seconds = age.as_secs(), "rate quotas restored from the checkpoint");
+        restored
+    });
+    (slis, rates)
+}
+
+/// The checkpoint `file` in `dir`, if there is a readable one; `what` it holds, for the log.
+fn read<T: serde::de::DeserializeOwned>(dir: &Path, file: &str, what: &str) -> Option<T> {
+    let bytes = match std::fs::read(dir.join(file)) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return 0,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot read the SLA checkpoint: the windows start empty");
-            return 0;
+            tracing::warn!(error = %e, "cannot read the checkpoint of the {what}: they start empty");
+            return None;
         }
     };
-    let saved: Checkpoint = match serde_json::from_slice(&bytes) {
-        Ok(saved) => saved,
-        Err(e) => {
-            tracing::warn!(error = %e, "the SLA checkpoint is unreadable: the windows start empty");
-            return 0;
-        }
-    };
-    let snapshot = live.load();
-    let restored = saved.restore(live.clock(), snapshot.routes.iter().map(|r| (&*r.name, &r.sla)));
-    let age = live.clock().saturating_sub(Duration::from_nanos(saved.saved_ns));
-    tracing::info!(restored, age_seconds = age.as_secs(), "SLA windows restored from the checkpoint");
-    restored
+    serde_json::from_slice(&bytes)
+        .inspect_err(|e| tracing::warn!(error = %e, "the checkpoint of the {what} is unreadable: they start empty"))
+        .ok()
+}
+
+/// The local rate quotas in force, by checkpoint scope: `service`, `route NAME`.
+fn local_rates(snapshot: &Snapshot) -> impl Iterator<Item = (String, &RateLimit)> {
+    let service = snapshot.service.rate.iter().map(|q| ("service".to_string(), &*q.limit));
+    let routes =
+        snapshot.routes.iter().filter_map(|r| r.quotas.rate.as_ref().map(|q| (format!("route {}", r.name), &*q.limit)));
+    service.chain(routes)
 }
 
 /// One tick over the live snapshot's SLIs, publishing the figures it computed.

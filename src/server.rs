@@ -232,7 +232,7 @@ impl Running {
             // What the requests of the drain recorded goes in too.
             monitor::tick(&self.live, &self.events);
             if let Err(e) = monitor::save(&self.live, dir) {
-                tracing::warn!(error = %e, "could not checkpoint the SLA windows");
+                tracing::warn!(error = %e, "could not checkpoint the SLA windows and rate quotas");
             }
         }
         tracing::info!("drained");

@@ -247,3 +247,46 @@ async fn advertise_always_tells_admitted_requests_what_is_left() {
     let (response, _) = get(&client, &plain.url("/x")).await;
     assert!(!response.headers().contains_key("ratelimit") && !response.headers().contains_key("ratelimit-policy"));
 }
+
+/// A key that spent its burst is still limited after a drain and a restart, and after a
+/// `kill -9` once a checkpoint holds it; a changed quota starts afresh.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spent_burst_stays_spent_across_restarts() {
+    let upstream = Upstream::start().await;
+    let dir = temp_dir("quota-restart");
+    let path = dir.join("sluice.yaml");
+    let routes =
+        "routes:\n  - name: a\n    match: { path: /a }\n    quota: { rate: 1, per: 1h, burst: 2, key: client_ip }\n";
+    let text = config_text(upstream.addr, routes);
+    std::fs::write(&path, &text).unwrap();
+    let state = sluice::config::load(&path).unwrap().admin.state_dir;
+    let status = async |process: &Process| get(&client(), &format!("http://{}/a", process.addr)).await.0.status();
+
+    let mut process = Process::spawn(&path);
+    assert_eq!(status(&process).await, 200);
+    // One of two left; a drain checkpoints it.
+    process.signal("TERM");
+    assert_eq!(process.wait(Duration::from_secs(10)), Some(0));
+    drop(process);
+    let mut process = Process::spawn(&path);
+    assert_eq!(status(&process).await, 200, "the second of the burst");
+    assert_eq!(status(&process).await, 429, "a restart granted a fresh burst");
+
+    // kill -9 once a periodic checkpoint (every 10 s) has the spent burst.
+    let before = std::fs::read_to_string(state.join("quota.json")).unwrap();
+    eventually("a periodic checkpoint", Duration::from_secs(15), async || {
+        std::fs::read_to_string(state.join("quota.json")).is_ok_and(|t| t != before)
+    })
+    .await;
+    process.signal("KILL");
+    process.wait(Duration::from_secs(5));
+    drop(process);
+    let process = Process::spawn(&path);
+    assert_eq!(status(&process).await, 429, "kill -9 granted a fresh burst");
+
+    // Another burst is another quota: its state starts empty.
+    drop(process);
+    std::fs::write(&path, text.replace("burst: 2", "burst: 3")).unwrap();
+    let process = Process::spawn(&path);
+    assert_eq!(status(&process).await, 200, "a changed quota kept the old one's state");
+}

@@ -197,7 +197,6 @@ impl Validator {
             ("limits.header_read_timeout", &raw.header_read_timeout, &mut limits.header_read_timeout),
             ("limits.timeout", &raw.timeout, &mut limits.timeout),
             ("limits.drain_timeout", &raw.drain_timeout, &mut limits.drain_timeout),
-            ("limits.drain_delay", &raw.drain_delay, &mut limits.drain_delay),
             ("limits.body_read_timeout", &raw.body_read_timeout, &mut limits.body_read_timeout),
             ("limits.idle_timeout", &raw.idle_timeout, &mut limits.idle_timeout),
             ("limits.write_timeout", &raw.write_timeout, &mut limits.write_timeout),
@@ -205,6 +204,12 @@ impl Validator {
         for (path, text, slot) in durations {
             if let Some(d) = text.as_deref().and_then(|t| self.duration(path, t)) {
                 *slot = d;
+            }
+        }
+        // The one duration that may be zero: no delay, the default.
+        if let Some(text) = &raw.drain_delay {
+            if let Some(d) = self.check("limits.drain_delay", parse_duration(text)) {
+                limits.drain_delay = d;
             }
         }
         let sizes = [

@@ -3,6 +3,7 @@
 //! request's key as bytes and the time, and turns a decision into a response. Time is a
 //! parameter, so tests drive it exactly.
 
+pub mod checkpoint;
 mod concurrency;
 pub mod global;
 mod key;
@@ -12,4 +13,4 @@ mod rate;
 pub use concurrency::{Concurrency, ConcurrencySpec, Permit};
 pub use key::{Key, KeySpec, INLINE};
 pub use offenders::{Offender, Offenders};
-pub use rate::{Advertise, Left, Mode, RateDecision, RateLimit, RateSpec, Scope, DEFAULT_MAX_KEYS};
+pub use rate::{Advertise, Left, Mode, RateDecision, RateLimit, RateSpec, RateState, Scope, DEFAULT_MAX_KEYS};

@@ -151,8 +151,9 @@ pub struct RateLimit {
     /// The one cell of an unkeyed quota.
     whole: AtomicU64,
     keys: DashMap<u64, AtomicU64, BuildHasherDefault<Fingerprint>>,
-    /// Makes the fingerprints.
-    hasher: foldhash::fast::RandomState,
+    /// The seed of the fingerprints: random, and kept in a checkpoint, so that a restart
+    /// finds each key's bucket again (see [`RateLimit::import`]).
+    seed: AtomicU64,
     /// Shared by the new keys that find the table full.
     overflow: AtomicU64,
     /// The heaviest keys, when the quota is keyed.
@@ -171,7 +172,7 @@ impl RateLimit {
             spec,
             whole: AtomicU64::new(0),
             keys: DashMap::default(),
-            hasher: foldhash::fast::RandomState::default(),
+            seed: AtomicU64::new(foldhash::fast::RandomState::default().hash_one(0x5eed_u64)),
             overflow: AtomicU64::new(0),
             offenders,
             evicted: AtomicU64::new(0),
@@ -211,7 +212,7 @@ impl RateLimit {
     #[inline]
     fn decide(&self, key: &[u8], now: u64) -> Result<u64, Duration> {
         let Some(offenders) = &self.offenders else { return self.take(&self.whole, now) };
-        let fingerprint = self.hasher.hash_one(key);
+        let fingerprint = foldhash::fast::FixedState::with_seed(self.seed.load(Relaxed)).hash_one(key);
         offenders.observe(key, fingerprint);
         if let Some(cell) = self.keys.get(&fingerprint) {
             return self.take(&cell, now);
@@ -263,6 +264,54 @@ impl RateLimit {
         evicted
     }
 
+    /// The state worth keeping at `now`: the seed, and the cells whose bucket is not full
+    /// again (a full one is a new key's).
+    pub fn export(&self, now: Duration) -> RateState {
+        let now = nanos(now);
+        let draining = |tat: u64| (tat > now).then_some(tat);
+        let mut keys: Vec<[u64; 2]> =
+            self.keys.iter().filter_map(|e| draining(e.value().load(Relaxed)).map(|tat| [*e.key(), tat])).collect();
+        keys.sort_unstable();
+        RateState {
+            limiter: self.identity(),
+            seed: self.seed.load(Relaxed),
+            whole: draining(self.whole.load(Relaxed)),
+            overflow: draining(self.overflow.load(Relaxed)),
+            keys,
+        }
+    }
+
+    /// Takes `saved` (an [`export`](Self::export) of the same limiter, perhaps by another
+    /// process) as this one's state, if this one has decided nothing yet; the cells that
+    /// are full again by `now` are left out. Whether it was taken.
+    pub fn import(&self, saved: &RateState, now: Duration) -> bool {
+        let untouched = self.keys.is_empty() && self.whole.load(Relaxed) == 0 && self.overflow.load(Relaxed) == 0;
+        if saved.limiter != self.identity() || !untouched {
+            return false;
+        }
+        let now = nanos(now);
+        self.seed.store(saved.seed, Relaxed);
+        let draining = |tat: &u64| *tat > now;
+        if let Some(tat) = saved.whole.filter(draining) {
+            self.whole.store(tat, Relaxed);
+        }
+        if let Some(tat) = saved.overflow.filter(draining) {
+            self.overflow.store(tat, Relaxed);
+        }
+        let room = self.spec.max_keys.get();
+        for [fingerprint, tat] in saved.keys.iter().copied().filter(|[_, tat]| draining(tat)).take(room) {
+            self.keys.insert(fingerprint, AtomicU64::new(tat));
+        }
+        true
+    }
+
+    /// What makes two limiters' states interchangeable: the arithmetic and the key, not the
+    /// mode or what responses advertise.
+    fn identity(&self) -> String {
+        let s = &self.spec;
+        format!("rate {} per {}ns burst {} key {} max_keys {}", s.rate, s.per.as_nanos(), s.burst, s.key, s.max_keys)
+    }
+
     /// The heaviest keys of a keyed quota.
     pub fn offenders(&self) -> Option<&Offenders> {
         self.offenders.as_ref()
@@ -282,6 +331,18 @@ impl RateLimit {
     pub fn overflowed(&self) -> u64 {
         self.overflowed.load(Relaxed)
     }
+}
+
+/// A rate quota's state as plain data, for a checkpoint: TATs in nanoseconds on the
+/// engines' clock (since the Unix epoch), so another process can take them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RateState {
+    pub limiter: String,
+    pub seed: u64,
+    pub whole: Option<u64>,
+    pub overflow: Option<u64>,
+    /// `[fingerprint, TAT]`.
+    pub keys: Vec<[u64; 2]>,
 }
 
 /// The table's keys are fingerprints, already hashes: they are used as they are.
