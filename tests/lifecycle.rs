@@ -121,7 +121,8 @@ async fn config_churn_under_load_and_a_drain_lose_nothing() {
     eprintln!("h2load: {summary}");
     assert!(summary.contains(" 0 failed, 0 errored, 0 timeout"), "h2load saw failures:\n{h2load}");
     assert!(failed.is_empty(), "{} of {asked} fresh connections failed: {failed:?}", failed.len());
-    assert!(asked > 150, "only {asked} fresh connections asked");
+    // One every 100 ms plus its own time under the load: about 140-200 in 20 s.
+    assert!(asked > 100, "only {asked} fresh connections asked");
     assert_eq!(code, Some(0));
 }
 

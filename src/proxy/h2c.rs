@@ -208,9 +208,7 @@ impl Active {
         activity.active.fetch_add(1, Ordering::AcqRel);
         Self(activity)
     }
-}
 
-impl Active {
     /// A frame of this stream's response is handed to hyper (`true`) or hyper came back
     /// for the next (`false`).
     fn handed(&self, out: bool) {
