@@ -170,6 +170,22 @@ pub enum Reload {
     Failed,
 }
 
+/// One client connection counted in `sluice_connections` until it is dropped.
+pub struct Open(IntGauge);
+
+impl Open {
+    pub fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
@@ -181,7 +197,7 @@ pub struct Metrics {
     sla_budget: GaugeVec,
     sla_burn: GaugeVec,
     pub config_version: IntGauge,
-    /// Client connections open now, by listener (`proxy`, `admin`, `metrics`).
+    /// Client connections open now, by listener (`proxy`, `admin`, `metrics`); see [`Open`].
     pub connections: IntGaugeVec,
     /// Client connections closed at once, by reason (`max_connections`).
     pub connections_refused: IntCounterVec,

@@ -28,6 +28,7 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::{DefaultMakeSpan, TraceLayer};
 
 use super::Problem;
+use crate::metrics::Open;
 use crate::snapshot::Live;
 
 /// Calls served at once on one admin listener. Every call but a change is a read of
@@ -61,7 +62,7 @@ pub async fn serve(listener: TcpListener, router: Router, live: Arc<Live>, name:
             request.extensions_mut().insert(ConnectInfo(peer));
             request
         });
-        let open = OpenGuard::new(open.clone());
+        let open = Open::new(&open);
         tokio::spawn(async move {
             let _open = open;
             let connection = hyper::server::conn::http1::Builder::new()
@@ -72,22 +73,6 @@ pub async fn serve(listener: TcpListener, router: Router, live: Arc<Live>, name:
                 tracing::debug!(%peer, error = %e, "admin connection ended");
             }
         });
-    }
-}
-
-/// One connection counted open until dropped.
-struct OpenGuard(prometheus::IntGauge);
-
-impl OpenGuard {
-    fn new(gauge: prometheus::IntGauge) -> Self {
-        gauge.inc();
-        Self(gauge)
-    }
-}
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 

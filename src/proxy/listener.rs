@@ -3,17 +3,16 @@
 //! drain.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use prometheus::IntGauge;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use super::{front, h2c, Peer, Proxy, Tracker};
 use crate::config::Limits;
+use crate::metrics::Open;
 use crate::snapshot::Live;
 
 /// Where a drain stands. Connections watch it.
@@ -68,19 +67,6 @@ pub fn start(
 
 type Accepted = (std::net::TcpStream, SocketAddr, Open);
 
-/// One client connection counted open (`sluice_connections`) until it is dropped.
-struct Open {
-    count: Arc<AtomicUsize>,
-    gauge: IntGauge,
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::Relaxed);
-        self.gauge.dec();
-    }
-}
-
 /// Accepts until the phase leaves `Serving`, handing each connection to the next worker.
 /// Past `limits.max_connections` open at once, a new connection is closed as soon as it is
 /// accepted (counted), so that the connections already open carry on.
@@ -91,22 +77,18 @@ async fn deal(
     mut phase: watch::Receiver<Phase>,
 ) {
     let mut next = 0;
-    let count = Arc::new(AtomicUsize::new(0));
-    let gauge = live.metrics.connections.with_label_values(&["proxy"]);
+    let open = live.metrics.connections.with_label_values(&["proxy"]);
     let refused = live.metrics.connections_refused.with_label_values(&["max_connections"]);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted.and_then(|(stream, peer)| Ok((stream.into_std()?, peer))) {
                 Ok((stream, peer)) => {
-                    if count.load(Ordering::Relaxed) >= live.load().config.limits.max_connections {
+                    if open.get() >= live.load().config.limits.max_connections as i64 {
                         refused.inc();
                         drop(stream);
                         continue;
                     }
-                    count.fetch_add(1, Ordering::Relaxed);
-                    gauge.inc();
-                    let open = Open { count: count.clone(), gauge: gauge.clone() };
-                    let _ = workers[next].send((stream, peer, open));
+                    let _ = workers[next].send((stream, peer, Open::new(&open)));
                     next = (next + 1) % workers.len();
                 }
                 Err(e) => {
