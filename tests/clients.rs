@@ -328,13 +328,28 @@ async fn kept_alive_connections_close_after_idle_timeout_http1_and_h2c() {
     assert!(quiet >= Duration::from_millis(900) && quiet < Duration::from_secs(4), "closed after {quiet:?}");
 }
 
+/// A write timeout of 1 s, and route `big` with an SLA that counts every request.
+const WRITE_TIMEOUT_1S: &str = "limits: { write_timeout: 1s }\nroutes:\n  - name: big\n    match: { path: /big }\n    \
+                                sla: { latency: { threshold: 10s, objective: 99% }, availability: 99%, min_events: 0 }\n";
+
+/// After a cut at the write timeout: the service's stream (of `/big`) was let go, and the
+/// request counted as the client's failure, not in the service's SLIs.
+async fn cut_as_the_clients_failure(sluice: &Sluice, cut_before: u64) {
+    use std::sync::atomic::Ordering;
+    eventually("the service's stream to be cut", Duration::from_secs(5), async || {
+        BIG_STREAMS_CUT.load(Ordering::SeqCst) > cut_before
+    })
+    .await;
+    let metrics = sluice.scrape().await;
+    assert_eq!(metrics.value("sluice_requests_total", "route=\"big\",code_class=\"4xx\",origin=\"client\""), 1.0);
+    assert_eq!(metrics.value("sluice_request_duration_seconds_count", "route=\"big\""), 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_does_not_read_is_cut_at_write_timeout_and_the_service_let_go() {
     use std::sync::atomic::Ordering;
     let upstream = Upstream::start().await;
-    let config = "limits: { write_timeout: 1s }\nroutes:\n  - name: big\n    match: { path: /big }\n    \
-                  sla: { latency: { threshold: 10s, objective: 99% }, availability: 99%, min_events: 0 }\n";
-    let sluice = Sluice::start(&upstream, config).await;
+    let sluice = Sluice::start(&upstream, WRITE_TIMEOUT_1S).await;
     let addr = sluice.addr;
     let cut_before = BIG_STREAMS_CUT.load(Ordering::SeqCst);
 
@@ -361,23 +376,14 @@ async fn a_client_that_does_not_read_is_cut_at_write_timeout_and_the_service_let
     assert!(closed, "the connection was still open after {read} bytes");
     assert!(read < 256 << 20, "all {read} bytes came: nothing was cut");
 
-    // The service's stream was let go, and the request counted as the client's failure.
-    eventually("the service's stream to be cut", Duration::from_secs(5), async || {
-        BIG_STREAMS_CUT.load(Ordering::SeqCst) > cut_before
-    })
-    .await;
-    let metrics = sluice.scrape().await;
-    assert_eq!(metrics.value("sluice_requests_total", "route=\"big\",code_class=\"4xx\",origin=\"client\""), 1.0);
-    assert_eq!(metrics.value("sluice_request_duration_seconds_count", "route=\"big\""), 0.0);
+    cut_as_the_clients_failure(&sluice, cut_before).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_h2c_client_that_does_not_read_is_cut_at_write_timeout_and_the_service_let_go() {
     use std::sync::atomic::Ordering;
     let upstream = Upstream::start().await;
-    let config = "limits: { write_timeout: 1s }\nroutes:\n  - name: big\n    match: { path: /big }\n    \
-                  sla: { latency: { threshold: 10s, objective: 99% }, availability: 99%, min_events: 0 }\n";
-    let sluice = Sluice::start(&upstream, config).await;
+    let sluice = Sluice::start(&upstream, WRITE_TIMEOUT_1S).await;
     let cut_before = BIG_STREAMS_CUT.load(Ordering::SeqCst);
 
     // 256 MiB asked for; the head is read, the body never: the client's windows fill and
@@ -391,13 +397,7 @@ async fn an_h2c_client_that_does_not_read_is_cut_at_write_timeout_and_the_servic
     assert!(started.elapsed() >= Duration::from_millis(900), "cut after {:?}", started.elapsed());
     drop(response);
 
-    eventually("the service's stream to be cut", Duration::from_secs(5), async || {
-        BIG_STREAMS_CUT.load(Ordering::SeqCst) > cut_before
-    })
-    .await;
-    let metrics = sluice.scrape().await;
-    assert_eq!(metrics.value("sluice_requests_total", "route=\"big\",code_class=\"4xx\",origin=\"client\""), 1.0);
-    assert_eq!(metrics.value("sluice_request_duration_seconds_count", "route=\"big\""), 0.0);
+    cut_as_the_clients_failure(&sluice, cut_before).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
