@@ -23,6 +23,7 @@ pub mod control;
 pub mod demo;
 pub mod events;
 pub mod heartbeat;
+pub mod lifecycle;
 pub mod metrics;
 pub mod monitor;
 pub mod proxy;

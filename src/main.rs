@@ -26,7 +26,8 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve with the config file; SIGHUP reloads it, SIGTERM drains and exits.
+    /// Serve with the config file; SIGHUP reloads it, SIGTERM drains and exits, SIGUSR2
+    /// upgrades to the executable now at this one's path (docs/lifecycle.md).
     Run {
         #[arg(long, env = "SLUICE_CONFIG", default_value = sluice::config::DEFAULT_PATH)]
         config: PathBuf,
@@ -91,24 +92,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Run { config: path } => {
-            let config = match sluice::config::load(&path) {
-                Ok(config) => config,
-                Err(errors) => {
-                    eprintln!("{errors}");
-                    return ExitCode::from(EXIT_BAD_CONFIG);
-                }
-            };
-            if let Some(unreadable) = unreadable_tokens(&path, &config) {
-                eprintln!("{unreadable}");
-                return ExitCode::from(EXIT_BAD_CONFIG);
-            }
-            exit(runtime().block_on(async {
-                let running = sluice::server::start(config, Some(path)).await?;
-                sluice::server::run_until_signalled(running).await?;
-                Ok(())
-            }))
-        }
+        Command::Run { config: path } => runtime().block_on(run(path)),
         Command::Rules { config: path, selector, runbook_url } => {
             if let Some(Err(why)) = selector.as_deref().map(sluice::rules::check_selector) {
                 eprintln!("--selector: {why}");
@@ -137,6 +121,46 @@ fn main() -> ExitCode {
         },
         Command::Demo { duration } => exit(runtime().block_on(async { Ok(sluice::demo::run(duration).await?) })),
     }
+}
+
+/// `sluice run`: loads the config and serves until signalled. Started by a binary upgrade
+/// (SIGUSR2), it takes the listeners and state of the process that started it, and tells
+/// that process when its config is bad.
+async fn run(path: PathBuf) -> ExitCode {
+    let takeover = match sluice::lifecycle::takeover::Takeover::from_env().await {
+        Ok(takeover) => takeover,
+        Err(e) => {
+            eprintln!("sluice: cannot take over from the process that started this one: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = sluice::config::load(&path).map_err(|errors| errors.to_string()).and_then(|config| {
+        match unreadable_tokens(&path, &config) {
+            Some(unreadable) => Err(unreadable.to_string()),
+            None => Ok(config),
+        }
+    });
+    let config = match config {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            if let Some(takeover) = takeover {
+                takeover.failed(&errors).await;
+            }
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    exit(
+        async {
+            let running = match takeover {
+                Some(takeover) => sluice::server::take_over(config, Some(path), takeover).await?,
+                None => sluice::server::start(config, Some(path)).await?,
+            };
+            sluice::server::run_until_signalled(running).await?;
+            Ok(())
+        }
+        .await,
+    )
 }
 
 /// The tokens of `config` (read from `path`) whose source cannot be read, placed in the

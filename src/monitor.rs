@@ -36,34 +36,59 @@ pub async fn run(live: Arc<Live>, events: Events, state_dir: Option<PathBuf>) {
     }
 }
 
-/// Writes every route's SLA windows and every local rate quota's buckets to `dir` (each a
-/// temp file, fsync, rename).
-pub fn save(live: &Live, dir: &Path) -> std::io::Result<()> {
-    let (now, snapshot) = (live.clock(), live.load());
-    let saved = Checkpoint::of(now, snapshot.routes.iter().map(|r| (&*r.name, &r.sla)));
-    write_atomically(dir, checkpoint::FILE, &serde_json::to_vec(&saved).map_err(std::io::Error::other)?)?;
-    let saved = quotas::Checkpoint::of(now, local_rates(&snapshot));
-    write_atomically(dir, quotas::FILE, &serde_json::to_vec(&saved).map_err(std::io::Error::other)?)
+/// The state of the engines that outlives a process: every route's SLA windows and every
+/// local rate quota's buckets, as plain data. Written to the state directory (for a
+/// restart) and handed to the new process of an upgrade ([`crate::lifecycle`]).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    pub sla: Checkpoint,
+    pub quota: quotas::Checkpoint,
 }
 
-/// Gives the live routes' SLIs the windows checkpointed in `dir`, where their SLA is the
-/// same, and the local rate quotas their buckets, where the limiter is the same; returns
-/// how many SLIs and quotas took theirs.
+impl Saved {
+    /// The live state now (the SLA windows as of the last [`tick`]).
+    pub fn of(live: &Live) -> Self {
+        let (now, snapshot) = (live.clock(), live.load());
+        Self {
+            sla: Checkpoint::of(now, snapshot.routes.iter().map(|r| (&*r.name, &r.sla))),
+            quota: quotas::Checkpoint::of(now, local_rates(&snapshot)),
+        }
+    }
+
+    /// Gives the live routes' SLIs these windows, where their SLA is the same, and the
+    /// local rate quotas their buckets, where the limiter is the same; returns how many SLIs
+    /// and quotas took theirs. `from` says where the state came from, for the log.
+    pub fn restore(&self, live: &Live, from: &str) -> (usize, usize) {
+        let (now, snapshot) = (live.clock(), live.load());
+        let slis = self.sla.restore(now, snapshot.routes.iter().map(|r| (&*r.name, &r.sla)));
+        let rates = self.quota.restore(now, local_rates(&snapshot));
+        let age = |saved_ns| now.saturating_sub(Duration::from_nanos(saved_ns)).as_millis() as u64;
+        tracing::info!(slis, age_ms = age(self.sla.saved_ns), "SLA windows restored from {from}");
+        tracing::info!(quotas = rates, age_ms = age(self.quota.saved_ns), "rate quotas restored from {from}");
+        (slis, rates)
+    }
+}
+
+/// Writes every route's SLA windows and every local rate quota's buckets to `dir` (each a
+/// temp file, fsync, rename). A process that handed its state to a new one writes nothing:
+/// the new one's is newer.
+pub fn save(live: &Live, dir: &Path) -> std::io::Result<()> {
+    if live.handed_over() {
+        return Ok(());
+    }
+    let saved = Saved::of(live);
+    write_atomically(dir, checkpoint::FILE, &serde_json::to_vec(&saved.sla).map_err(std::io::Error::other)?)?;
+    write_atomically(dir, quotas::FILE, &serde_json::to_vec(&saved.quota).map_err(std::io::Error::other)?)
+}
+
+/// Restores the state checkpointed in `dir` ([`Saved::restore`]), what of it there is.
 pub fn restore(live: &Live, dir: &Path) -> (usize, usize) {
-    let (now, snapshot) = (live.clock(), live.load());
-    let slis = read::<Checkpoint>(dir, checkpoint::FILE, "SLA windows").map_or(0, |saved| {
-        let restored = saved.restore(now, snapshot.routes.iter().map(|r| (&*r.name, &r.sla)));
-        let age = now.saturating_sub(Duration::from_nanos(saved.saved_ns));
-        tracing::info!(restored, age_seconds = age.as_secs(), "SLA windows restored from the checkpoint");
-        restored
-    });
-    let rates = read::<quotas::Checkpoint>(dir, quotas::FILE, "rate quotas").map_or(0, |saved| {
-        let restored = saved.restore(now, local_rates(&snapshot));
-        let age = now.saturating_sub(Duration::from_nanos(saved.saved_ns));
-        tracing::info!(restored, age_seconds = age.as_secs(), "rate quotas restored from the checkpoint");
-        restored
-    });
-    (slis, rates)
+    let sla = read(dir, checkpoint::FILE, "SLA windows");
+    let quota = read(dir, quotas::FILE, "rate quotas");
+    if sla.is_none() && quota.is_none() {
+        return (0, 0);
+    }
+    Saved { sla: sla.unwrap_or_default(), quota: quota.unwrap_or_default() }.restore(live, "the checkpoint")
 }
 
 /// The checkpoint `file` in `dir`, if there is a readable one; `what` it holds, for the log.

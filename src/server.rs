@@ -1,8 +1,9 @@
 //! Wiring: bind the sockets, start the tasks, and take them down in order on a drain.
 
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -10,10 +11,16 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::overlay::{Overlay, Push};
+use crate::config::reload::config_fingerprint;
 use crate::config::{self, Config, ConfigErrors};
 use crate::control::Audit;
 use crate::events::{Events, Retry};
+use crate::lifecycle::handoff::{Handed, Socket};
+use crate::lifecycle::notify;
+use crate::lifecycle::takeover::Takeover;
+use crate::lifecycle::upgrade::{self, Executable, Successor};
 use crate::metrics::{Metrics, Source};
+use crate::monitor::Saved;
 use crate::proxy::listener::{self, Phase};
 use crate::proxy::Tracker;
 use crate::snapshot::{self, Live, Snapshot};
@@ -31,12 +38,28 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start the data plane: {0}")]
     Workers(std::io::Error),
+    #[error("cannot take over from the running process: {0}")]
+    Takeover(std::io::Error),
 }
 
-async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
-    let local = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
-    Ok((listener, local))
+/// The listener for the configured `addr`: the one an upgrade handed over for it, else a
+/// new one. A duplicate of it goes on `kept`, named `name`, for the next upgrade.
+fn listen(
+    addr: SocketAddr,
+    name: &str,
+    takeover: Option<&mut Takeover>,
+    kept: &mut Vec<(Socket, OwnedFd)>,
+) -> Result<(TcpListener, SocketAddr), StartError> {
+    let error = |source| StartError::Bind { addr, source };
+    let listener = match takeover.and_then(|t| t.listener(addr)) {
+        Some(handed) => handed,
+        None => std::net::TcpListener::bind(addr).map_err(error)?,
+    };
+    listener.set_nonblocking(true).map_err(error)?;
+    let bound = listener.local_addr().map_err(error)?;
+    let kept_fd = listener.try_clone().map_err(error)?;
+    kept.push((Socket { name: name.into(), configured: addr, bound }, kept_fd.into()));
+    Ok((TcpListener::from_std(listener).map_err(error)?, bound))
 }
 
 /// A running sluice.
@@ -54,12 +77,52 @@ pub struct Running {
     background: Vec<JoinHandle<()>>,
     /// Where the SLA windows are checkpointed (at drain too), if anywhere.
     state_dir: Option<PathBuf>,
+    /// The admin and metrics listeners' tasks: an upgrade ends them at once.
+    admin: Vec<JoinHandle<()>>,
+    /// What an upgrade starts, and the listeners it hands over (duplicates of them).
+    exe: Option<Executable>,
+    sockets: Mutex<Vec<(Socket, OwnedFd)>>,
 }
 
 /// Binds the listeners of `config` and starts serving. With `config_path`, the file is
 /// watched and reloaded. A config pushed through the control API over this same file
 /// (kept in `admin.state_dir`) is restored in place of the file's.
 pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, StartError> {
+    let running = start_with(config, config_path, None).await?;
+    notify::ready(false);
+    Ok(running)
+}
+
+/// Starts as [`start`] does, but on the listeners and with the state of the process that
+/// started this one for an upgrade; tells it once serving, or why not.
+pub async fn take_over(
+    config: Config,
+    config_path: Option<PathBuf>,
+    mut takeover: Takeover,
+) -> Result<Running, StartError> {
+    match start_with(config, config_path, Some(&mut takeover)).await {
+        Ok(running) => {
+            if let Err(e) = takeover.serving().await {
+                // It is gone: this process serves alone, as it would have anyway.
+                tracing::warn!(error = %e, "cannot tell the old process this one serves");
+            }
+            notify::ready(true);
+            let (pid, from) = (std::process::id(), std::os::unix::process::parent_id());
+            tracing::info!(pid, from, "upgrade: this process took over");
+            Ok(running)
+        }
+        Err(e) => {
+            takeover.failed(&e.to_string()).await;
+            Err(e)
+        }
+    }
+}
+
+async fn start_with(
+    config: Config,
+    config_path: Option<PathBuf>,
+    mut takeover: Option<&mut Takeover>,
+) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let overlay = match Overlay::open(&config.admin.state_dir) {
         Ok(overlay) => Some(Arc::new(overlay)),
@@ -88,20 +151,34 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
         Some(overlay) => restore(overlay, config, config_path.as_deref()),
         None => (config, Vec::new()),
     };
-    let (listener, proxy_addr) = bind(config.listen).await?;
-    let (admin, admin_addr) = bind(config.admin.listen).await?;
+    let mut sockets = Vec::new();
+    let (listener, proxy_addr) = listen(config.listen, "proxy", takeover.as_deref_mut(), &mut sockets)?;
+    let (admin, admin_addr) = listen(config.admin.listen, "admin", takeover.as_deref_mut(), &mut sockets)?;
     let metrics_listener = match config.admin.metrics_listen {
-        Some(addr) => Some(bind(addr).await?),
+        Some(addr) => Some(listen(addr, "metrics", takeover.as_deref_mut(), &mut sockets)?),
         None => None,
     };
     let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
 
-    let live = Live::new(config, metrics);
     // Where the SLA windows are checkpointed, when it is writable.
     let state_dir = overlay.as_ref().map(|o| o.dir().to_path_buf());
-    if let Some(dir) = &state_dir {
-        monitor::restore(&live, dir);
-    }
+    let live = match takeover {
+        Some(takeover) => {
+            let handed = takeover.state().await.map_err(StartError::Takeover)?;
+            // The same config keeps its version (and a controller's ETag); another is the next.
+            let same = handed.config == config_fingerprint(&config.raw);
+            let live = Live::at_version(config, metrics, handed.version + u64::from(!same));
+            handed.saved.restore(&live, "the old process");
+            live
+        }
+        None => {
+            let live = Live::new(config, metrics);
+            if let Some(dir) = &state_dir {
+                monitor::restore(&live, dir);
+            }
+            live
+        }
+    };
     if !dropped.is_empty() {
         let file = config_path.as_deref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
         let snapshot = live.load();
@@ -111,6 +188,9 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     let tracker = Arc::new(Tracker::default());
     let (phase, watching) = watch::channel(Phase::Serving);
     let listener = listener.into_std().map_err(|source| StartError::Bind { addr: proxy_addr, source })?;
+    let exe = Executable::of_this_process()
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot tell this executable's path: SIGUSR2 cannot upgrade"))
+        .ok();
     let workers =
         listener::start(listener, workers(), live.clone(), tracker.clone(), watching).map_err(StartError::Workers)?;
     background.push(tokio::spawn(snapshot::sweep_keys(live.clone(), SWEEP_INTERVAL)));
@@ -121,9 +201,10 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
         control::probes(live.clone()),
     ];
     let listeners = std::iter::once((admin, "admin")).chain(metrics_listener.map(|(l, _)| (l, "metrics")));
-    for ((listener, name), router) in listeners.zip(routers) {
-        background.push(tokio::spawn(control::serve::serve(listener, router, live.clone(), name)));
-    }
+    let admin = listeners
+        .zip(routers)
+        .map(|((listener, name), router)| tokio::spawn(control::serve::serve(listener, router, live.clone(), name)))
+        .collect();
     let reloader = config_path.map(|path| config::reload::Reloader {
         path,
         live: live.clone(),
@@ -134,7 +215,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     if let Some(reloader) = &reloader {
         background.push(tokio::spawn(config::reload::watch(reloader.clone(), WATCH_INTERVAL)));
     }
-    tracing::info!(%proxy_addr, %admin_addr, metrics_addr = metrics_addr.map(tracing::field::display), service = %live.load().config.service, "sluice is serving");
+    tracing::info!(%proxy_addr, %admin_addr, metrics_addr = metrics_addr.map(tracing::field::display), service = %live.load().config.service, pid = std::process::id(), "sluice is serving");
     Ok(Running {
         live,
         tracker,
@@ -147,6 +228,9 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
         workers,
         background,
         state_dir,
+        admin,
+        exe,
+        sockets: Mutex::new(sockets),
     })
 }
 
@@ -207,9 +291,48 @@ impl Running {
         }
     }
 
+    /// Upgrades to a new process started from this one's executable (SIGUSR2): on success
+    /// the new process serves, this one's admin listeners are closed and it should drain;
+    /// on failure nothing changed but the log.
+    pub async fn upgrade(&self) -> Result<Successor, upgrade::Failed> {
+        let Some(exe) = &self.exe else { return Err(upgrade::Failed::NoExecutable) };
+        if !self.live.hold_changes() {
+            return Err(upgrade::Failed::UnderWay);
+        }
+        let sockets = std::mem::take(&mut *self.sockets.lock().unwrap_or_else(|e| e.into_inner()));
+        let hand = || {
+            monitor::tick(&self.live, &self.events);
+            let snapshot = self.live.load();
+            let config = config_fingerprint(&snapshot.config.raw);
+            Handed { version: snapshot.version, config, saved: Saved::of(&self.live) }
+        };
+        let deadline = self.live.load().config.limits.upgrade_timeout;
+        let result = upgrade::upgrade(exe, &sockets, hand, deadline).await;
+        match &result {
+            Ok(_) => {
+                self.live.hand_over();
+                for task in &self.admin {
+                    task.abort();
+                }
+            }
+            Err(_) => {
+                *self.sockets.lock().unwrap_or_else(|e| e.into_inner()) = sockets;
+                self.live.release_changes();
+                // A change of the file during the upgrade was left to the new process.
+                if let Some(reloader) = &self.reloader {
+                    let _ = reloader.reload(Source::File);
+                }
+            }
+        }
+        result
+    }
+
     /// Stops accepting, lets in-flight requests finish within the drain deadline, then
     /// closes every connection.
     pub async fn drain(self) {
+        if !self.live.handed_over() {
+            notify::notify("STOPPING=1");
+        }
         let deadline = tokio::time::Instant::now() + self.live.load().config.limits.drain_timeout;
         tracing::info!(in_flight = self.tracker.in_flight(), "draining");
         self.live.start_draining();
@@ -225,7 +348,7 @@ impl Running {
         tokio::time::sleep_until(grace.min(deadline)).await;
         let _ = self.phase.send(Phase::Closing);
         let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), self.workers.idle()).await;
-        for task in self.background {
+        for task in self.background.iter().chain(&self.admin) {
             task.abort();
         }
         if let Some(dir) = &self.state_dir {
@@ -241,20 +364,42 @@ impl Running {
 
 /// Serves until SIGTERM or SIGINT, then drains after `limits.drain_delay` (a second
 /// SIGTERM or SIGINT ends the delay). SIGHUP reloads the config file, delay or not.
+/// SIGUSR2 upgrades the binary ([`Running::upgrade`]): drains at once once the new process
+/// serves; a SIGTERM during an upgrade ends it (the new process is killed) and drains.
 pub async fn run_until_signalled(running: Running) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    loop {
+    let mut user2 = signal(SignalKind::user_defined2())?;
+    let mut upgrading = None;
+    let upgraded = loop {
         tokio::select! {
             _ = hangup.recv() => { let _ = running.reload(); }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break false,
+            _ = interrupt.recv() => break false,
+            _ = user2.recv() => match upgrading {
+                Some(_) => tracing::warn!("SIGUSR2: an upgrade is under way already; this one is ignored"),
+                None => {
+                    tracing::info!("SIGUSR2: upgrading the binary");
+                    upgrading = Some(Box::pin(running.upgrade()));
+                }
+            },
+            result = async { upgrading.as_mut().expect("guarded").await }, if upgrading.is_some() => {
+                upgrading = None;
+                match result {
+                    Ok(Successor { pid, took }) => {
+                        tracing::info!(pid, took_ms = took.as_millis() as u64, "upgrade: the new process serves; draining");
+                        break true;
+                    }
+                    Err(why) => tracing::error!(error = %why, "upgrade failed: this process serves on"),
+                }
+            }
         }
-    }
+    };
+    drop(upgrading);
     let delay = running.live.load().config.limits.drain_delay;
-    if !delay.is_zero() {
+    if !upgraded && !delay.is_zero() {
         // Kubernetes sends SIGTERM while the endpoint still routes here: serve on, unready,
         // until the endpoint is gone.
         running.live.stop_being_ready();

@@ -267,6 +267,11 @@ pub struct Live {
     draining: AtomicBool,
     /// SIGTERM came: `/readyz` answers 503 while the drain delay lasts.
     unready: AtomicBool,
+    /// A binary upgrade is under way, or done: changes are refused (the new process has
+    /// read the config and the overlay already, and will not see them).
+    held: AtomicBool,
+    /// The new process of an upgrade took over: this one writes no checkpoint.
+    handed_over: AtomicBool,
     pub metrics: Arc<Metrics>,
     /// The engines' clock: `origin` (the wall clock at start, since the Unix epoch) plus
     /// the steady time since `started`. It never goes back within a process, and it lines
@@ -293,16 +298,24 @@ impl Applied {
 
 impl Live {
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Arc<Self> {
-        metrics.config_version.set(1);
+        Self::at_version(config, metrics, 1)
+    }
+
+    /// Starts with `config` as `version`: a process taking over from another carries its
+    /// version on.
+    pub fn at_version(config: Config, metrics: Arc<Metrics>, version: u64) -> Arc<Self> {
+        metrics.config_version.set(version as i64);
         let origin = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         Arc::new(Self {
-            current: ArcSwap::from_pointee(Snapshot::build(config, 1, None, &metrics)),
+            current: ArcSwap::from_pointee(Snapshot::build(config, version, None, &metrics)),
             apply_lock: Mutex::new(()),
             changes: Mutex::new(()),
-            next_version: AtomicU64::new(2),
+            next_version: AtomicU64::new(version + 1),
             generation: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             unready: AtomicBool::new(false),
+            held: AtomicBool::new(false),
+            handed_over: AtomicBool::new(false),
             metrics,
             started: Instant::now(),
             origin,
@@ -362,6 +375,33 @@ impl Live {
     /// Ready while neither a drain nor its delay has begun.
     pub fn ready(&self) -> bool {
         !self.unready.load(Ordering::Relaxed) && !self.draining()
+    }
+
+    /// Refuses changes from now on (an upgrade begins); false if they were refused already
+    /// (one upgrade at a time). A change under way finishes first.
+    pub fn hold_changes(&self) -> bool {
+        let _change = self.change_lock();
+        !self.held.swap(true, Ordering::Relaxed)
+    }
+
+    /// Takes changes again: the upgrade failed.
+    pub fn release_changes(&self) {
+        self.held.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether changes are refused; read under [`Live::change_lock`].
+    pub fn changes_held(&self) -> bool {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// The new process took over: changes stay refused and no checkpoint is written.
+    pub fn hand_over(&self) {
+        self.held.store(true, Ordering::Relaxed);
+        self.handed_over.store(true, Ordering::Relaxed);
+    }
+
+    pub fn handed_over(&self) -> bool {
+        self.handed_over.load(Ordering::Relaxed)
     }
 
     pub fn start_draining(&self) {

@@ -131,3 +131,168 @@ async fn process_version(process: &Process) -> f64 {
     let (_, body) = get(&client(), &process.admin_url("/metrics")).await;
     Metrics(String::from_utf8_lossy(&body).into_owned()).value("sluice_config_version", "")
 }
+
+const UPGRADE_ROUTES: &str = "routes:\n  \
+    - name: spent\n    match: { path: /spent }\n    quota: { rate: 1, per: 1h, burst: 2, key: client_ip }\n  \
+    - name: other\n    match: { path: /other }\n  \
+    - name: api\n    match: { path: \"/*\" }\n    sla: { availability: 99.9% }\n";
+
+/// The `total` and `good` counts of route `api`'s availability SLI, from `/v1/status`.
+async fn availability(process: &Process) -> (u64, u64) {
+    let status = process.admin_json("/v1/status", TOKEN).await;
+    let api = status["routes"].as_array().unwrap().iter().find(|r| r["name"] == "api").unwrap().clone();
+    let sli = &api["sla"]["availability"];
+    (sli["total"].as_u64().unwrap(), sli["good"].as_u64().unwrap())
+}
+
+async fn push_quota(process: &Process, route: &str, rate: usize) -> (http::Response<()>, String) {
+    let body = format!("{{\"rate\": {rate}, \"per\": \"1s\", \"burst\": 1000000, \"key\": \"client_ip\"}}");
+    let req = Request::put(process.admin_url(&format!("/v1/routes/{route}/quota")))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(full(body))
+        .unwrap();
+    let (response, text) = send(&client(), req).await;
+    (response, String::from_utf8_lossy(&text).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_hands_over_the_sockets_the_state_and_finishes_what_is_in_flight() {
+    let upstream = Upstream::start().await;
+    let dir = temp_dir("upgrade");
+    let path = dir.join("sluice.yaml");
+    let tokens = format!("  tokens:\n    - {{ name: cp, role: admin, token: {TOKEN} }}\n");
+    std::fs::write(&path, config_text(upstream.addr, &format!("{tokens}{UPGRADE_ROUTES}"))).unwrap();
+    // systemd's notify socket, as a unit of Type=notify gives it.
+    let notify_path = dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let said = || {
+        let mut buf = [0; 256];
+        let n = notify.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command.args(["--log-format", "json", "run", "--config"]).arg(&path).env("NOTIFY_SOCKET", &notify_path);
+    let mut process = Process::spawn_command(command);
+    assert_eq!(said(), "READY=1");
+    let old = process.pid();
+    let addr = process.addr;
+    let url = move |p: &str| format!("http://{addr}{p}");
+
+    // State to hand over: a spent burst, SLI counts, a config version pushed to 2.
+    for expected in [200, 200, 429] {
+        assert_eq!(get(&client(), &url("/spent")).await.0.status(), expected);
+    }
+    for status in [200, 200, 200, 503] {
+        assert_eq!(get(&client(), &url(&format!("/x?status={status}"))).await.0.status(), status);
+    }
+    assert_eq!(push_quota(&process, "other", 1000).await.0.status(), 200);
+    eventually("the counts in the windows", Duration::from_secs(5), async || availability(&process).await == (4, 3))
+        .await;
+    // A request in flight across the upgrade, on a connection of the old process.
+    let slow = url("/x?delay=2000");
+    let in_flight = tokio::spawn(async move { get(&client(), &slow).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mark = log_mark();
+    let new = process.upgrade().await;
+    assert_ne!(new, old);
+    assert_eq!(said(), format!("MAINPID={new}\nREADY=1"), "systemd is told the new main pid");
+    let upgraded = logged(mark, "upgrade: the new process serves; draining", Duration::from_secs(1)).await;
+    eprintln!("upgrade took {} ms", upgraded["took_ms"]);
+
+    // The new process serves on the same sockets, with the old one's state.
+    assert_eq!(get(&client(), &url("/spent")).await.0.status(), 429, "an upgrade granted a fresh burst");
+    assert_eq!(process_version(&process).await, 2.0, "the same config keeps its version");
+    let (total, good) = availability(&process).await;
+    assert!(total >= 4 && good >= 3, "the SLI counts were lost: {total} total, {good} good");
+    assert_eq!(get(&client(), &process.admin_url("/readyz")).await.0.status(), 200);
+    // The old one finishes its request, then exits.
+    let (response, _) = in_flight.await.unwrap();
+    assert_eq!(response.status(), 200, "the request in flight across the upgrade");
+    let code = tokio::task::spawn_blocking(move || {
+        let code = process.child.wait().unwrap().code();
+        (process, code)
+    });
+    let (process, code) = code.await.unwrap();
+    assert_eq!(code, Some(0), "the old process drained and exited");
+    assert!(alive(new));
+    assert_eq!(get(&client(), &url("/other")).await.0.status(), 200, "the new process serves alone");
+    assert_eq!(push_quota(&process, "other", 2000).await.0.status(), 200, "the new process takes changes");
+}
+
+/// A script where the sluice binary was: an upgrade starts it instead.
+fn replace_binary(exe: &std::path::Path, script: &str) {
+    let next = exe.with_extension("next");
+    std::fs::write(&next, script).unwrap();
+    std::fs::set_permissions(&next, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&next, exe).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_that_fails_leaves_the_old_process_serving_and_taking_changes() {
+    let upstream = Upstream::start().await;
+    let dir = temp_dir("upgrade-fails");
+    let path = dir.join("sluice.yaml");
+    let good = config_text(
+        upstream.addr,
+        &format!("  tokens:\n    - {{ name: cp, role: admin, token: {TOKEN} }}\nlimits: {{ upgrade_timeout: 1s }}\n{UPGRADE_ROUTES}"),
+    );
+    std::fs::write(&path, &good).unwrap();
+    // The binary at a path of the test's own, so that it can be replaced.
+    let exe = dir.join("sluice");
+    std::fs::copy(env!("CARGO_BIN_EXE_sluice"), &exe).unwrap();
+    let mut command = Command::new(&exe);
+    command.args(["--log-format", "json", "run", "--config"]).arg(&path);
+    let process = Process::spawn_command(command);
+    let old = process.pid();
+    let serving = async || get(&client(), &format!("http://{}/other", process.addr)).await.0.status() == 200;
+    let failed = async |mark| {
+        let fields = logged(mark, "upgrade failed: this process serves on", Duration::from_secs(10)).await;
+        fields["error"].as_str().unwrap().to_string()
+    };
+
+    // A new config that is bad: the new process says why, and exits.
+    std::fs::write(&path, good.replace("burst: 2", "burst: -2")).unwrap();
+    let mark = log_mark();
+    process.signal("USR2");
+    let why = failed(mark).await;
+    assert!(why.contains("refused to take over") && why.contains("routes[0].quota.burst"), "{why}");
+    std::fs::write(&path, &good).unwrap();
+    assert!(serving().await);
+    assert_eq!(push_quota(&process, "other", 10).await.0.status(), 200, "changes are taken again");
+
+    // A binary that exits at once.
+    replace_binary(&exe, "#!/bin/sh\nexit 3\n");
+    let mark = log_mark();
+    process.signal("USR2");
+    let why = failed(mark).await;
+    assert!(why.contains("exited (exit status: 3)"), "{why}");
+    assert!(serving().await);
+
+    // A binary that never serves: killed at upgrade_timeout. Meanwhile changes wait (503
+    // with Retry-After) and a second SIGUSR2 is ignored.
+    replace_binary(&exe, "#!/bin/sh\nexec sleep 30\n");
+    let mark = log_mark();
+    process.signal("USR2");
+    let starting = logged(mark, "upgrade: the new process is starting", Duration::from_secs(5)).await;
+    let hung = starting["pid"].as_u64().unwrap() as u32;
+    process.signal("USR2");
+    logged(mark, "SIGUSR2: an upgrade is under way already; this one is ignored", Duration::from_secs(5)).await;
+    let (response, text) = push_quota(&process, "other", 20).await;
+    assert_eq!(response.status(), 503, "{text}");
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert!(serving().await, "the old process serves during the upgrade");
+    let why = failed(mark).await;
+    assert!(why.contains("not serving within 1s"), "{why}");
+    assert!(!alive(hung), "the new process that never served was not killed");
+    assert!(serving().await);
+    assert_eq!(push_quota(&process, "other", 30).await.0.status(), 200);
+    assert_eq!(process.pid(), old);
+
+    // The real binary again: the upgrade goes through.
+    std::fs::copy(env!("CARGO_BIN_EXE_sluice"), dir.join("sluice.real")).unwrap();
+    std::fs::rename(dir.join("sluice.real"), &exe).unwrap();
+    assert_ne!(process.upgrade().await, old);
+    assert!(serving().await);
+}

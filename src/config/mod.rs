@@ -68,6 +68,9 @@ pub struct Limits {
     /// After SIGTERM, how long sluice goes on serving while `/readyz` answers 503, before
     /// it drains.
     pub drain_delay: Duration,
+    /// How long a binary upgrade's new process has to be serving, else it is killed and
+    /// this process serves on.
+    pub upgrade_timeout: Duration,
     /// Client connections open at once; past it new ones are closed at once, counted.
     pub max_connections: usize,
     /// The longest wait for the next bytes of a request body (408).
@@ -90,6 +93,7 @@ impl Default for Limits {
             timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             drain_delay: Duration::ZERO,
+            upgrade_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             body_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),

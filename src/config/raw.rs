@@ -207,7 +207,12 @@ pub struct RawLimits {
     /// How long SIGTERM waits for in-flight requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_timeout: Option<String>,
+    /// After SIGTERM, how long sluice serves on while `/readyz` answers 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_delay: Option<String>,
+    /// How long a binary upgrade's new process has to be serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

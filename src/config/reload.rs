@@ -37,6 +37,12 @@ impl Reloader {
         let _change = self.live.change_lock();
         let trigger = trigger(source);
         let previous = self.live.load();
+        if self.live.changes_held() {
+            // An upgrade's new process reads the file itself; if it fails, the upgrade
+            // reloads here once it is over.
+            tracing::info!(trigger, "a binary upgrade is under way: the reload is left to it");
+            return Ok(previous);
+        }
         let text = read(&self.path);
         let overlay = self.overlay.as_deref();
         let keep_push = match (&text, overlay) {

@@ -200,6 +200,7 @@ impl Validator {
             ("limits.body_read_timeout", &raw.body_read_timeout, &mut limits.body_read_timeout),
             ("limits.idle_timeout", &raw.idle_timeout, &mut limits.idle_timeout),
             ("limits.write_timeout", &raw.write_timeout, &mut limits.write_timeout),
+            ("limits.upgrade_timeout", &raw.upgrade_timeout, &mut limits.upgrade_timeout),
         ];
         for (path, text, slot) in durations {
             if let Some(d) = text.as_deref().and_then(|t| self.duration(path, t)) {

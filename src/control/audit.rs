@@ -43,6 +43,9 @@ pub struct Audit {
 struct Tail {
     file: File,
     head: Head,
+    /// The log's length after this process's last record: another length means another
+    /// process (the other side of a binary upgrade) appended since, and `head` is re-read.
+    len: u64,
     /// Unauthenticated refusals: GCRA over `now`, and those left out since the last record.
     allowance: Allowance,
     suppressed: u64,
@@ -76,7 +79,8 @@ impl Audit {
         let path = dir.join(FILE);
         let found = read_head(&path)?;
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        let tail = Tail { file, head: found.clone(), allowance: Allowance::default(), suppressed: 0 };
+        let len = file.metadata()?.len();
+        let tail = Tail { file, head: found.clone(), len, allowance: Allowance::default(), suppressed: 0 };
         let audit = Self { path, tail: Mutex::new(tail), suppressed_total };
         match read_stored_head(dir) {
             Some(stored) if stored.records > found.records || (stored.records == found.records && stored != found) => {
@@ -131,7 +135,21 @@ impl Audit {
         self.write(&mut tail, record)
     }
 
+    /// Appends `record` under an exclusive lock of the log, so that two processes sharing
+    /// the state directory (the two sides of a binary upgrade) continue one chain.
     fn write(&self, tail: &mut Tail, record: Record) -> io::Result<()> {
+        tail.file.lock()?;
+        let written = self.write_locked(tail, record);
+        tail.file.unlock()?;
+        written
+    }
+
+    fn write_locked(&self, tail: &mut Tail, record: Record) -> io::Result<()> {
+        let len = tail.file.metadata()?.len();
+        if len != tail.len {
+            tracing::debug!(log = %self.path.display(), "the audit log grew in another process: its chain goes on");
+            tail.head = read_head(&self.path)?;
+        }
         if tail.suppressed > 0 {
             let summary = Record {
                 principal: None,
@@ -148,6 +166,7 @@ impl Audit {
             tail.suppressed = 0;
         }
         self.line(tail, record)?;
+        tail.len = tail.file.metadata()?.len();
         self.write_head(&tail.head)
     }
 
@@ -341,6 +360,21 @@ mod tests {
         let (line, why) = verify(audit.path()).unwrap_err();
         assert_eq!(line, 3, "{why}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn two_processes_appending_to_one_log_continue_one_chain() {
+        // The two sides of a binary upgrade share the state directory for a moment.
+        let dir = dir("two");
+        let old = Audit::open(&dir, counter()).unwrap();
+        old.append(record(200)).unwrap();
+        let new = Audit::open(&dir, counter()).unwrap();
+        for i in 0..3 {
+            old.append(record(503)).unwrap();
+            new.append(record(200 + i)).unwrap();
+        }
+        new.append(record(200)).unwrap();
+        assert_eq!(verify(&dir.join(FILE)), Ok(8));
     }
 
     #[test]

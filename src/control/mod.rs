@@ -105,6 +105,10 @@ impl Control {
         // One change at a time, file reloads included: `If-Match` is checked, the change
         // kept and applied under it.
         let _writer = self.live.change_lock();
+        if self.live.changes_held() {
+            let detail = "a binary upgrade is under way: the new process takes changes once it serves";
+            return Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail).retry_after(1));
+        }
         let current = self.live.load();
         match if_match {
             None if required => {

@@ -13,11 +13,18 @@ pub struct Problem {
     pub status: StatusCode,
     pub detail: String,
     pub errors: Option<ConfigErrors>,
+    /// Seconds for a `Retry-After` field, for a refusal that passes.
+    pub retry_after: Option<u32>,
 }
 
 impl Problem {
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
-        Self { status, detail: detail.into(), errors: None }
+        Self { status, detail: detail.into(), errors: None, retry_after: None }
+    }
+
+    /// With `Retry-After: seconds`.
+    pub fn retry_after(self, seconds: u32) -> Self {
+        Self { retry_after: Some(seconds), ..self }
     }
 
     /// 422: the config (or the change) is invalid; nothing changed.
@@ -26,6 +33,7 @@ impl Problem {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             detail: "the config is invalid: nothing changed".into(),
             errors: Some(errors),
+            retry_after: None,
         }
     }
 }
@@ -59,6 +67,9 @@ impl IntoResponse for Problem {
         let mut response = (self.status, body.to_string()).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

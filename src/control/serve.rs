@@ -80,5 +80,5 @@ pub async fn serve(listener: TcpListener, router: Router, live: Arc<Live>, name:
 async fn shed(_: BoxError) -> impl IntoResponse {
     tracing::debug!("an admin call was shed: {CONCURRENCY} calls in progress");
     let detail = format!("{CONCURRENCY} calls are in progress on this listener: retry in a second");
-    ([(header::RETRY_AFTER, "1")], Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail))
+    Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail).retry_after(1)
 }

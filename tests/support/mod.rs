@@ -442,6 +442,8 @@ pub struct Process {
     pub child: Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The process serving now: the child, or the last one a binary upgrade started.
+    pid: std::sync::atomic::AtomicU32,
 }
 
 impl Process {
@@ -470,7 +472,32 @@ impl Process {
             }
         });
         let (addr, admin) = rx.recv_timeout(Duration::from_secs(10)).expect("sluice started");
-        Self { child, addr, admin }
+        let pid = child.id().into();
+        Self { child, addr, admin, pid }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sends SIGUSR2 and waits for the new process to take over; then signals go to it.
+    /// Its pid.
+    pub async fn upgrade(&self) -> u32 {
+        let old = self.pid();
+        let seen = log_mark();
+        self.signal("USR2");
+        let mut new = None;
+        eventually("the new process to take over", Duration::from_secs(10), async || {
+            new = log_after(seen, "upgrade: this process took over")
+                .into_iter()
+                .find(|fields| fields["from"].as_u64() == Some(u64::from(old)))
+                .and_then(|fields| fields["pid"].as_u64());
+            new.is_some()
+        })
+        .await;
+        let new = new.unwrap() as u32;
+        self.pid.store(new, std::sync::atomic::Ordering::Relaxed);
+        new
     }
 
     pub fn admin_url(&self, path: &str) -> String {
@@ -486,15 +513,20 @@ impl Process {
     }
 
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().unwrap();
+        let status = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().unwrap();
         assert!(status.success());
     }
 
-    /// Waits for the process to exit; its exit code.
+    /// Waits for the process serving now to exit; its exit code (0 for one that a binary
+    /// upgrade started: not this process's child, its code cannot be read).
     pub fn wait(&mut self, limit: Duration) -> Option<i32> {
         let start = std::time::Instant::now();
         while start.elapsed() < limit {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if self.pid() != self.child.id() {
+                if !alive(self.pid()) {
+                    return Some(0);
+                }
+            } else if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code();
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -515,9 +547,45 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
+        if self.pid() != self.child.id() && alive(self.pid()) {
+            let _ = Command::new("kill").arg("-KILL").arg(self.pid().to_string()).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether process `pid` runs (neither gone nor a zombie waiting for its parent).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+}
+
+/// How many log lines the processes wrote so far: a mark for [`logged`].
+pub fn log_mark() -> usize {
+    LOG.lock().unwrap().len()
+}
+
+/// Waits up to `within` for a JSON log line after `mark` whose message is `message`; its
+/// fields.
+pub async fn logged(mark: usize, message: &str, within: Duration) -> serde_json::Value {
+    let mut found = None;
+    eventually(&format!("the log line {message:?}"), within, async || {
+        found = log_after(mark, message).into_iter().next();
+        found.is_some()
+    })
+    .await;
+    found.unwrap()
+}
+
+/// The `fields` of the JSON log lines from the `seen`th on whose message is `message`.
+pub fn log_after(seen: usize, message: &str) -> Vec<serde_json::Value> {
+    LOG.lock().unwrap()[seen..]
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|json| json["fields"]["message"] == message)
+        .map(|json| json["fields"].clone())
+        .collect()
 }
 
 /// Every log line of processes started by this test binary.
