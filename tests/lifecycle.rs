@@ -1,9 +1,11 @@
-//! Config churn under load: file reloads (each a SIGHUP) and control-API pushes, one after
-//! another, while wrk (HTTP/1.1, 100 connections) and h2load (h2c) load the real binary,
-//! a fresh connection asks every 100 ms, and a final SIGTERM with `limits.drain_delay`
-//! comes before the load ends. Nothing may fail: no socket error, no non-2xx answer, no
-//! refused connection, and an unchanged quota keeps its state through every change.
-//! (wrk and h2load: Debian's, installed by .ci/test.)
+//! A process's life under load. Config churn: file reloads (each a SIGHUP), control-API
+//! pushes and binary upgrades (SIGUSR2), one after another, while wrk (HTTP/1.1, 100
+//! connections) and h2load (h2c) load the real binary, a fresh connection asks every
+//! 100 ms, and a final SIGTERM with `limits.drain_delay` comes before the load ends.
+//! Nothing may fail: no socket error, no non-2xx answer, no refused connection, and an
+//! unchanged quota keeps its state through every change and upgrade. (wrk and h2load:
+//! Debian's, installed by .ci/test.) Then upgrades alone: what they hand over, and what a
+//! failed one leaves.
 
 mod support;
 
@@ -15,6 +17,8 @@ use support::*;
 
 const TOKEN: &str = "churn-admin-token";
 const CHANGES: usize = 100;
+/// h2load's run: the first half of the changes, before the upgrades.
+const H2LOAD: Duration = Duration::from_secs(9);
 const LOAD: Duration = Duration::from_secs(20);
 
 /// Route a's quota never refuses: a second's worth of burst. (With a millisecond's worth,
@@ -54,11 +58,17 @@ async fn config_churn_under_load_and_a_drain_lose_nothing() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("wrk (.ci/test installs it)");
-    let h2load = Command::new("h2load")
-        .args(["-c10", "-m10", "-D", &seconds, &url("/a")])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("h2load (.ci/test installs nghttp2-client)");
+    // h2load for the reloads and pushes: it never opens a new connection after a GOAWAY,
+    // and counts each request it can no longer submit on one as failed, so the upgrades'
+    // h2c load comes from hyper's client, which does as real clients do (h2c_load).
+    let mut h2load = Some(
+        Command::new("h2load")
+            .args(["-c10", "-m10", "-D", &H2LOAD.as_secs().to_string(), &url("/a")])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("h2load (.ci/test installs nghttp2-client)"),
+    );
+    let h2c = tokio::spawn(h2c_load(addr, started + LOAD));
     // A fresh connection every 100 ms, for as long as the load lasts.
     let asker = tokio::spawn(async move {
         let (mut asked, mut failed) = (0, Vec::new());
@@ -76,7 +86,21 @@ async fn config_churn_under_load_and_a_drain_lose_nothing() {
     });
 
     let version = async || process_version(&process).await;
+    let mut upgrades = Vec::new();
+    let mut h2load_said = Vec::new();
     for i in 1..=CHANGES {
+        if i == CHANGES / 2 + 1 {
+            assert!(started.elapsed() < H2LOAD, "half the changes took longer than h2load's run");
+            let run = h2load.take().unwrap();
+            h2load_said = tokio::task::spawn_blocking(move || run.wait_with_output().unwrap()).await.unwrap().stdout;
+        }
+        // The second half: 20 upgrades among the changes.
+        if i > CHANGES / 2 && i % 5 % 3 == 0 {
+            let (mark, asked) = (log_mark(), Instant::now());
+            process.upgrade().await;
+            let done = logged(mark, "upgrade: the new process serves; draining", Duration::from_secs(5)).await;
+            upgrades.push((done["took_ms"].as_u64().unwrap(), asked.elapsed()));
+        }
         // The file: route c's timeout changes; SIGHUP applies it (the watcher may first).
         let before = version().await;
         std::fs::write(&path, config(upstream.addr, i)).unwrap();
@@ -93,7 +117,10 @@ async fn config_churn_under_load_and_a_drain_lose_nothing() {
         assert_eq!(response.status(), 200, "push {i}: {}", String::from_utf8_lossy(&text));
     }
     let churned = started.elapsed();
+    let took: Vec<u64> = upgrades.iter().map(|(ms, _)| *ms).collect();
+    eprintln!("{} upgrades took {took:?} ms (SIGUSR2 to the new process serving)", upgrades.len());
     assert!(churned < LOAD - Duration::from_secs(3), "{CHANGES} changes took {churned:?}: longer than the load");
+    assert_eq!(upgrades.len(), 20);
     assert_eq!(get(&client(), &url("/b")).await.0.status(), 429, "route b's spent quota was reset by a change");
 
     // SIGTERM while the load still runs: the drain delay outlasts it.
@@ -106,8 +133,8 @@ async fn config_churn_under_load_and_a_drain_lose_nothing() {
         .collect();
     process.signal("TERM");
     let wrk = tokio::task::spawn_blocking(move || wrk.wait_with_output().unwrap()).await.unwrap();
-    let h2load = tokio::task::spawn_blocking(move || h2load.wait_with_output().unwrap()).await.unwrap();
     let (asked, failed) = asker.await.unwrap();
+    let (h2c_answered, h2c_again, h2c_failed) = h2c.await.unwrap();
     let code = tokio::task::spawn_blocking(move || process.wait(Duration::from_secs(20))).await.unwrap();
 
     let wrk = String::from_utf8_lossy(&wrk.stdout).into_owned();
@@ -116,11 +143,22 @@ async fn config_churn_under_load_and_a_drain_lose_nothing() {
     let requests: u64 =
         wrk.lines().find_map(|l| l.trim().split_once(" requests in").map(|(n, _)| n.parse().unwrap())).unwrap();
     assert!(requests > 10_000, "wrk sent only {requests}");
-    let h2load = String::from_utf8_lossy(&h2load.stdout).into_owned();
+    let h2load = String::from_utf8_lossy(&h2load_said).into_owned();
     let summary = h2load.lines().find(|l| l.starts_with("requests:")).unwrap_or_default().to_string();
     eprintln!("h2load: {summary}");
     assert!(summary.contains(" 0 failed, 0 errored, 0 timeout"), "h2load saw failures:\n{h2load}");
     assert!(failed.is_empty(), "{} of {asked} fresh connections failed: {failed:?}", failed.len());
+    eprintln!(
+        "h2c (hyper): {h2c_answered} answered, {h2c_again} refused by a GOAWAY and sent again, {} failed",
+        h2c_failed.len()
+    );
+    assert!(
+        h2c_failed.is_empty(),
+        "{} h2c requests failed: {:?}",
+        h2c_failed.len(),
+        &h2c_failed[..h2c_failed.len().min(5)]
+    );
+    assert!(h2c_answered > 10_000, "only {h2c_answered} h2c requests answered");
     // One every 100 ms plus its own time under the load: about 140-200 in 20 s.
     assert!(asked > 100, "only {asked} fresh connections asked");
     assert_eq!(code, Some(0));
@@ -295,4 +333,53 @@ async fn an_upgrade_that_fails_leaves_the_old_process_serving_and_taking_changes
     std::fs::rename(dir.join("sluice.real"), &exe).unwrap();
     assert_ne!(process.upgrade().await, old);
     assert!(serving().await);
+}
+
+/// h2c load as real clients make it: hyper's client, which opens a new connection after a
+/// GOAWAY, and sends again a request refused by one (the `GoAway` error of a stream the
+/// server never took: RFC 9113 §8.7 makes it safe to retry, and gRPC's clients do so on
+/// their own; hyper's leaves it to its caller). 10 connections, 10 requests in flight on
+/// each, until `end`; how many were answered 200, how many sent again, and the failures.
+async fn h2c_load(addr: std::net::SocketAddr, end: Instant) -> (u64, u64, Vec<String>) {
+    let tasks: Vec<_> = (0..10)
+        .flat_map(|_| {
+            let client = h2_client();
+            (0..10).map(move |_| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let (mut answered, mut again, mut failed) = (0, 0, Vec::new());
+                    let mut tries = 0;
+                    while Instant::now() < end {
+                        let req = Request::get(format!("http://{addr}/a")).body(empty()).unwrap();
+                        match client.request(req).await {
+                            Ok(response) if response.status() == 200 => {
+                                let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+                                answered += 1;
+                                tries = 0;
+                            }
+                            Ok(response) => failed.push(format!("{}", response.status())),
+                            Err(e) => {
+                                let refused = format!("{e:?}");
+                                if refused.contains("GoAway(") && refused.contains("NO_ERROR, Remote") && tries < 3 {
+                                    again += 1;
+                                    tries += 1;
+                                } else {
+                                    failed.push(refused);
+                                }
+                            }
+                        }
+                    }
+                    (answered, again, failed)
+                })
+            })
+        })
+        .collect();
+    let (mut answered, mut again, mut failed) = (0, 0, Vec::new());
+    for task in tasks {
+        let (a, r, f) = task.await.unwrap();
+        answered += a;
+        again += r;
+        failed.extend(f);
+    }
+    (answered, again, failed)
 }

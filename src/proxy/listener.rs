@@ -107,8 +107,10 @@ async fn stopped(phase: &mut watch::Receiver<Phase>) {
     drop(phase.wait_for(|p| *p != Phase::Serving).await);
 }
 
-/// One worker: serves the connections dealt to it until the phase leaves `Serving`, then
-/// returns once every one of them is closed.
+/// One worker: serves the connections dealt to it until the dealer stops (the phase left
+/// `Serving`), the ones dealt just before it stopped included (dropped, they were reset:
+/// a client's failure at every drain and upgrade), then returns once every one of them is
+/// closed.
 async fn serve(
     mut incoming: mpsc::UnboundedReceiver<Accepted>,
     proxy: Proxy,
@@ -116,28 +118,21 @@ async fn serve(
     phase: watch::Receiver<Phase>,
 ) {
     let connections = Arc::new(Tracker::default());
-    let mut stop = phase.clone();
-    loop {
-        tokio::select! {
-            next = incoming.recv() => {
-                let Some((stream, peer, counted)) = next else { break };
-                let stream = match TcpStream::from_std(stream) {
-                    Ok(stream) => stream,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot serve a connection");
-                        continue;
-                    }
-                };
-                let limits = live.load().config.limits.clone();
-                let open = connections.enter();
-                let (proxy, phase) = (proxy.clone(), phase.clone());
-                tokio::spawn(async move {
-                    connection(stream, peer, proxy, limits, phase).await;
-                    drop((open, counted));
-                });
+    while let Some((stream, peer, counted)) = incoming.recv().await {
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot serve a connection");
+                continue;
             }
-            _ = stopped(&mut stop) => break,
-        }
+        };
+        let limits = live.load().config.limits.clone();
+        let open = connections.enter();
+        let (proxy, phase) = (proxy.clone(), phase.clone());
+        tokio::spawn(async move {
+            connection(stream, peer, proxy, limits, phase).await;
+            drop((open, counted));
+        });
     }
     connections.idle().await;
 }
