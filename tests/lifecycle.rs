@@ -241,6 +241,10 @@ async fn an_upgrade_hands_over_the_sockets_the_state_and_finishes_what_is_in_fli
 
     // The new process serves on the same sockets, with the old one's state.
     assert_eq!(get(&client(), &url("/spent")).await.0.status(), 429, "an upgrade granted a fresh burst");
+    let status = process.admin_json("/v1/status", TOKEN).await;
+    let spent = status["routes"].as_array().unwrap().iter().find(|r| r["name"] == "spent").unwrap().clone();
+    let top = spent["rate_quota"]["top_offenders"].clone();
+    assert_eq!(top[0]["key"], "127.0.0.1", "the heaviest keys were lost: {spent}");
     assert_eq!(process_version(&process).await, 2.0, "the same config keeps its version");
     let (total, good) = availability(&process).await;
     assert!(total >= 4 && good >= 3, "the SLI counts were lost: {total} total, {good} good");

@@ -292,7 +292,7 @@ async fn status(State(ctl): Ctl, headers: HeaderMap) -> Result<Json<Value>, Prob
                     .map(|o| o.top(now))
                     .unwrap_or_default()
                     .into_iter()
-                    .map(|o| json!({ "key": o.key, "rate": o.rate }))
+                    .map(|o| json!({ "key": limit.spec().key.show(&o.key), "rate": o.rate }))
                     .collect();
                 json!({
                     "rate": limit.spec().rate.get(),

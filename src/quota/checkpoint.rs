@@ -3,8 +3,8 @@
 //! [`crate::sla::checkpoint::PERIOD`] and at drain, by [`crate::monitor`]) and taken back
 //! at start by the quotas whose limiter (rate, period, burst, key) is the same, so that a
 //! restart grants nobody a fresh burst. Buckets that are full again by then are left out,
-//! as a sweep would drop them. A `kill -9` loses at most one period; the offenders' sketch
-//! (one minute of counts) starts over.
+//! as a sweep would drop them. A keyed quota's heaviest keys go with it
+//! ([`super::OffendersState`]). A `kill -9` loses at most one period.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -76,6 +76,9 @@ mod tests {
         let saved: Checkpoint = serde_json::from_str(&text).unwrap();
         let later = T0 + Duration::from_secs(1);
         assert_eq!(saved.restore(later, [("route a".to_string(), &after)].into_iter()), 1);
+        let top = after.offenders().unwrap().top(later);
+        assert_eq!(top, before.offenders().unwrap().top(later), "the heaviest keys");
+        assert_eq!(top[0].key, b"10.0.0.1");
         assert!(matches!(after.check(b"10.0.0.1", later), RateDecision::Limited { .. }), "a fresh burst");
         assert_eq!(after.check(b"10.0.0.2", later), RateDecision::Allowed, "one of two left");
         assert!(matches!(after.check(b"10.0.0.2", later), RateDecision::Limited { .. }));

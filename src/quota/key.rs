@@ -33,6 +33,17 @@ impl KeySpec {
     pub fn is_keyed(&self) -> bool {
         !matches!(self, Self::None)
     }
+
+    /// A key of this kind as text: a client address as an address (its key is the
+    /// address's octets), a header's value as it came (lossily, where it is not UTF-8).
+    pub fn show(&self, key: &[u8]) -> String {
+        let ip = match (self, key.len()) {
+            (Self::ClientIp, 4) => <[u8; 4]>::try_from(key).ok().map(std::net::IpAddr::from),
+            (Self::ClientIp, 16) => <[u8; 16]>::try_from(key).ok().map(std::net::IpAddr::from),
+            _ => None,
+        };
+        ip.map_or_else(|| String::from_utf8_lossy(key).into_owned(), |ip| ip.to_string())
+    }
 }
 
 impl std::fmt::Display for KeySpec {
@@ -109,6 +120,16 @@ mod tests {
     use std::hash::BuildHasher;
 
     use super::*;
+
+    #[test]
+    fn keys_show_as_text_a_client_address_as_an_address() {
+        assert_eq!(KeySpec::ClientIp.show(&[127, 0, 0, 1]), "127.0.0.1");
+        let v6: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
+        assert_eq!(KeySpec::ClientIp.show(&v6.octets()), "2001:db8::1");
+        let header = KeySpec::parse("header:x-consumer-id").unwrap();
+        assert_eq!(header.show(b"acme"), "acme");
+        assert_eq!(header.show(&[0x61, 0xff]), "a\u{fffd}");
+    }
 
     #[test]
     fn parse_round_trips() {

@@ -12,5 +12,5 @@ mod rate;
 
 pub use concurrency::{Concurrency, ConcurrencySpec, Permit};
 pub use key::{Key, KeySpec, INLINE};
-pub use offenders::{Offender, Offenders};
+pub use offenders::{Offender, Offenders, OffendersState};
 pub use rate::{Advertise, Left, Mode, RateDecision, RateLimit, RateSpec, RateState, Scope, DEFAULT_MAX_KEYS};

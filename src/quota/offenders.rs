@@ -13,6 +13,10 @@
 //!
 //! Time is the caller's `now`, on the engines' clock; [`Offenders::roll`] turns the
 //! interval over.
+//!
+//! What outlives a process ([`Offenders::export`]) is the list with each candidate's counts
+//! in both intervals: taken into a fresh sketch, the heaviest keys and their rates carry
+//! on; the lighter keys' counts start over.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -56,11 +60,20 @@ struct Candidate {
     count: u64,
 }
 
+/// The candidates as plain data, for a checkpoint or an upgrade's handoff.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OffendersState {
+    /// When the current interval began (nanoseconds on the engines' clock), if it has.
+    pub began_ns: Option<u64>,
+    /// `[key bytes, fingerprint, count this interval, count the interval before]`.
+    pub keys: Vec<(Vec<u8>, u64, u64, u64)>,
+}
+
 /// One heavy key, as reported.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Offender {
-    /// The key's bytes, lossily as text.
-    pub key: String,
+    /// The key's bytes ([`super::KeySpec::show`] makes them text).
+    pub key: Vec<u8>,
     /// Requests per second over the last interval, estimated.
     pub rate: f64,
 }
@@ -135,6 +148,42 @@ impl Offenders {
         self.floor.store(floor(&list), Relaxed);
     }
 
+    /// The candidates with their counts in both intervals.
+    pub fn export(&self) -> OffendersState {
+        let current = self.current.load(Relaxed);
+        let count = |sketch: usize, fingerprint| self.sketches[sketch].get(fingerprint).max(0) as u64;
+        let list = self.candidates.lock().unwrap_or_else(|e| e.into_inner());
+        let keys = list
+            .iter()
+            .map(|c| {
+                (
+                    c.key.as_bytes().to_vec(),
+                    c.fingerprint,
+                    count(current, c.fingerprint),
+                    count(1 - current, c.fingerprint),
+                )
+            })
+            .collect();
+        let began_ns = Some(self.began.load(Relaxed)).filter(|&b| b != NOT_YET);
+        OffendersState { began_ns, keys }
+    }
+
+    /// Takes `saved` (an [`export`](Self::export) from a table with the same fingerprint
+    /// seed) into these fresh sketches.
+    pub fn import(&self, saved: &OffendersState) {
+        let current = self.current.load(Relaxed);
+        let mut list = self.candidates.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, fingerprint, now, before) in saved.keys.iter().take(TOP) {
+            let now = self.sketches[current].incr(fingerprint, (*now).min(isize::MAX as u64) as isize).max(0) as u64;
+            self.sketches[1 - current].incr(fingerprint, (*before).min(isize::MAX as u64) as isize);
+            list.push(Candidate { key: Key::new(key), fingerprint: *fingerprint, count: now });
+        }
+        self.floor.store(floor(&list), Relaxed);
+        if let Some(began) = saved.began_ns {
+            self.began.store(began, Relaxed);
+        }
+    }
+
     /// The heaviest keys at `now`, heaviest first: each key's rate over the last interval,
     /// the previous interval's count weighted by how much of it the window still covers.
     pub fn top(&self, now: Duration) -> Vec<Offender> {
@@ -154,7 +203,7 @@ impl Offenders {
                 let now = self.sketches[current].get(fingerprint).max(0) as f64;
                 let before = self.sketches[1 - current].get(fingerprint).max(0) as f64;
                 Offender {
-                    key: String::from_utf8_lossy(key.as_bytes()).into_owned(),
+                    key: key.as_bytes().to_vec(),
                     rate: (now + before * (1.0 - into)) / self.interval.as_secs_f64(),
                 }
             })
@@ -212,9 +261,9 @@ mod tests {
         let top = o.top(secs(60));
         assert_eq!(top.len(), TOP);
         // a sketch only overcounts: here by a few requests at most, when keys share counters
-        assert_eq!(top[0].key, "heavy");
+        assert_eq!(top[0].key, b"heavy");
         assert!((100.0..100.2).contains(&top[0].rate), "{top:?}");
-        assert_eq!(top[1].key, "medium");
+        assert_eq!(top[1].key, b"medium");
         assert!((10.0..10.2).contains(&top[1].rate), "{top:?}");
     }
 
@@ -241,7 +290,7 @@ mod tests {
         let start = secs(1_800_000_000);
         observe(&o, "early", 60);
         o.roll(start); // the first roll starts the interval: nothing is lost
-        assert_eq!(o.top(start + secs(1)).first().map(|x| (x.key.as_str(), x.rate)), Some(("early", 1.0)));
+        assert_eq!(o.top(start + secs(1)).first().map(|x| (x.key.as_slice(), x.rate)), Some((&b"early"[..], 1.0)));
         o.roll(start + secs(60));
         assert_eq!(o.top(start + secs(60)).first().map(|x| x.rate), Some(1.0));
     }
@@ -256,7 +305,25 @@ mod tests {
             }
         }
         assert_eq!(o.candidates.lock().unwrap().len(), TOP);
-        assert_eq!(o.top(secs(60))[0].key, "attacker");
+        assert_eq!(o.top(secs(60))[0].key, b"attacker");
+    }
+
+    #[test]
+    fn the_heavy_keys_and_their_rates_carry_over_to_another_table() {
+        let o = Offenders::new(secs(60));
+        o.roll(secs(0));
+        observe(&o, "heavy", 1200);
+        o.roll(secs(60));
+        observe(&o, "heavy", 600);
+        observe(&o, "medium", 300);
+        let saved: OffendersState = serde_json::from_str(&serde_json::to_string(&o.export()).unwrap()).unwrap();
+        let fresh = Offenders::new(secs(60));
+        fresh.import(&saved);
+        assert_eq!(fresh.top(secs(90)), o.top(secs(90)));
+        assert_eq!(fresh.top(secs(90))[0].rate, 20.0); // 600 now + half of 1200 before, over 60 s
+                                                       // The interval turns over when the first one's would have.
+        fresh.roll(secs(120));
+        assert_eq!(fresh.top(secs(120))[0].rate, 10.0);
     }
 
     #[test]
@@ -267,7 +334,7 @@ mod tests {
         }
         observe(&o, "late", 1000);
         let top = o.top(secs(60));
-        assert_eq!(top[0].key, "late");
+        assert_eq!(top[0].key, b"late");
         assert_eq!(top.len(), TOP);
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
+use super::offenders::OffendersState;
 use super::{KeySpec, Offenders};
 
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
@@ -278,6 +279,7 @@ impl RateLimit {
             whole: draining(self.whole.load(Relaxed)),
             overflow: draining(self.overflow.load(Relaxed)),
             keys,
+            offenders: self.offenders.as_ref().map(Offenders::export),
         }
     }
 
@@ -301,6 +303,9 @@ impl RateLimit {
         let room = self.spec.max_keys.get();
         for [fingerprint, tat] in saved.keys.iter().copied().filter(|[_, tat]| draining(tat)).take(room) {
             self.keys.insert(fingerprint, AtomicU64::new(tat));
+        }
+        if let (Some(offenders), Some(saved)) = (&self.offenders, &saved.offenders) {
+            offenders.import(saved);
         }
         true
     }
@@ -343,6 +348,9 @@ pub struct RateState {
     pub overflow: Option<u64>,
     /// `[fingerprint, TAT]`.
     pub keys: Vec<[u64; 2]>,
+    /// A keyed quota's heaviest keys (absent from checkpoints written before they were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offenders: Option<OffendersState>,
 }
 
 /// The table's keys are fingerprints, already hashes: they are used as they are.
