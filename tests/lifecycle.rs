@@ -286,7 +286,7 @@ async fn an_upgrade_that_fails_leaves_the_old_process_serving_and_taking_changes
     std::fs::copy(env!("CARGO_BIN_EXE_sluice"), &exe).unwrap();
     let mut command = Command::new(&exe);
     command.args(["--log-format", "json", "run", "--config"]).arg(&path);
-    let process = Process::spawn_command(command);
+    let mut process = Process::spawn_command(command);
     let old = process.pid();
     let serving = async || get(&client(), &format!("http://{}/other", process.addr)).await.0.status() == 200;
     let failed = async |mark| {
@@ -337,6 +337,16 @@ async fn an_upgrade_that_fails_leaves_the_old_process_serving_and_taking_changes
     std::fs::rename(dir.join("sluice.real"), &exe).unwrap();
     assert_ne!(process.upgrade().await, old);
     assert!(serving().await);
+
+    // A SIGTERM during an upgrade ends it: the new process is killed, the old one drains.
+    replace_binary(&exe, "#!/bin/sh\nexec sleep 30\n");
+    let mark = log_mark();
+    process.signal("USR2");
+    let starting = logged(mark, "upgrade: the new process is starting", Duration::from_secs(5)).await;
+    let hung = starting["pid"].as_u64().unwrap() as u32;
+    process.signal("TERM");
+    assert_eq!(tokio::task::spawn_blocking(move || process.wait(Duration::from_secs(10))).await.unwrap(), Some(0));
+    eventually("the new process to be killed", Duration::from_secs(5), async || !alive(hung)).await;
 }
 
 /// h2c load as real clients make it: hyper's client, which opens a new connection after a

@@ -73,15 +73,19 @@ pub async fn upgrade(
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
     let name = format!("sluice-upgrade-{}-{nanos}", std::process::id());
     let listener = listen(&name).map_err(Failed::Socket)?;
-    let mut child = Command::new(&exe.path)
+    let child = Command::new(&exe.path)
         .args(&exe.args)
         .env(ENV, &name)
         .stdin(Stdio::null())
         .spawn()
         .map_err(|source| Failed::Spawn { path: exe.path.clone(), source })?;
-    let pid = child.id().unwrap_or_default();
+    // Killed if this future is dropped before the end (a SIGTERM came meanwhile).
+    let mut child = Starting(Some(child));
+    let pid = child.0.as_ref().and_then(Child::id).unwrap_or_default();
     tracing::info!(pid, path = %exe.path.display(), "upgrade: the new process is starting");
     let outcome = tokio::select! {
+        // First: a new process that says why it fails, then exits, is heard saying it.
+        biased;
         handed = hand_over(&listener, pid, sockets, hand) => handed,
         status = child.wait() => match status {
             Ok(status) => Err(Failed::Exited(status)),
@@ -90,10 +94,40 @@ pub async fn upgrade(
         () = tokio::time::sleep(deadline) => Err(Failed::Deadline(deadline)),
     };
     match outcome {
-        Ok(()) => Ok(Successor { pid, took: started.elapsed() }),
+        Ok(()) => {
+            // It lives on, past this process.
+            drop(child.0.take());
+            Ok(Successor { pid, took: started.elapsed() })
+        }
         Err(why) => {
-            stop(&mut child).await;
+            child.stop().await;
             Err(why)
+        }
+    }
+}
+
+/// The new process until it serves: killed unless it took over.
+struct Starting(Option<Child>);
+
+impl Starting {
+    async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.as_mut().expect("the new process").wait().await
+    }
+
+    /// Ends a new process that did not take over. It accepts only from when it has the
+    /// state to when it says it serves, a moment: a kill before then loses nothing.
+    async fn stop(&mut self) {
+        let Some(mut child) = self.0.take() else { return };
+        if let Err(e) = child.kill().await {
+            tracing::debug!(error = %e, "upgrade: the new process had ended already");
+        }
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.start_kill();
         }
     }
 }
@@ -137,13 +171,5 @@ async fn expect(channel: &mut Channel, step: &str) -> Result<(), Failed> {
         Message::Serving if step == "serving" => Ok(()),
         Message::Failed { why } => Err(Failed::Refused(why)),
         other => Err(Failed::OutOfTurn(format!("{other:?}").chars().take(80).collect())),
-    }
-}
-
-/// Ends a new process that did not take over. It accepts only from when it has the state
-/// to when it says it serves, a moment: a kill before then loses nothing.
-async fn stop(child: &mut Child) {
-    if let Err(e) = child.kill().await {
-        tracing::debug!(error = %e, "upgrade: the new process had ended already");
     }
 }
