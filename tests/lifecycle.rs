@@ -263,6 +263,16 @@ async fn an_upgrade_hands_over_the_sockets_the_state_and_finishes_what_is_in_fli
     assert_eq!(push_quota(&process, "other", 2000).await.0.status(), 200, "the new process takes changes");
 }
 
+/// Puts a script that never serves where `exe` was and sends SIGUSR2: the log's mark
+/// before, and the new process's pid.
+async fn upgrade_to_a_binary_that_hangs(process: &Process, exe: &std::path::Path) -> (usize, u32) {
+    replace_binary(exe, "#!/bin/sh\nexec sleep 30\n");
+    let mark = log_mark();
+    process.signal("USR2");
+    let starting = logged(mark, "upgrade: the new process is starting", Duration::from_secs(5)).await;
+    (mark, starting["pid"].as_u64().unwrap() as u32)
+}
+
 /// A script where the sluice binary was: an upgrade starts it instead.
 fn replace_binary(exe: &std::path::Path, script: &str) {
     let next = exe.with_extension("next");
@@ -314,11 +324,7 @@ async fn an_upgrade_that_fails_leaves_the_old_process_serving_and_taking_changes
 
     // A binary that never serves: killed at upgrade_timeout. Meanwhile changes wait (503
     // with Retry-After) and a second SIGUSR2 is ignored.
-    replace_binary(&exe, "#!/bin/sh\nexec sleep 30\n");
-    let mark = log_mark();
-    process.signal("USR2");
-    let starting = logged(mark, "upgrade: the new process is starting", Duration::from_secs(5)).await;
-    let hung = starting["pid"].as_u64().unwrap() as u32;
+    let (mark, hung) = upgrade_to_a_binary_that_hangs(&process, &exe).await;
     process.signal("USR2");
     logged(mark, "SIGUSR2: an upgrade is under way already; this one is ignored", Duration::from_secs(5)).await;
     let (response, text) = push_quota(&process, "other", 20).await;
@@ -339,11 +345,7 @@ async fn an_upgrade_that_fails_leaves_the_old_process_serving_and_taking_changes
     assert!(serving().await);
 
     // A SIGTERM during an upgrade ends it: the new process is killed, the old one drains.
-    replace_binary(&exe, "#!/bin/sh\nexec sleep 30\n");
-    let mark = log_mark();
-    process.signal("USR2");
-    let starting = logged(mark, "upgrade: the new process is starting", Duration::from_secs(5)).await;
-    let hung = starting["pid"].as_u64().unwrap() as u32;
+    let (_, hung) = upgrade_to_a_binary_that_hangs(&process, &exe).await;
     process.signal("TERM");
     assert_eq!(tokio::task::spawn_blocking(move || process.wait(Duration::from_secs(10))).await.unwrap(), Some(0));
     eventually("the new process to be killed", Duration::from_secs(5), async || !alive(hung)).await;
