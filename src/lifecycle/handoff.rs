@@ -83,10 +83,6 @@ impl Channel {
         Self { stream, read: Vec::new(), fds: Vec::new() }
     }
 
-    pub fn stream(&self) -> &UnixStream {
-        &self.stream
-    }
-
     /// Sends `message`, with `fds` attached to its first byte.
     pub async fn send(&mut self, message: &Message, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         assert!(fds.len() <= MAX_SOCKETS);
