@@ -33,3 +33,4 @@ pub mod rules;
 pub mod server;
 pub mod sla;
 pub mod snapshot;
+pub mod upstream;

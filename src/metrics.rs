@@ -31,6 +31,8 @@ pub enum Origin {
     Rejected,
     /// Refused because Redis could not decide a global quota, under `on_error: deny` (503).
     QuotaUnavailable,
+    /// Refused at once while the service is held unhealthy (503): the service's failure.
+    UpstreamUnhealthy,
     /// The client's failure: its request body stalled past `limits.body_read_timeout`
     /// (408) or broke off (400), or it did not read its response within
     /// `limits.write_timeout` (cut). Never the service's: out of the SLIs.
@@ -48,18 +50,21 @@ impl Origin {
             Self::Rejected => "rejected",
             Self::QuotaUnavailable => "quota_unavailable",
             Self::Client => "client",
+            Self::UpstreamUnhealthy => "upstream_unhealthy",
         }
     }
 
-    /// Whether the request reached the service: only those count in the SLIs and the
-    /// duration histogram. A refusal by a quota is sluice doing its job, not a failure.
+    /// Whether the request's outcome is the service's: it reached the service, or was
+    /// refused because the service is down (held unhealthy). Only those count in the SLIs
+    /// and the duration histogram. A refusal by a quota is sluice doing its job, not a
+    /// failure.
     pub fn reached_service(self) -> bool {
-        matches!(self, Self::Upstream | Self::Timeout | Self::UpstreamError)
+        matches!(self, Self::Upstream | Self::Timeout | Self::UpstreamError | Self::UpstreamUnhealthy)
     }
 }
 
 /// The (origin, code class) pairs that can occur; one counter each, made up front.
-pub const OUTCOMES: [(Origin, &str); 12] = [
+pub const OUTCOMES: [(Origin, &str); 13] = [
     (Origin::Upstream, "1xx"),
     (Origin::Upstream, "2xx"),
     (Origin::Upstream, "3xx"),
@@ -72,6 +77,7 @@ pub const OUTCOMES: [(Origin, &str); 12] = [
     (Origin::Rejected, "4xx"),
     (Origin::QuotaUnavailable, "5xx"),
     (Origin::Client, "4xx"),
+    (Origin::UpstreamUnhealthy, "5xx"),
 ];
 
 fn outcome(origin: Origin, status: u16) -> usize {
@@ -84,6 +90,7 @@ fn outcome(origin: Origin, status: u16) -> usize {
         Origin::Rejected => 9,
         Origin::QuotaUnavailable => 10,
         Origin::Client => 11,
+        Origin::UpstreamUnhealthy => 12,
     }
 }
 
@@ -197,6 +204,9 @@ pub struct Metrics {
     sla_budget: GaugeVec,
     sla_burn: GaugeVec,
     pub config_version: IntGauge,
+    /// 1 while the service is healthy, 0 while health checks or failed requests hold it
+    /// down.
+    pub upstream_healthy: IntGauge,
     /// Client connections open now, by listener (`proxy`, `admin`, `metrics`); see [`Open`].
     pub connections: IntGaugeVec,
     /// Client connections closed at once, by reason (`max_connections`).
@@ -322,6 +332,12 @@ impl Metrics {
         );
         let config_version =
             IntGauge::new("sluice_config_version", "Version of the config being served.").expect("valid metric");
+        let upstream_healthy = IntGauge::new(
+            "sluice_upstream_healthy",
+            "1 while the service is healthy; 0 while health_check or outlier_detection hold it unhealthy (requests get 503, /readyz 503).",
+        )
+        .expect("valid metric");
+        upstream_healthy.set(1);
         let last_reload_success =
             Gauge::new("sluice_config_last_reload_success_timestamp_seconds", "Unix time of the last config applied.")
                 .expect("valid metric");
@@ -330,6 +346,7 @@ impl Metrics {
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for c in [
             Box::new(config_version.clone()) as Box<dyn Collector>,
+            Box::new(upstream_healthy.clone()),
             Box::new(last_reload_success.clone()),
             Box::new(build_info),
             Box::new(Process::new()),
@@ -353,6 +370,7 @@ impl Metrics {
             sla_budget,
             sla_burn,
             config_version,
+            upstream_healthy,
             connections,
             connections_refused,
             reloads,

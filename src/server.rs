@@ -196,6 +196,7 @@ async fn start_with(
     background.push(tokio::spawn(snapshot::sweep_keys(live.clone(), SWEEP_INTERVAL)));
     background.push(tokio::spawn(monitor::run(live.clone(), events.clone(), state_dir.clone())));
     background.push(tokio::spawn(heartbeat::run(live.clone(), events.clone())));
+    background.push(tokio::spawn(crate::upstream::probe::run(live.clone(), events.clone())));
     let routers = [
         control::router(control::Control::new(live.clone(), events.clone(), overlay.clone(), audit.clone())),
         control::probes(live.clone()),

@@ -272,6 +272,8 @@ pub struct Live {
     held: AtomicBool,
     /// The new process of an upgrade took over: this one writes no checkpoint.
     handed_over: AtomicBool,
+    /// Whether the service is healthy: outlives snapshots, as the service does.
+    pub health: crate::upstream::Health,
     pub metrics: Arc<Metrics>,
     /// The engines' clock: `origin` (the wall clock at start, since the Unix epoch) plus
     /// the steady time since `started`. It never goes back within a process, and it lines
@@ -316,6 +318,7 @@ impl Live {
             unready: AtomicBool::new(false),
             held: AtomicBool::new(false),
             handed_over: AtomicBool::new(false),
+            health: crate::upstream::Health::default(),
             metrics,
             started: Instant::now(),
             origin,

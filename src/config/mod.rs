@@ -44,6 +44,9 @@ pub struct Config {
     pub webhook: Option<http::Uri>,
     /// `global`: the Redis of the quotas with `scope: global`, if any.
     pub global: Option<crate::quota::global::GlobalSettings>,
+    /// `health_check` and `outlier_detection`: what marks the service unhealthy.
+    pub health_check: Option<crate::upstream::HealthCheck>,
+    pub outlier_detection: Option<crate::upstream::OutlierDetection>,
     /// What was written, for the control API to show and edit.
     pub raw: RawConfig,
 }

@@ -86,8 +86,37 @@ pub struct RawConfig {
     /// Where the quotas with `scope: global` are kept, shared by every replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub global: Option<RawGlobal>,
+    /// Active checks of the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<RawHealthCheck>,
+    /// The service marked unhealthy by its answers: failures in a row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<RawOutlierDetection>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_after: Option<Count>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_after: Option<Count>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlierDetection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<Count>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ejection_time: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

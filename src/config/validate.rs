@@ -10,6 +10,7 @@ use http::Method;
 
 use super::*;
 use crate::quota::global::{store::Store, GlobalSettings, OnError};
+use crate::upstream::{HealthCheck, OutlierDetection};
 use crate::quota::{Advertise, ConcurrencySpec, KeySpec, Mode, RateSpec, Scope, DEFAULT_MAX_KEYS};
 use crate::route::PathPattern;
 
@@ -39,6 +40,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, Errors> {
         v.check("events.webhook", parsed)
     });
     let global = raw.global.as_ref().and_then(|g| v.global(g));
+    let health_check = raw.health_check.as_ref().and_then(|h| v.health_check(h));
+    let outlier_detection = raw.outlier_detection.as_ref().and_then(|o| v.outlier_detection(o));
     let mut names = HashSet::new();
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, route) in raw.routes.iter().enumerate() {
@@ -90,6 +93,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, Errors> {
         routes,
         webhook,
         global,
+        health_check,
+        outlier_detection,
         raw,
     })
 }
@@ -298,6 +303,51 @@ impl Validator {
             Some(s) => self.check(&format!("{at}.scope"), Scope::parse(s)),
             None => Some(Scope::Local),
         }
+    }
+
+    fn health_check(&mut self, raw: &RawHealthCheck) -> Option<HealthCheck> {
+        let path = if raw.path.starts_with('/') && raw.path.parse::<http::uri::PathAndQuery>().is_ok() {
+            Some(raw.path.clone())
+        } else {
+            self.error("health_check.path", format!("`{}` is not a path: write one like /healthz", raw.path));
+            None
+        };
+        let mut duration = |path: &str, text: &Option<String>, default: u64| match text {
+            Some(t) => self.duration(path, t),
+            None => Some(Duration::from_secs(default)),
+        };
+        let interval = duration("health_check.interval", &raw.interval, 5);
+        let timeout = duration("health_check.timeout", &raw.timeout, 1);
+        if let (Some(interval), Some(timeout)) = (interval, timeout) {
+            if timeout > interval {
+                self.error("health_check.timeout", "must not be longer than health_check.interval");
+            }
+        }
+        let mut count = |path: &str, n: &Option<Count>, default: u64| match n {
+            Some(n) => self.check(path, whole(n, 1, 100, "")),
+            None => Some(default),
+        };
+        let unhealthy_after = count("health_check.unhealthy_after", &raw.unhealthy_after, 3);
+        let healthy_after = count("health_check.healthy_after", &raw.healthy_after, 2);
+        Some(HealthCheck {
+            path: path?,
+            interval: interval?,
+            timeout: timeout?,
+            unhealthy_after: unhealthy_after? as u32,
+            healthy_after: healthy_after? as u32,
+        })
+    }
+
+    fn outlier_detection(&mut self, raw: &RawOutlierDetection) -> Option<OutlierDetection> {
+        let consecutive_failures = match &raw.consecutive_failures {
+            Some(n) => self.check("outlier_detection.consecutive_failures", whole(n, 1, 1000, "")),
+            None => Some(5),
+        };
+        let ejection_time = match &raw.ejection_time {
+            Some(t) => self.duration("outlier_detection.ejection_time", t),
+            None => Some(Duration::from_secs(30)),
+        };
+        Some(OutlierDetection { consecutive_failures: consecutive_failures? as u32, ejection_time: ejection_time? })
     }
 
     fn global(&mut self, raw: &RawGlobal) -> Option<GlobalSettings> {

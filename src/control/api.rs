@@ -348,9 +348,19 @@ async fn status(State(ctl): Ctl, headers: HeaderMap) -> Result<Json<Value>, Prob
             "service_quota": snapshot.service.global.as_deref().map(global_quotas),
         })
     });
+    let health = ctl.live.health.report();
+    let upstream = json!({
+        "healthy": health.healthy,
+        "for_seconds": health.since.map(|since| now.saturating_sub(since).as_secs_f64()),
+        "cause": health.cause.map(|c| c.to_string()),
+        "consecutive_failures": health.failures,
+        "health_check": snapshot.config.health_check.as_ref().map(|c| c.path.clone()),
+        "outlier_detection": snapshot.config.outlier_detection.is_some(),
+    });
     Ok(Json(json!({
         "service": snapshot.config.service,
         "version": snapshot.version,
+        "upstream": upstream,
         "global": global,
         "routes": routes,
     })))

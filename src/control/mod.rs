@@ -270,12 +270,15 @@ async fn metrics(State(live): State<Arc<Live>>) -> impl IntoResponse {
 }
 
 /// Ready while serving; not ready from SIGTERM on (through `limits.drain_delay` and the
-/// drain), so the endpoints controller takes the pod out before its connections close.
+/// drain), so the endpoints controller takes the pod out before its connections close; nor
+/// while the service is held unhealthy, so that traffic goes to replicas whose service is up.
 async fn ready(State(live): State<Arc<Live>>) -> (StatusCode, &'static str) {
-    if live.ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
+    if !live.ready() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if !live.health.healthy() {
+        (StatusCode::SERVICE_UNAVAILABLE, "the service is unhealthy\n")
+    } else {
+        (StatusCode::OK, "ready\n")
     }
 }
 

@@ -121,6 +121,11 @@ impl Proxy {
             return local(respond::problem(status, detail, close), guard, Origin::Rejected);
         }
         let route = snapshot.route_at(index);
+        if !self.live.health.healthy() {
+            // Health checks or failed requests in a row hold the service down: refused at
+            // once, before any quota is spent, instead of waiting to fail.
+            return unhealthy(&self.live, &snapshot, guard, close);
+        }
 
         // (In a block: what the quotas admitted is not kept across the wait for the service.)
         let advertised = {
@@ -189,11 +194,14 @@ impl Proxy {
             }
             Err(e) => {
                 tracing::debug!(route = &*route.name, error = %e, "upstream request failed");
+                self.live.health.answered(true, snapshot.config.outlier_detection.as_ref(), self.live.clock());
                 let response = respond::problem(StatusCode::BAD_GATEWAY, "the service could not be reached", false);
                 return local(response, guard, Origin::UpstreamError);
             }
         };
 
+        let failed = head.status.is_server_error();
+        self.live.health.answered(failed, snapshot.config.outlier_detection.as_ref(), self.live.clock());
         if let Some(measure) = &mut guard.measure {
             measure.status = head.status.as_u16();
         }
@@ -231,6 +239,16 @@ fn refused(
         RefusalKind::Unavailable { .. } => Origin::QuotaUnavailable,
     };
     local(respond::refused(refusal, close), guard, origin)
+}
+
+/// 503 while the service is held unhealthy, with when to try again.
+#[cold]
+fn unhealthy(live: &Live, snapshot: &crate::snapshot::Snapshot, guard: Guard, close: bool) -> Response<ProxyBody> {
+    let interval = snapshot.config.health_check.as_ref().map(|c| c.interval);
+    let wait = live.health.retry_after(interval, live.clock());
+    let mut response = respond::problem(StatusCode::SERVICE_UNAVAILABLE, "the service is unhealthy", close);
+    response.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(wait));
+    local(response, guard, Origin::UpstreamUnhealthy)
 }
 
 /// A response sluice made itself, measured with `origin` when its body is sent.
