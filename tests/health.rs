@@ -42,7 +42,8 @@ fn events(sluice: &Sluice, kind: &str) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_health_check_turns_readyz_and_requests_to_503_and_back() {
     let service = Scripted::start(service).await;
-    let check = "health_check: { path: /healthz, interval: 100ms, timeout: 50ms, unhealthy_after: 3, healthy_after: 2 }\n";
+    let check =
+        "health_check: { path: /healthz, interval: 100ms, timeout: 50ms, unhealthy_after: 3, healthy_after: 2 }\n";
     let sluice = Sluice::start_before(service.addr, check).await;
     eventually("a first check", Duration::from_secs(2), async || {
         service.request_lines.lock().unwrap().iter().any(|l| l.starts_with("GET /healthz"))
@@ -67,7 +68,10 @@ async fn a_failing_health_check_turns_readyz_and_requests_to_503_and_back() {
     assert!(times[18] < Duration::from_millis(5), "refused in {times:?}");
     let metrics = sluice.scrape().await;
     assert_eq!(metrics.value("sluice_upstream_healthy", ""), 0.0);
-    assert_eq!(metrics.value("sluice_requests_total", "code_class=\"5xx\",origin=\"upstream_unhealthy\",route=\"unmatched\""), 20.0);
+    assert_eq!(
+        metrics.value("sluice_requests_total", "code_class=\"5xx\",origin=\"upstream_unhealthy\",route=\"unmatched\""),
+        20.0
+    );
     eventually("the event", Duration::from_secs(1), async || events(&sluice, "upstream_unhealthy") == 1).await;
 
     DOWN.store(false, Ordering::SeqCst);

@@ -10,9 +10,9 @@ use http::Method;
 
 use super::*;
 use crate::quota::global::{store::Store, GlobalSettings, OnError};
-use crate::upstream::{HealthCheck, OutlierDetection};
 use crate::quota::{Advertise, ConcurrencySpec, KeySpec, Mode, RateSpec, Scope, DEFAULT_MAX_KEYS};
 use crate::route::PathPattern;
+use crate::upstream::{HealthCheck, OutlierDetection};
 
 type Errors = Vec<(String, String)>;
 
