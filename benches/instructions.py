@@ -42,6 +42,10 @@ CONFIGS = {
     "full": FULL.format(quota=QUOTA.format(advertise="")),
     # the same, its quota advertising on every response (`advertise: always`)
     "full-advertise": FULL.format(quota=QUOTA.format(advertise=", advertise: always")),
+    # the same with retries that never fire (the service never fails): issue 22's healthy path;
+    # a build without retries refuses it, so its row is read against the baseline's `full`
+    "full-retries": FULL.format(quota=QUOTA.format(advertise=""))
+    + '    retries: { attempts: 2, on: [connect_error, reset, "503"], per_try_timeout: 5s, budget: 20% }\n',
     # one never-refusing keyed rate quota (compare.py's `sluice-local`), and the same shared
     # by every replica on a real redis-server (`sluice-global`; REDIS is its address; a
     # timeout of 1s, as under callgrind a call is far slower than in production)

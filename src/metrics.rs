@@ -105,10 +105,28 @@ pub enum Decision {
 
 const DECISIONS: [&str; 4] = ["allowed", "limited", "shadow_limited", "degraded_allowed"];
 
+/// What became of a retry, or of a failure that was not retried (`retries` on a route).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryResult {
+    /// A retry was sent.
+    Retried = 0,
+    /// A request that failed got its answer on a retry.
+    Succeeded,
+    /// A failure `on` names went back as it was: every attempt was spent,
+    AttemptsExhausted,
+    /// the retry budget was,
+    BudgetExhausted,
+    /// or trying again was not safe (the method is not idempotent, or its body went).
+    Unsafe,
+}
+
+const RETRY_RESULTS: [&str; 5] = ["retried", "succeeded", "attempts_exhausted", "budget_exhausted", "unsafe"];
+
 /// The handles of one route.
 pub struct RouteMetrics {
     requests: [IntCounter; OUTCOMES.len()],
     decisions: [IntCounter; DECISIONS.len()],
+    retries: [IntCounter; RETRY_RESULTS.len()],
     pub inflight: IntGauge,
     duration: Histogram,
 }
@@ -126,6 +144,11 @@ impl RouteMetrics {
         if origin.reached_service() {
             self.duration.observe(duration.as_secs_f64());
         }
+    }
+
+    #[cold]
+    pub fn retry(&self, result: RetryResult) {
+        self.retries[result as usize].inc();
     }
 
     pub fn decisions(&self, decision: Decision) -> u64 {
@@ -197,6 +220,7 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     decisions: IntCounterVec,
+    retries: IntCounterVec,
     inflight: IntGaugeVec,
     sla_objective: GaugeVec,
     sla_threshold: GaugeVec,
@@ -249,6 +273,11 @@ impl Metrics {
             "sluice_quota_decisions_total",
             "Rate and concurrency quota decisions by route: allowed, limited (refused) or shadow_limited (a shadow quota would have refused).",
             &["route", "decision"],
+        );
+        let retries = counter(
+            "sluice_upstream_retries_total",
+            "Retries to the service by route and result: retried (a retry sent), succeeded (answered on a retry), and failures not retried: attempts_exhausted, budget_exhausted, unsafe (not idempotent, or its body went).",
+            &["route", "result"],
         );
         let reloads = counter(
             "sluice_config_reloads_total",
@@ -363,6 +392,7 @@ impl Metrics {
             registry,
             requests,
             decisions,
+            retries,
             inflight,
             sla_objective,
             sla_threshold,
@@ -417,6 +447,7 @@ impl Metrics {
         Arc::new(RouteMetrics {
             requests: OUTCOMES.map(|(origin, class)| self.requests.with_label_values(&[name, class, origin.as_str()])),
             decisions: DECISIONS.map(|d| self.decisions.with_label_values(&[name, d])),
+            retries: RETRY_RESULTS.map(|r| self.retries.with_label_values(&[name, r])),
             inflight: self.inflight.with_label_values(&[name]),
             duration,
         })
@@ -432,6 +463,9 @@ impl Metrics {
             }
             for (origin, class) in OUTCOMES {
                 let _ = self.requests.remove_label_values(&[&name, class, origin.as_str()]);
+            }
+            for r in RETRY_RESULTS {
+                let _ = self.retries.remove_label_values(&[&name, r]);
             }
             for d in DECISIONS {
                 let _ = self.decisions.remove_label_values(&[&name, d]);

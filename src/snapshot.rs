@@ -3,6 +3,7 @@
 //! takes over the limiter state of every quota that did not change, so a reload gives
 //! nobody a fresh burst and drops no in-flight count.
 
+use crate::upstream::retry::Retries;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -120,6 +121,8 @@ pub struct RouteState {
     pub advertised_policy: Option<http::HeaderValue>,
     /// Whether a global quota (this route's or the service's) applies.
     pub global: bool,
+    /// `retries`, with its budget (kept across reloads while the policy stays the same).
+    pub retries: Option<Arc<Retries>>,
 }
 
 pub struct Snapshot {
@@ -178,6 +181,10 @@ impl Snapshot {
                     quotas,
                     sla: RouteSla::build(route.sla.as_ref(), before.map(|r| &r.sla)),
                     metrics: metrics.route(&name, threshold),
+                    retries: route.retries.as_ref().map(|policy| {
+                        let kept = before.and_then(|r| r.retries.as_ref()).filter(|r| r.policy == *policy);
+                        kept.cloned().unwrap_or_else(|| Arc::new(Retries::new(policy.clone())))
+                    }),
                     name,
                     timeout: route.timeout,
                 }
@@ -191,6 +198,7 @@ impl Snapshot {
             quotas: Quotas::default(),
             sla: RouteSla::default(),
             metrics: metrics.route(UNMATCHED, None),
+            retries: None,
         };
         let names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).chain([UNMATCHED]).collect();
         metrics.retain_routes(&names);

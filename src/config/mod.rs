@@ -115,6 +115,7 @@ pub struct Route {
     pub quota: Option<RateSpec>,
     pub concurrency: Option<ConcurrencySpec>,
     pub sla: Option<Sla>,
+    pub retries: Option<crate::upstream::retry::RetryPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -327,7 +328,7 @@ routes:
             errors(&text),
             [
                 "7:20: routes[0].quota.rate: must be a whole number of at least 1, got -5",
-                "10:5: routes[1].qouta: Unknown field `qouta`, expected one of `name`, `match`, `timeout`, `quota`, `concurrency`, or `sla`",
+                "10:5: routes[1].qouta: Unknown field `qouta`, expected one of `name`, `match`, `timeout`, `quota`, `concurrency`, `sla`, or `retries`",
                 "12:12: routes[2].match: invalid type: string \"/c\", expected a mapping of its fields",
                 "15:51: routes[3].sla.latency.objective: `99.5` is not a percentage: write e.g. `99.9%`",
                 "15:73: routes[3].sla.availability: `120%` must lie strictly between 0% and 100%",

@@ -292,6 +292,21 @@ pub struct RawRoute {
     pub concurrency: Option<RawConcurrency>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sla: Option<RawSla>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<RawRetries>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetries {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<Count>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,10 +9,11 @@ use std::time::Duration;
 use http::Method;
 
 use super::*;
+
+mod upstream;
 use crate::quota::global::{store::Store, GlobalSettings, OnError};
 use crate::quota::{Advertise, ConcurrencySpec, KeySpec, Mode, RateSpec, Scope, DEFAULT_MAX_KEYS};
 use crate::route::PathPattern;
-use crate::upstream::{HealthCheck, OutlierDetection};
 
 type Errors = Vec<(String, String)>;
 
@@ -305,51 +306,6 @@ impl Validator {
         }
     }
 
-    fn health_check(&mut self, raw: &RawHealthCheck) -> Option<HealthCheck> {
-        let path = if raw.path.starts_with('/') && raw.path.parse::<http::uri::PathAndQuery>().is_ok() {
-            Some(raw.path.clone())
-        } else {
-            self.error("health_check.path", format!("`{}` is not a path: write one like /healthz", raw.path));
-            None
-        };
-        let mut duration = |path: &str, text: &Option<String>, default: u64| match text {
-            Some(t) => self.duration(path, t),
-            None => Some(Duration::from_secs(default)),
-        };
-        let interval = duration("health_check.interval", &raw.interval, 5);
-        let timeout = duration("health_check.timeout", &raw.timeout, 1);
-        if let (Some(interval), Some(timeout)) = (interval, timeout) {
-            if timeout > interval {
-                self.error("health_check.timeout", "must not be longer than health_check.interval");
-            }
-        }
-        let mut count = |path: &str, n: &Option<Count>, default: u64| match n {
-            Some(n) => self.check(path, whole(n, 1, 100, "")),
-            None => Some(default),
-        };
-        let unhealthy_after = count("health_check.unhealthy_after", &raw.unhealthy_after, 3);
-        let healthy_after = count("health_check.healthy_after", &raw.healthy_after, 2);
-        Some(HealthCheck {
-            path: path?,
-            interval: interval?,
-            timeout: timeout?,
-            unhealthy_after: unhealthy_after? as u32,
-            healthy_after: healthy_after? as u32,
-        })
-    }
-
-    fn outlier_detection(&mut self, raw: &RawOutlierDetection) -> Option<OutlierDetection> {
-        let consecutive_failures = match &raw.consecutive_failures {
-            Some(n) => self.check("outlier_detection.consecutive_failures", whole(n, 1, 1000, "")),
-            None => Some(5),
-        };
-        let ejection_time = match &raw.ejection_time {
-            Some(t) => self.duration("outlier_detection.ejection_time", t),
-            None => Some(Duration::from_secs(30)),
-        };
-        Some(OutlierDetection { consecutive_failures: consecutive_failures? as u32, ejection_time: ejection_time? })
-    }
-
     fn global(&mut self, raw: &RawGlobal) -> Option<GlobalSettings> {
         let timeout = match &raw.timeout {
             Some(t) => self.duration("global.timeout", t),
@@ -410,6 +366,11 @@ impl Validator {
             Some(s) => self.sla(&format!("{at}.sla"), s).map(Some),
             None => Some(None),
         };
+        let retries = match (&raw.retries, timeout) {
+            (Some(r), Some(timeout)) => self.retries(&format!("{at}.retries"), r, timeout).map(Some),
+            (Some(_), None) => None,
+            (None, _) => Some(None),
+        };
         Some(Route {
             name: raw.name.clone(),
             method: method?,
@@ -418,6 +379,7 @@ impl Validator {
             quota: quota?,
             concurrency: concurrency?,
             sla: sla?,
+            retries: retries?,
         })
     }
 

@@ -261,7 +261,7 @@ fn timed_out() -> io::Error {
 }
 
 /// RFC 9110 §9.2.2.
-fn is_idempotent(method: &Method) -> bool {
+pub fn is_idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
 

@@ -6,7 +6,8 @@
 //!    applies, [`global`] the quotas shared with every replica through Redis.
 //! 4. [`upstream::write_head`] writes the request's head for the service; it goes out on
 //!    one of the worker's [`pool`]ed connections under the route's timeout (504); failures are
-//!    502s. sluice speaks HTTP/1.1 to the service itself: [`conn`] drives the connection
+//!    502s; [`send`] tries again what the route's `retries` allow. sluice speaks HTTP/1.1 to
+//!    the service itself: [`conn`] drives the connection
 //!    on the request's task, [`h1`] writes and parses the bytes.
 //! 5. The response streams back in a [`ProxyBody`] that holds the request's [`Guard`]
 //!    (concurrency slots, in-flight count, [`Measure`]) until its last byte or the client
@@ -31,6 +32,7 @@ pub mod listener;
 mod pool;
 mod request;
 pub mod respond;
+mod send;
 mod upstream;
 
 use std::io;
@@ -172,7 +174,8 @@ impl Proxy {
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let write_head = |out: &mut Vec<u8>| upstream::write_head(&method, path, || fields.iter(), &forward, out);
         let deadline = tokio::time::Instant::from_std(start) + route.timeout; // from the request's start
-        let (mut head, lease) = match self.pool.send(service, &method, write_head, upload, upgrade, deadline).await {
+        let to = send::Send { snapshot: &snapshot, route, method: &method, upgrade, deadline };
+        let (mut head, lease) = match self.send(to, write_head, upload).await.map_err(|failed| failed.error) {
             Ok(sent) => sent,
             Err(e) if conn::client_fault(&e).is_some() => {
                 // The client's doing, not the service's: answered (if anyone is left to

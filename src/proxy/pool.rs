@@ -40,6 +40,16 @@ struct Idle {
     since: Instant,
 }
 
+/// A request that got no answer's head.
+pub struct SendError {
+    pub error: io::Error,
+    /// No connection could be made (an error of kind `TimedOut`: not by the deadline), so
+    /// nothing of the request left sluice.
+    pub connect: bool,
+    /// The request's body, when none of it was sent: it may go again.
+    pub upload: Option<Box<Upload>>,
+}
+
 /// A connection out of the pool for one request and its response.
 pub struct Lease {
     pool: Arc<Pool>,
@@ -104,13 +114,16 @@ impl Pool {
         mut upload: Option<Box<Upload>>,
         upgrade: bool,
         deadline: tokio::time::Instant,
-    ) -> io::Result<(Head, Lease)> {
+    ) -> Result<(Head, Lease), SendError> {
         loop {
             let (mut conn, pooled) = match self.take(upstream) {
                 Some(conn) => (conn, true),
                 // Boxed: connecting (and resolving) is rare, and its future would otherwise
                 // make every request's future larger to move (530 instructions a request).
-                None => (Box::pin(Conn::open(upstream, deadline)).await?, false),
+                None => match Box::pin(Conn::open(upstream, deadline)).await {
+                    Ok(conn) => (conn, false),
+                    Err(error) => return Err(SendError { error, connect: true, upload }),
+                },
             };
             // Only a request without a body is tried again, so the upload is never needed twice.
             match conn.exchange(method, &write_head, upload.take(), upgrade, deadline).await {
@@ -120,7 +133,7 @@ impl Pool {
                     return Ok((head, lease));
                 }
                 Err(failure) if pooled && failure.retryable => {}
-                Err(failure) => return Err(failure.error),
+                Err(failure) => return Err(SendError { error: failure.error, connect: false, upload: None }),
             }
         }
     }
@@ -250,7 +263,8 @@ mod tests {
     ) -> io::Result<(Head, Lease)> {
         let head = format!("{method} / HTTP/1.1\r\nhost: test\r\n\r\n");
         let write_head = |out: &mut Vec<u8>| out.extend_from_slice(head.as_bytes());
-        pool.send(upstream, &method, write_head, None, false, tokio::time::Instant::now() + timeout).await
+        let deadline = tokio::time::Instant::now() + timeout;
+        pool.send(upstream, &method, write_head, None, false, deadline).await.map_err(|e| e.error)
     }
 
     #[tokio::test]

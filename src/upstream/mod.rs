@@ -4,5 +4,6 @@
 
 pub mod health;
 pub mod probe;
+pub mod retry;
 
 pub use health::{Cause, Change, Health, HealthCheck, OutlierDetection};
