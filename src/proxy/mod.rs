@@ -174,8 +174,22 @@ impl Proxy {
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let write_head = |out: &mut Vec<u8>| upstream::write_head(&method, path, || fields.iter(), &forward, out);
         let deadline = tokio::time::Instant::from_std(start) + route.timeout; // from the request's start
-        let to = send::Send { snapshot: &snapshot, route, method: &method, upgrade, deadline };
-        let (mut head, lease) = match self.send(to, write_head, upload).await.map_err(|failed| failed.error) {
+        let mut tries = send::Tries::new(route, upload.is_some(), tokio::time::Instant::from_std(start), deadline);
+        let mut upload = upload;
+        let sent = loop {
+            // Sent, and sent again as far as the route's `retries` allow.
+            let try_deadline = tries.start_try();
+            let sent = self.pool.send(service, &method, &write_head, upload.take(), upgrade, try_deadline).await;
+            match tries.next(sent, route, &method, upgrade, (&self.live, &snapshot)) {
+                send::Next::Done(sent) => break sent,
+                send::Next::Again { upload: body, wait } => {
+                    upload = body;
+                    // Boxed: the wait is rare, and its timer would otherwise be part of every request's future.
+                    Box::pin(tokio::time::sleep(wait)).await;
+                }
+            }
+        };
+        let (mut head, lease) = match sent.map_err(|failed| failed.error) {
             Ok(sent) => sent,
             Err(e) if conn::client_fault(&e).is_some() => {
                 // The client's doing, not the service's: answered (if anyone is left to
@@ -197,14 +211,14 @@ impl Proxy {
             }
             Err(e) => {
                 tracing::debug!(route = &*route.name, error = %e, "upstream request failed");
-                self.live.health.answered(true, snapshot.config.outlier_detection.as_ref(), self.live.clock());
+                self.live.health.answered(true, snapshot.config.outlier_detection.as_ref(), || self.live.clock());
                 let response = respond::problem(StatusCode::BAD_GATEWAY, "the service could not be reached", false);
                 return local(response, guard, Origin::UpstreamError);
             }
         };
 
         let failed = head.status.is_server_error();
-        self.live.health.answered(failed, snapshot.config.outlier_detection.as_ref(), self.live.clock());
+        self.live.health.answered(failed, snapshot.config.outlier_detection.as_ref(), || self.live.clock());
         if let Some(measure) = &mut guard.measure {
             measure.status = head.status.as_u16();
         }

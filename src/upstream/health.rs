@@ -100,10 +100,12 @@ impl Health {
         self.healthy.load(Relaxed)
     }
 
-    /// A request's outcome at `now`: `failed` for a connect error, a reset or a 5xx from
-    /// the service. With `outlier`, enough failures in a row mark the service unhealthy.
+    /// A request's outcome, `now` the time (asked for only when the service is marked
+    /// unhealthy: a clock read per request costs): `failed` for a connect error, a reset or
+    /// a 5xx from the service. With `outlier`, enough failures in a row mark the service
+    /// unhealthy.
     #[inline]
-    pub fn answered(&self, failed: bool, outlier: Option<&OutlierDetection>, now: Duration) {
+    pub fn answered(&self, failed: bool, outlier: Option<&OutlierDetection>, now: impl FnOnce() -> Duration) {
         if !failed {
             if self.failures.load(Relaxed) != 0 {
                 self.failures.store(0, Relaxed);
@@ -112,7 +114,7 @@ impl Health {
         }
         let failures = self.failures.fetch_add(1, Relaxed) + 1;
         if let Some(outlier) = outlier.filter(|o| failures >= o.consecutive_failures) {
-            self.eject(failures, outlier, now);
+            self.eject(failures, outlier, now());
         }
     }
 
@@ -245,14 +247,14 @@ mod tests {
         let h = Health::default();
         let o = outlier();
         for _ in 0..4 {
-            h.answered(true, Some(&o), S);
+            h.answered(true, Some(&o), || S);
         }
-        h.answered(false, Some(&o), S); // a success starts the count again
+        h.answered(false, Some(&o), || S); // a success starts the count again
         for _ in 0..4 {
-            h.answered(true, Some(&o), S);
+            h.answered(true, Some(&o), || S);
         }
         assert!(h.healthy());
-        h.answered(true, Some(&o), 2 * S);
+        h.answered(true, Some(&o), || 2 * S);
         assert!(!h.healthy());
         assert_eq!(h.take_changes(), vec![Change::Unhealthy(Cause::Requests { failed: 5 })]);
         assert_eq!(h.retry_after(None, 12 * S), 20);
@@ -269,7 +271,7 @@ mod tests {
         let h = Health::default();
         let (c, o) = (check(), outlier());
         for _ in 0..5 {
-            h.answered(true, Some(&o), S);
+            h.answered(true, Some(&o), || S);
         }
         assert!(!h.healthy());
         h.tick(true, 100 * S);
@@ -284,7 +286,7 @@ mod tests {
     fn without_outlier_detection_failures_are_counted_only() {
         let h = Health::default();
         for _ in 0..100 {
-            h.answered(true, None, S);
+            h.answered(true, None, || S);
         }
         assert!(h.healthy());
         assert_eq!(h.report().failures, 100);
