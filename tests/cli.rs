@@ -215,7 +215,7 @@ fn validate_and_run_list_all_four_mistakes_of_a_file() {
     let file = bad.display().to_string();
     let expected = [
         format!("{file}:7:20: routes[0].quota.rate: must be a whole number of at least 1, got -5"),
-        format!("{file}:8:5: routes[0].timout: Unknown field `timout`, expected one of `name`, `match`, `timeout`, `quota`, `concurrency`, or `sla`"),
+        format!("{file}:8:5: routes[0].timout: Unknown field `timout`, expected one of `name`, `match`, `timeout`, `quota`, `concurrency`, `sla`, or `retries`"),
         format!("{file}:11:52: routes[1].sla.latency.objective: `99` is not a percentage: write e.g. `99.9%`"),
         format!("{file}:11:66: routes[1].sla.window: `1m` is shorter than 1h"),
     ];
