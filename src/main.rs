@@ -127,6 +127,14 @@ fn main() -> ExitCode {
 /// (SIGUSR2), it takes the listeners and state of the process that started it, and tells
 /// that process when its config is bad.
 async fn run(path: PathBuf) -> ExitCode {
+    // First: a signal from here on waits for the serving loop rather than killing the process.
+    let signals = match sluice::server::Signals::take() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("sluice: cannot take the signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let takeover = match sluice::lifecycle::takeover::Takeover::from_env().await {
         Ok(takeover) => takeover,
         Err(e) => {
@@ -156,7 +164,7 @@ async fn run(path: PathBuf) -> ExitCode {
                 Some(takeover) => sluice::server::take_over(config, Some(path), takeover).await?,
                 None => sluice::server::start(config, Some(path)).await?,
             };
-            sluice::server::run_until_signalled(running).await?;
+            sluice::server::run_until_signalled(running, signals).await?;
             Ok(())
         }
         .await,

@@ -363,16 +363,35 @@ impl Running {
     }
 }
 
+/// The signals [`run_until_signalled`] answers, taken before the process starts serving:
+/// one that arrives while it starts (a reload right after systemd's `READY=1`, an upgrade
+/// right after the listening line) waits for the loop instead of killing the process, as
+/// SIGHUP's and SIGUSR2's default actions would.
+pub struct Signals {
+    hangup: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    user2: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn take() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            hangup: signal(SignalKind::hangup())?,
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            user2: signal(SignalKind::user_defined2())?,
+        })
+    }
+}
+
 /// Serves until SIGTERM or SIGINT, then drains after `limits.drain_delay` (a second
 /// SIGTERM or SIGINT ends the delay). SIGHUP reloads the config file, delay or not.
 /// SIGUSR2 upgrades the binary ([`Running::upgrade`]): drains at once once the new process
 /// serves; a SIGTERM during an upgrade ends it (the new process is killed) and drains.
-pub async fn run_until_signalled(running: Running) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut user2 = signal(SignalKind::user_defined2())?;
+pub async fn run_until_signalled(running: Running, signals: Signals) -> std::io::Result<()> {
+    let Signals { mut hangup, mut terminate, mut interrupt, mut user2 } = signals;
     let mut upgrading = None;
     let upgraded = loop {
         tokio::select! {

@@ -82,6 +82,26 @@ async fn sighup_reloads_the_file() {
     eventually("SIGHUP to reload", Duration::from_secs(5), async || get(&client, &url).await.0.status() == 200).await;
 }
 
+/// A signal sent the moment the process says it serves (systemd's `ExecReload` right after
+/// `READY=1`) is answered, never the default action, which for SIGHUP and SIGUSR2 is to
+/// die. Ten processes, each sent SIGHUP at once after its listening line.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signal_right_after_the_listening_line_is_answered_not_fatal() {
+    let upstream = Upstream::start().await;
+    let dir = temp_dir("early-signal");
+    let path = dir.join("sluice.yaml");
+    std::fs::write(&path, config_text(upstream.addr, "routes:\n  - name: r\n    match: { path: \"/*\" }\n")).unwrap();
+    for round in 0..10 {
+        let mut process = Process::spawn(&path);
+        process.signal("HUP");
+        let url = format!("http://{}/x", process.addr);
+        assert_eq!(get(&client(), &url).await.0.status(), 200, "round {round}: the process died of a signal");
+        process.signal("TERM");
+        let code = tokio::task::spawn_blocking(move || process.wait(Duration::from_secs(10))).await.unwrap();
+        assert_eq!(code, Some(0), "round {round}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_in_flight_requests_then_exits_0() {
     let upstream = Upstream::start().await;

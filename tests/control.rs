@@ -767,13 +767,9 @@ async fn admin_calls_are_traced_without_their_token() {
     let process = Process::spawn_command(command);
     process.admin_json("/v1/status?traced=1", VIEWER).await;
 
-    let traced = || {
-        let log = LOG.lock().unwrap();
-        log.iter().filter(|l| l.contains("traced=1")).cloned().collect::<Vec<_>>()
-    };
+    let traced = || process.log().into_iter().filter(|l| l.contains("traced=1")).collect::<Vec<_>>();
     eventually("the call's span is logged", Duration::from_secs(5), async || !traced().is_empty()).await;
     let lines = traced();
     assert!(lines.iter().any(|l| l.contains("authorization") && l.contains("Sensitive")), "{lines:#?}");
-    let log = LOG.lock().unwrap();
-    assert!(!log.iter().any(|l| l.contains(VIEWER)), "the token is in the log");
+    assert!(!process.log().iter().any(|l| l.contains(VIEWER)), "the token is in the log");
 }

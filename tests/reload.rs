@@ -193,12 +193,12 @@ async fn a_file_change_that_drops_pushes_says_so() {
         applied["dropped"],
         serde_json::json!([{ "principal": "cp", "action": "PUT /v1/routes/r/quota", "version": 2 }])
     );
-    let warned = LOG.lock().unwrap().iter().any(|l| {
+    let warned = process.log().iter().any(|l| {
         l.contains("\"level\":\"WARN\"")
             && l.contains("PUT /v1/routes/r/quota by cp (version 2)")
             && l.contains("dropped")
     });
-    assert!(warned, "a warning names the dropped push: {:?}", LOG.lock().unwrap());
+    assert!(warned, "a warning names the dropped push: {:?}", process.log());
     let records = admin_get(&process, "/v1/audit").await["records"].as_array().unwrap().clone();
     let last = records.last().unwrap();
     assert_eq!((last["principal"].as_str(), last["action"].as_str()), (Some("file"), Some("reload (file)")));

@@ -444,6 +444,9 @@ pub struct Process {
     pub admin: SocketAddr,
     /// The process serving now: the child, or the last one a binary upgrade started.
     pid: std::sync::atomic::AtomicU32,
+    /// Its log lines, and those of the processes it started by binary upgrades (they write
+    /// to the same stderr): its own, not those of another test's processes.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Process {
@@ -458,6 +461,8 @@ impl Process {
         let mut child = command.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = log.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -468,27 +473,60 @@ impl Process {
                         let _ = tx.send((proxy.parse::<SocketAddr>().unwrap(), admin.parse::<SocketAddr>().unwrap()));
                     }
                 }
-                LOG.lock().unwrap().push(line);
+                lines.lock().unwrap().push(line);
             }
         });
         let (addr, admin) = rx.recv_timeout(Duration::from_secs(10)).expect("sluice started");
         let pid = child.id().into();
-        Self { child, addr, admin, pid }
+        Self { child, addr, admin, pid, log }
     }
 
     pub fn pid(&self) -> u32 {
         self.pid.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Its log lines so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// How many log lines it wrote so far: a mark for [`Process::logged`].
+    pub fn log_mark(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    /// Waits up to `within` for a JSON log line after `mark` whose message is `message`;
+    /// its fields.
+    pub async fn logged(&self, mark: usize, message: &str, within: Duration) -> serde_json::Value {
+        let mut found = None;
+        eventually(&format!("the log line {message:?}"), within, async || {
+            found = self.log_after(mark, message).into_iter().next();
+            found.is_some()
+        })
+        .await;
+        found.unwrap()
+    }
+
+    /// The `fields` of its JSON log lines from the `seen`th on whose message is `message`.
+    pub fn log_after(&self, seen: usize, message: &str) -> Vec<serde_json::Value> {
+        self.log.lock().unwrap()[seen..]
+            .iter()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|json| json["fields"]["message"] == message)
+            .map(|json| json["fields"].clone())
+            .collect()
+    }
+
     /// Sends SIGUSR2 and waits for the new process to take over; then signals go to it.
     /// Its pid.
     pub async fn upgrade(&self) -> u32 {
         let old = self.pid();
-        let seen = log_mark();
+        let seen = self.log_mark();
         self.signal("USR2");
         let mut new = None;
         eventually("the new process to take over", Duration::from_secs(10), async || {
-            new = log_after(seen, "upgrade: this process took over")
+            new = self
+                .log_after(seen, "upgrade: this process took over")
                 .into_iter()
                 .find(|fields| fields["from"].as_u64() == Some(u64::from(old)))
                 .and_then(|fields| fields["pid"].as_u64());
@@ -560,33 +598,3 @@ pub fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
 }
-
-/// How many log lines the processes wrote so far: a mark for [`logged`].
-pub fn log_mark() -> usize {
-    LOG.lock().unwrap().len()
-}
-
-/// Waits up to `within` for a JSON log line after `mark` whose message is `message`; its
-/// fields.
-pub async fn logged(mark: usize, message: &str, within: Duration) -> serde_json::Value {
-    let mut found = None;
-    eventually(&format!("the log line {message:?}"), within, async || {
-        found = log_after(mark, message).into_iter().next();
-        found.is_some()
-    })
-    .await;
-    found.unwrap()
-}
-
-/// The `fields` of the JSON log lines from the `seen`th on whose message is `message`.
-pub fn log_after(seen: usize, message: &str) -> Vec<serde_json::Value> {
-    LOG.lock().unwrap()[seen..]
-        .iter()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|json| json["fields"]["message"] == message)
-        .map(|json| json["fields"].clone())
-        .collect()
-}
-
-/// Every log line of processes started by this test binary.
-pub static LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
