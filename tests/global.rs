@@ -239,14 +239,23 @@ async fn allow_passes_while_redis_is_paused_counted_and_adding_under_5_ms() {
             times.push(start.elapsed());
         }
         times.sort();
-        times[n * 99 / 100]
+        times
     };
-    // Within the burst: the p99 with Redis up (leases: few calls).
+    // Within the burst: the times with Redis up (leases: few calls).
     let up = timed(15).await;
     redis.cli(&["client", "pause", "4000"]);
     // Paused: calls time out (global.timeout, 20 ms), the circuit opens, requests pass.
+    // The median adds under 5 ms, and at most 1 % of requests waited out a Redis timeout:
+    // the few before the circuit opened. (A p99 against the p99 of a short run read the
+    // shared machine's noise: 10 ms against 4.6 ms in CI, with nothing waiting on Redis.)
     let down = timed(300).await;
-    assert!(down < up + Duration::from_millis(5), "p99 {down:?} while paused, {up:?} while up");
+    let (up_median, down_median) = (up[up.len() / 2], down[down.len() / 2]);
+    assert!(
+        down_median < up_median + Duration::from_millis(5),
+        "median {down_median:?} while paused, {up_median:?} while up"
+    );
+    let waited = down.iter().filter(|t| **t >= up_median + Duration::from_millis(20)).count();
+    assert!(waited <= 3, "{waited} of 300 requests waited for Redis while it was paused: {:?}", &down[290..]);
     let metrics = sluice.scrape().await;
     assert!(metrics.value("sluice_quota_decisions_total", "route=\"r\",decision=\"degraded_allowed\"") >= 290.0);
     assert!(metrics.value("sluice_global_quota_calls_total", "result=\"timeout\"") >= 1.0);
