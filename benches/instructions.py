@@ -46,6 +46,9 @@ CONFIGS = {
     # a build without retries refuses it, so its row is read against the baseline's `full`
     "full-retries": FULL.format(quota=QUOTA.format(advertise=""))
     + '    retries: { attempts: 2, on: [connect_error, reset, "503"], per_try_timeout: 5s, budget: 20% }\n',
+    # the same with a circuit breaker that never trips: issue 22's caps, counted per request
+    "full-breaker": "circuit_breaker: { max_requests: 1000000, max_connections: 100000 }\n"
+    + FULL.format(quota=QUOTA.format(advertise="")),
     # one never-refusing keyed rate quota (compare.py's `sluice-local`), and the same shared
     # by every replica on a real redis-server (`sluice-global`; REDIS is its address; a
     # timeout of 1s, as under callgrind a call is far slower than in production)

@@ -197,6 +197,7 @@ async fn start_with(
     background.push(tokio::spawn(monitor::run(live.clone(), events.clone(), state_dir.clone())));
     background.push(tokio::spawn(heartbeat::run(live.clone(), events.clone())));
     background.push(tokio::spawn(crate::upstream::probe::run(live.clone(), events.clone())));
+    background.push(tokio::spawn(crate::upstream::resolve::run(live.clone())));
     let routers = [
         control::router(control::Control::new(live.clone(), events.clone(), overlay.clone(), audit.clone())),
         control::probes(live.clone()),

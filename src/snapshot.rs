@@ -282,6 +282,10 @@ pub struct Live {
     handed_over: AtomicBool,
     /// Whether the service is healthy: outlives snapshots, as the service does.
     pub health: crate::upstream::Health,
+    /// What the service is given at once, for `circuit_breaker`: outlives snapshots too.
+    pub breaker: Arc<crate::upstream::Breaker>,
+    /// The service's addresses, as its name last resolved (`dns_refresh`).
+    pub resolver: Arc<crate::upstream::resolve::Resolver>,
     pub metrics: Arc<Metrics>,
     /// The engines' clock: `origin` (the wall clock at start, since the Unix epoch) plus
     /// the steady time since `started`. It never goes back within a process, and it lines
@@ -327,6 +331,8 @@ impl Live {
             held: AtomicBool::new(false),
             handed_over: AtomicBool::new(false),
             health: crate::upstream::Health::default(),
+            breaker: crate::upstream::Breaker::new(),
+            resolver: crate::upstream::resolve::Resolver::new(),
             metrics,
             started: Instant::now(),
             origin,

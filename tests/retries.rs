@@ -124,7 +124,8 @@ async fn each_try_is_bounded_by_per_try_timeout_and_all_of_them_by_the_route_tim
 async fn retries_of_a_service_that_fails_half_the_time_stay_within_the_budget() {
     let service = Scripted::start(service).await;
     let routes = format!("routes:\n{}", route("flaky", "/flaky", "2s", "{ attempts: 3, on: [\"503\"], budget: 20% }"));
-    let sluice = Sluice::start_before(service.addr, &routes).await;
+    let viewer = "  tokens:\n    - { name: ops, role: viewer, token: retries-viewer-token }\n";
+    let sluice = Sluice::start_before(service.addr, &format!("{viewer}{routes}")).await;
     let requests = 2000;
     let answered = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -155,6 +156,15 @@ async fn retries_of_a_service_that_fails_half_the_time_stay_within_the_budget() 
     let metrics = sluice.scrape().await;
     assert_eq!(retries(&metrics, "flaky", "retried"), retried as f64);
     assert!(retries(&metrics, "flaky", "budget_exhausted") > 0.0);
+    // /v1/status shows the policy and the same counts.
+    let req = Request::get(sluice.admin_url("/v1/status")).header("authorization", "Bearer retries-viewer-token");
+    let (_, body) = send(&client(), req.body(empty()).unwrap()).await;
+    let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let shown = &status["routes"][0]["retries"];
+    assert_eq!((shown["attempts"].as_u64(), shown["budget_ratio"].as_f64()), (Some(3), Some(0.2)), "{shown}");
+    assert_eq!(shown["results"]["retried"], retried);
+    assert_eq!(shown["results"]["budget_exhausted"].as_f64(), Some(retries(&metrics, "flaky", "budget_exhausted")));
+    assert!(status["routes"][1]["retries"].is_null(), "route unmatched has no retries");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -47,6 +47,10 @@ pub struct Config {
     /// `health_check` and `outlier_detection`: what marks the service unhealthy.
     pub health_check: Option<crate::upstream::HealthCheck>,
     pub outlier_detection: Option<crate::upstream::OutlierDetection>,
+    /// `dns_refresh`: how often a host name `upstream` is resolved again (5 s).
+    pub dns_refresh: std::time::Duration,
+    /// `circuit_breaker`: caps on requests in flight and connections to the service.
+    pub circuit_breaker: Option<crate::upstream::CircuitBreaker>,
     /// What was written, for the control API to show and edit.
     pub raw: RawConfig,
 }

@@ -92,6 +92,12 @@ pub struct RawConfig {
     /// The service marked unhealthy by its answers: failures in a row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<RawOutlierDetection>,
+    /// How often the service's host name is resolved again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_refresh: Option<String>,
+    /// Caps on what the service is given at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<RawCircuitBreaker>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
 }
@@ -117,6 +123,15 @@ pub struct RawOutlierDetection {
     pub consecutive_failures: Option<Count>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ejection_time: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCircuitBreaker {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<Count>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<Count>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -43,6 +43,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, Errors> {
     let global = raw.global.as_ref().and_then(|g| v.global(g));
     let health_check = raw.health_check.as_ref().and_then(|h| v.health_check(h));
     let outlier_detection = raw.outlier_detection.as_ref().and_then(|o| v.outlier_detection(o));
+    let circuit_breaker = raw.circuit_breaker.as_ref().and_then(|b| v.circuit_breaker(b));
+    let dns_refresh = v.dns_refresh(raw.dns_refresh.as_deref());
     let mut names = HashSet::new();
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, route) in raw.routes.iter().enumerate() {
@@ -96,6 +98,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, Errors> {
         global,
         health_check,
         outlier_detection,
+        circuit_breaker,
+        dns_refresh: dns_refresh.expect("no errors"),
         raw,
     })
 }

@@ -16,7 +16,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::{etag, Audited, Control, Problem, Role};
 use crate::config::{self, Config, ConfigError, ConfigErrors};
 use crate::events::Event;
-use crate::metrics::Decision;
+use crate::metrics::{Decision, RetryResult};
 use crate::sla::{Report, Window};
 use crate::snapshot::Snapshot;
 
@@ -331,6 +331,7 @@ async fn status(State(ctl): Ctl, headers: HeaderMap) -> Result<Json<Value>, Prob
                 "rate_quota": rate,
                 "concurrency": concurrency,
                 "global_quota": route.quotas.global.as_deref().map(global_quotas),
+                "retries": route.retries.as_deref().map(|r| retries(r, &route.metrics)),
                 "sla": sla,
             })
         })
@@ -356,6 +357,10 @@ async fn status(State(ctl): Ctl, headers: HeaderMap) -> Result<Json<Value>, Prob
         "consecutive_failures": health.failures,
         "health_check": snapshot.config.health_check.as_ref().map(|c| c.path.clone()),
         "outlier_detection": snapshot.config.outlier_detection.is_some(),
+        "addresses": ctl.live.resolver.resolved(&snapshot.config.upstream).map(|a| {
+            a.addrs.iter().map(ToString::to_string).collect::<Vec<_>>()
+        }),
+        "circuit_breaker": circuit_breaker(snapshot.config.circuit_breaker, ctl.live.breaker.counts()),
     });
     Ok(Json(json!({
         "service": snapshot.config.service,
@@ -364,6 +369,33 @@ async fn status(State(ctl): Ctl, headers: HeaderMap) -> Result<Json<Value>, Prob
         "global": global,
         "routes": routes,
     })))
+}
+
+/// A route's retries, as `/v1/status` shows them: the policy, and what became of them.
+fn retries(retries: &crate::upstream::retry::Retries, metrics: &crate::metrics::RouteMetrics) -> Value {
+    let policy = &retries.policy;
+    let counts: serde_json::Map<String, Value> =
+        RetryResult::ALL.iter().map(|r| (r.as_str().to_string(), json!(metrics.retries(*r)))).collect();
+    json!({
+        "attempts": policy.attempts,
+        "per_try_timeout_seconds": policy.per_try_timeout.map(|t| t.as_secs_f64()),
+        "budget_ratio": policy.budget,
+        "results": counts,
+    })
+}
+
+/// The circuit breaker's caps and counts, as `/v1/status` shows them: connections to the
+/// service are always counted, requests in flight while `max_requests` is set.
+fn circuit_breaker(caps: Option<crate::upstream::CircuitBreaker>, counts: crate::upstream::breaker::Counts) -> Value {
+    use crate::upstream::breaker::Limit;
+    let max_requests = caps.and_then(|c| c.max_requests);
+    json!({
+        "max_requests": max_requests,
+        "max_connections": caps.and_then(|c| c.max_connections),
+        "requests": max_requests.map(|_| counts.requests),
+        "connections": counts.connections,
+        "refused": { Limit::Requests.as_str(): counts.trips[0], Limit::Connections.as_str(): counts.trips[1] },
+    })
 }
 
 /// A scope's global quotas, as `/v1/status` shows them.

@@ -13,6 +13,7 @@ use prometheus::{
 };
 
 use crate::sla::{Report, SliKind, Window};
+use crate::upstream::breaker::Limit;
 use process::Process;
 
 mod process;
@@ -35,6 +36,8 @@ pub enum Origin {
     QuotaUnavailable,
     /// Refused at once while the service is held unhealthy (503): the service's failure.
     UpstreamUnhealthy,
+    /// Refused at once past a cap of `circuit_breaker` (503): the service is behind.
+    UpstreamOverflow,
     /// The client's failure: its request body stalled past `limits.body_read_timeout`
     /// (408) or broke off (400), or it did not read its response within
     /// `limits.write_timeout` (cut). Never the service's: out of the SLIs.
@@ -53,20 +56,24 @@ impl Origin {
             Self::QuotaUnavailable => "quota_unavailable",
             Self::Client => "client",
             Self::UpstreamUnhealthy => "upstream_unhealthy",
+            Self::UpstreamOverflow => "upstream_overflow",
         }
     }
 
     /// Whether the request's outcome is the service's: it reached the service, or was
-    /// refused because the service is down (held unhealthy). Only those count in the SLIs
-    /// and the duration histogram. A refusal by a quota is sluice doing its job, not a
-    /// failure.
+    /// refused because the service is down (held unhealthy) or behind (the circuit
+    /// breaker). Only those count in the SLIs and the duration histogram. A refusal by a
+    /// quota is sluice doing its job, not a failure.
     pub fn reached_service(self) -> bool {
-        matches!(self, Self::Upstream | Self::Timeout | Self::UpstreamError | Self::UpstreamUnhealthy)
+        matches!(
+            self,
+            Self::Upstream | Self::Timeout | Self::UpstreamError | Self::UpstreamUnhealthy | Self::UpstreamOverflow
+        )
     }
 }
 
 /// The (origin, code class) pairs that can occur; one counter each, made up front.
-pub const OUTCOMES: [(Origin, &str); 13] = [
+pub const OUTCOMES: [(Origin, &str); 14] = [
     (Origin::Upstream, "1xx"),
     (Origin::Upstream, "2xx"),
     (Origin::Upstream, "3xx"),
@@ -80,6 +87,7 @@ pub const OUTCOMES: [(Origin, &str); 13] = [
     (Origin::QuotaUnavailable, "5xx"),
     (Origin::Client, "4xx"),
     (Origin::UpstreamUnhealthy, "5xx"),
+    (Origin::UpstreamOverflow, "5xx"),
 ];
 
 fn outcome(origin: Origin, status: u16) -> usize {
@@ -93,6 +101,7 @@ fn outcome(origin: Origin, status: u16) -> usize {
         Origin::QuotaUnavailable => 10,
         Origin::Client => 11,
         Origin::UpstreamUnhealthy => 12,
+        Origin::UpstreamOverflow => 13,
     }
 }
 
@@ -124,6 +133,15 @@ pub enum RetryResult {
 
 const RETRY_RESULTS: [&str; 5] = ["retried", "succeeded", "attempts_exhausted", "budget_exhausted", "unsafe"];
 
+impl RetryResult {
+    pub const ALL: [RetryResult; 5] =
+        [Self::Retried, Self::Succeeded, Self::AttemptsExhausted, Self::BudgetExhausted, Self::Unsafe];
+
+    pub fn as_str(self) -> &'static str {
+        RETRY_RESULTS[self as usize]
+    }
+}
+
 /// The handles of one route.
 pub struct RouteMetrics {
     requests: [IntCounter; OUTCOMES.len()],
@@ -151,6 +169,11 @@ impl RouteMetrics {
     #[cold]
     pub fn retry(&self, result: RetryResult) {
         self.retries[result as usize].inc();
+    }
+
+    /// The count of `result`, for `/v1/status`.
+    pub fn retries(&self, result: RetryResult) -> u64 {
+        self.retries[result as usize].get()
     }
 
     pub fn decisions(&self, decision: Decision) -> u64 {
@@ -233,6 +256,8 @@ pub struct Metrics {
     /// 1 while the service is healthy, 0 while health checks or failed requests hold it
     /// down.
     pub upstream_healthy: IntGauge,
+    /// Requests refused by the circuit breaker, by [`Limit`].
+    upstream_overflow: [IntCounter; 2],
     /// Client connections open now, by listener (`proxy`, `admin`, `metrics`); see [`Open`].
     pub connections: IntGaugeVec,
     /// Client connections closed at once, by reason (`max_connections`).
@@ -286,6 +311,12 @@ impl Metrics {
             "Configs offered after the start, by source (file: the file changed; signal: SIGHUP; api: the control API) and result (success: a new version is live; unchanged: the same config, no new version; failure: refused, the previous config serves).",
             &["source", "result"],
         );
+        let overflow = counter(
+            "sluice_upstream_overflow_total",
+            "Requests refused at once (503) by the circuit breaker, by the cap they met: max_requests (in flight to the service) or max_connections (open to it).",
+            &["limit"],
+        );
+        let upstream_overflow = Limit::ALL.map(|limit| overflow.with_label_values(&[limit.as_str()]));
         let connections_refused = counter(
             "sluice_connections_refused_total",
             "Client connections closed as soon as they were accepted, by reason (max_connections: limits.max_connections were open).",
@@ -403,6 +434,7 @@ impl Metrics {
             sla_burn,
             config_version,
             upstream_healthy,
+            upstream_overflow,
             connections,
             connections_refused,
             reloads,
@@ -415,6 +447,11 @@ impl Metrics {
 
     /// The handles of route `name`, whose SLA latency threshold (if any) becomes a bucket
     /// edge. A route that keeps its name and buckets keeps its histogram across reloads.
+    /// A request refused by the circuit breaker's `limit`.
+    pub fn upstream_overflow(&self, limit: Limit) {
+        self.upstream_overflow[limit as usize].inc();
+    }
+
     /// The handles of the global quotas.
     pub fn global(&self) -> crate::quota::global::GlobalMetrics {
         self.global.clone()

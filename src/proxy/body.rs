@@ -24,6 +24,7 @@ use crate::metrics::Origin;
 use crate::quota::global::Slot;
 use crate::quota::Permit;
 use crate::snapshot::Snapshot;
+use crate::upstream::breaker::Connection;
 
 /// A request's body as it reaches the [`super::Proxy`].
 pub enum RequestBody {
@@ -79,7 +80,11 @@ enum Inner {
     Upstream(Decoder, Option<Lease>),
     /// The answer was `101`: the connection to the service, and what it sent after its
     /// head, for the client's connection to be joined with.
-    Tunnel(Option<(TcpStream, Bytes)>),
+    /// The socket (until taken), and its place in the count of connections to the service.
+    Tunnel {
+        service: Option<(TcpStream, Bytes)>,
+        _counted: Connection,
+    },
 }
 
 impl ProxyBody {
@@ -98,8 +103,12 @@ impl ProxyBody {
     }
 
     /// The body of a `101`: the connection to the service, holding the request's slots.
-    pub fn tunnel(service: (TcpStream, Bytes), fields: Fields, guard: Guard) -> Self {
-        Self { inner: Inner::Tunnel(Some(service)), guard: Some(guard), fields: Some(fields) }
+    pub fn tunnel((service, counted): ((TcpStream, Bytes), Connection), fields: Fields, guard: Guard) -> Self {
+        Self {
+            inner: Inner::Tunnel { service: Some(service), _counted: counted },
+            guard: Some(guard),
+            fields: Some(fields),
+        }
     }
 
     /// The service's fields, for the response head.
@@ -110,7 +119,7 @@ impl ProxyBody {
     /// The connection to the service, if this is the body of a `101`.
     pub fn take_tunnel(&mut self) -> Option<(TcpStream, Bytes)> {
         match &mut self.inner {
-            Inner::Tunnel(service) => service.take(),
+            Inner::Tunnel { service, .. } => service.take(),
             _ => None,
         }
     }
@@ -120,7 +129,7 @@ impl ProxyBody {
     pub fn local_bytes(self) -> Option<Bytes> {
         match self.inner {
             Inner::Local(bytes) => bytes,
-            Inner::Upstream(..) | Inner::Tunnel(_) => None,
+            Inner::Upstream(..) | Inner::Tunnel { .. } => None,
         }
     }
 
@@ -163,7 +172,7 @@ impl Body for ProxyBody {
                     frame
                 }
             },
-            Inner::Tunnel(_) => None,
+            Inner::Tunnel { .. } => None,
         };
         if !matches!(frame, Some(Ok(_))) {
             // The end, or the upstream failed: the request is over either way.
@@ -176,7 +185,7 @@ impl Body for ProxyBody {
         match &self.inner {
             Inner::Local(bytes) => bytes.is_none(),
             Inner::Upstream(body, _) => body.is_done(),
-            Inner::Tunnel(_) => true,
+            Inner::Tunnel { .. } => true,
         }
     }
 
@@ -184,7 +193,7 @@ impl Body for ProxyBody {
         match &self.inner {
             Inner::Local(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Inner::Upstream(body, _) => body.remaining().map_or_else(SizeHint::default, SizeHint::with_exact),
-            Inner::Tunnel(_) => SizeHint::with_exact(0),
+            Inner::Tunnel { .. } => SizeHint::with_exact(0),
         }
     }
 }
@@ -197,6 +206,8 @@ pub struct Guard {
     /// Slots of global concurrency quotas (the route's, the service's), when any is held:
     /// boxed, so a request on a route without one carries a pointer's worth.
     pub slots: Option<Box<[Option<Slot>; 2]>>,
+    /// Its place among the requests in flight to the service, under `circuit_breaker`.
+    pub sent: Option<crate::upstream::breaker::InFlight>,
     pub measure: Option<Measure>,
     pub _in_flight: InFlight,
 }

@@ -21,6 +21,8 @@ use tokio::time::{Instant, Sleep};
 
 use super::h1::{self, Decoder, Event, Framing, Head, Parsed};
 use super::RequestBody;
+use crate::upstream::breaker::Connection;
+use crate::upstream::resolve;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How much room a read gets to start with. It doubles while reads fill it (a large body),
@@ -44,9 +46,13 @@ pub struct Conn {
     read_size: usize,
     /// The service closed its side, or stopped taking the request body.
     closed: bool,
+    /// The generation of the service's addresses it was opened to (in `closed`'s padding).
+    pub generation: u32,
     /// The timer of the route's timeout, the connection's for all its requests and moved
     /// on lazily (see [`Conn::poll_deadline`]).
     timer: Pin<Box<Sleep>>,
+    /// Its place in the count of connections to the service (`circuit_breaker`).
+    counted: Connection,
 }
 
 /// A request that did not get its answer.
@@ -61,8 +67,20 @@ pub struct Failure {
 impl Conn {
     /// A new connection to `upstream`, for a request whose answer is due by `deadline`.
     /// An error of kind `TimedOut`: the deadline passed first.
-    pub async fn open(upstream: &Authority, deadline: Instant) -> io::Result<Conn> {
-        let connect = TcpStream::connect(address(upstream));
+    /// Connects to `addrs` in turn, as the service's name last resolved; to `upstream`
+    /// itself (resolved now) without them.
+    pub async fn open(
+        upstream: &Authority,
+        addrs: Option<&[std::net::SocketAddr]>,
+        deadline: Instant,
+        counted: Connection,
+    ) -> io::Result<Conn> {
+        let connect = async {
+            match addrs {
+                Some(addrs) => TcpStream::connect(addrs).await,
+                None => TcpStream::connect(resolve::host_port(upstream)).await,
+            }
+        };
         let bound = Instant::now() + CONNECT_TIMEOUT;
         let stream = match tokio::time::timeout_at(deadline.min(bound), connect).await {
             Ok(stream) => stream?,
@@ -78,7 +96,9 @@ impl Conn {
             upload: None,
             read_size: READ_CHUNK,
             closed: false,
+            generation: 0,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
+            counted,
         })
     }
 
@@ -251,8 +271,8 @@ impl Conn {
 
     /// The connection as a tunnel, after a `101`: the socket, and what the service sent
     /// after its head.
-    pub fn into_tunnel(self) -> (TcpStream, Bytes) {
-        (self.stream, self.buf.freeze())
+    pub fn into_tunnel(self) -> ((TcpStream, Bytes), Connection) {
+        ((self.stream, self.buf.freeze()), self.counted)
     }
 }
 
@@ -419,28 +439,5 @@ impl Upload {
                 }
             }
         }
-    }
-}
-
-/// Where to connect: the host as the resolver takes it (an IPv6 literal without its
-/// brackets) and the port, 80 if the URL names none.
-fn address(upstream: &Authority) -> (&str, u16) {
-    let host = upstream.host();
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    (host, upstream.port_u16().unwrap_or(80))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn addresses_the_resolver_takes() {
-        let address = |text: &str| {
-            let authority: http::uri::Authority = text.parse().unwrap();
-            let (host, port) = super::address(&authority);
-            (host.to_owned(), port)
-        };
-        assert_eq!(address("[::1]:8080"), ("::1".to_owned(), 8080));
-        assert_eq!(address("service.internal"), ("service.internal".to_owned(), 80));
-        assert_eq!(address("user:secret@10.0.0.7:9000"), ("10.0.0.7".to_owned(), 9000));
     }
 }

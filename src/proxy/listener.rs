@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use super::{front, h2c, Peer, Proxy, Tracker};
+use super::{front, h2c, pool, Peer, Proxy, Tracker};
 use crate::config::Limits;
 use crate::metrics::Open;
 use crate::snapshot::Live;
@@ -42,9 +42,11 @@ pub fn start(
     let running = Arc::new(Tracker::default());
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers.max(1)).map(|_| mpsc::unbounded_channel()).unzip();
     let mut listener = Some((listener, senders));
+    let pools = pool::Shared::new(live.breaker.clone(), live.resolver.clone());
     for (i, incoming) in receivers.into_iter().enumerate() {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let (live, requests, phase, accept) = (live.clone(), requests.clone(), phase.clone(), listener.take());
+        let pools = pools.clone();
         let alive = running.enter();
         std::thread::Builder::new().name(format!("sluice-worker-{i}")).spawn(move || {
             runtime.block_on(async move {
@@ -54,7 +56,7 @@ pub fn start(
                         Err(e) => tracing::error!(error = %e, "cannot serve the listener"),
                     }
                 }
-                serve(incoming, Proxy::new(live.clone(), requests), live, phase).await;
+                serve(incoming, Proxy::new(live.clone(), requests, pools), live, phase).await;
             });
             // The runtime goes first: the accepting task, and with it the listener, may
             // not have run since the phase changed.

@@ -49,7 +49,8 @@ pub use request::{ProxyRequest, RequestFields};
 
 use crate::metrics::{Decision, Origin};
 use crate::route::{self, BadPath};
-use crate::snapshot::Live;
+use crate::snapshot::{Live, RouteState, Snapshot};
+use crate::upstream::breaker::Limit;
 use respond::RefusalKind;
 
 /// The client at the other end of a connection, as each of its requests needs it.
@@ -78,8 +79,8 @@ pub struct Proxy {
 impl Proxy {
     /// Must be called on the worker's runtime: its pool of upstream connections lives
     /// there.
-    pub fn new(live: Arc<Live>, tracker: Arc<Tracker>) -> Self {
-        Self { live, pool: pool::Pool::new(), tracker }
+    pub fn new(live: Arc<Live>, tracker: Arc<Tracker>, pools: Arc<pool::Shared>) -> Self {
+        Self { live, pool: pool::Pool::new(pools), tracker }
     }
 
     pub async fn handle(&self, req: ProxyRequest, peer: &Peer) -> Response<ProxyBody> {
@@ -116,6 +117,7 @@ impl Proxy {
         let mut guard = Guard {
             permits: [None, None],
             slots: None,
+            sent: None,
             measure: Some(Measure::new(snapshot.clone(), index, start)),
             _in_flight: in_flight,
         };
@@ -159,9 +161,19 @@ impl Proxy {
             (guard.permits, guard.slots) = (admitted.permits, admitted.slots);
             admitted.advertised
         };
+        let breaker = snapshot.config.circuit_breaker;
+        if let Some(max) = breaker.and_then(|b| b.max_requests) {
+            // The circuit breaker's cap on requests in flight to the service: past it,
+            // refused at once rather than piled onto a service that is behind.
+            match self.live.breaker.request(max) {
+                Some(place) => guard.sent = Some(place),
+                None => return overflow(&self.live, Limit::Requests, guard, close),
+            }
+        }
 
         let upgrade = req.is_upgrade();
         let service = &snapshot.config.upstream;
+        let to = pool::Target { authority: service, max_connections: breaker.and_then(|b| b.max_connections) };
         let ProxyRequest { method, uri, fields, body, .. } = req;
         let (upload, framing) = conn::Upload::new(body, snapshot.config.limits.body_read_timeout);
         let forward = upstream::Forward {
@@ -179,7 +191,7 @@ impl Proxy {
         let sent = loop {
             // Sent, and sent again as far as the route's `retries` allow.
             let try_deadline = tries.start_try();
-            let sent = self.pool.send(service, &method, &write_head, upload.take(), upgrade, try_deadline).await;
+            let sent = self.pool.send(to, &method, &write_head, upload.take(), upgrade, try_deadline).await;
             match tries.next(sent, route, &method, upgrade, (&self.live, &snapshot)) {
                 send::Next::Done(sent) => break sent,
                 send::Next::Again { upload: body, wait } => {
@@ -189,32 +201,10 @@ impl Proxy {
                 }
             }
         };
-        let (mut head, lease) = match sent.map_err(|failed| failed.error) {
+        let (mut head, lease) = match sent {
             Ok(sent) => sent,
-            Err(e) if conn::client_fault(&e).is_some() => {
-                // The client's doing, not the service's: answered (if anyone is left to
-                // read it), closed, and kept out of the service's SLIs.
-                let response = match conn::client_fault(&e) {
-                    Some(conn::ClientFault::Stalled) => respond::problem(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "the request body stalled past limits.body_read_timeout",
-                        true,
-                    ),
-                    _ => respond::problem(StatusCode::BAD_REQUEST, "the request body broke off", true),
-                };
-                return local(response, guard, Origin::Client);
-            }
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                let response =
-                    respond::problem(StatusCode::GATEWAY_TIMEOUT, "the service did not answer in time", false);
-                return local(response, guard, Origin::Timeout);
-            }
-            Err(e) => {
-                tracing::debug!(route = &*route.name, error = %e, "upstream request failed");
-                self.live.health.answered(true, snapshot.config.outlier_detection.as_ref(), || self.live.clock());
-                let response = respond::problem(StatusCode::BAD_GATEWAY, "the service could not be reached", false);
-                return local(response, guard, Origin::UpstreamError);
-            }
+            Err(failed) if failed.overflow => return overflow(&self.live, Limit::Connections, guard, close),
+            Err(failed) => return self.failed(failed.error, route, &snapshot, guard),
         };
 
         let failed = head.status.is_server_error();
@@ -241,14 +231,51 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// The answer to a request that got no answer's head from the service.
+    #[cold]
+    fn failed(&self, e: io::Error, route: &RouteState, snapshot: &Snapshot, guard: Guard) -> Response<ProxyBody> {
+        if let Some(fault) = conn::client_fault(&e) {
+            // The client's doing, not the service's: answered (if anyone is left to read
+            // it), closed, and kept out of the service's SLIs.
+            let response = match fault {
+                conn::ClientFault::Stalled => respond::problem(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body stalled past limits.body_read_timeout",
+                    true,
+                ),
+                _ => respond::problem(StatusCode::BAD_REQUEST, "the request body broke off", true),
+            };
+            return local(response, guard, Origin::Client);
+        }
+        if e.kind() == io::ErrorKind::TimedOut {
+            let response = respond::problem(StatusCode::GATEWAY_TIMEOUT, "the service did not answer in time", false);
+            return local(response, guard, Origin::Timeout);
+        }
+        tracing::debug!(route = &*route.name, error = %e, "upstream request failed");
+        self.live.health.answered(true, snapshot.config.outlier_detection.as_ref(), || self.live.clock());
+        let response = respond::problem(StatusCode::BAD_GATEWAY, "the service could not be reached", false);
+        local(response, guard, Origin::UpstreamError)
+    }
+}
+
+/// 503 past a cap of the circuit breaker, counted: the service is given no more at once.
+#[cold]
+fn overflow(live: &Live, limit: Limit, guard: Guard, close: bool) -> Response<ProxyBody> {
+    live.breaker.tripped(limit);
+    live.metrics.upstream_overflow(limit);
+    let detail = match limit {
+        Limit::Requests => "circuit_breaker.max_requests are in flight to the service",
+        Limit::Connections => "circuit_breaker.max_connections are open to the service",
+    };
+    let mut response = respond::problem(StatusCode::SERVICE_UNAVAILABLE, detail, close);
+    response.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    local(response, guard, Origin::UpstreamOverflow)
+}
+
 /// The refusal of a quota, counted.
 #[cold]
-fn refused(
-    route: &crate::snapshot::RouteState,
-    refusal: &respond::Refusal,
-    guard: Guard,
-    close: bool,
-) -> Response<ProxyBody> {
+fn refused(route: &RouteState, refusal: &respond::Refusal, guard: Guard, close: bool) -> Response<ProxyBody> {
     route.metrics.decided(Decision::Limited);
     let origin = match refusal.kind {
         RefusalKind::Rate { .. } => Origin::Quota,
@@ -260,7 +287,7 @@ fn refused(
 
 /// 503 while the service is held unhealthy, with when to try again.
 #[cold]
-fn unhealthy(live: &Live, snapshot: &crate::snapshot::Snapshot, guard: Guard, close: bool) -> Response<ProxyBody> {
+fn unhealthy(live: &Live, snapshot: &Snapshot, guard: Guard, close: bool) -> Response<ProxyBody> {
     let interval = snapshot.config.health_check.as_ref().map(|c| c.interval);
     let wait = live.health.retry_after(interval, live.clock());
     let mut response = respond::problem(StatusCode::SERVICE_UNAVAILABLE, "the service is unhealthy", close);

@@ -90,6 +90,8 @@ impl<'a> Tries<'a> {
                 }
                 return Next::Done(sent);
             }
+            // The circuit breaker's refusal: the service was not asked, nor is it again.
+            Err(e) if e.overflow => return Next::Done(sent),
             Err(e) if e.connect => Failure::Connect,
             // The client's fault, or the route's timeout: no try can mend those.
             Err(e) if conn::client_fault(&e.error).is_some() => return Next::Done(sent),

@@ -27,7 +27,9 @@ fn every_sli_of_every_route_with_an_sla_gets_its_windows_and_both_alerts() {
     // min_events: 100 by default, 0 leaves the guard out.
     assert!(rules.contains(r#"sluice:sli_events:increase1h{service="app",route="a"} >= 100"#));
     assert!(!rules.contains(r#"sluice:sli_events:increase1h{service="app",route="b"}"#));
-    assert!(rules.contains(r#"origin=~"upstream|timeout|upstream_error|upstream_unhealthy",code_class="5xx""#));
+    assert!(rules.contains(
+        r#"origin=~"upstream|timeout|upstream_error|upstream_unhealthy|upstream_overflow",code_class="5xx""#
+    ));
     assert!(rules.contains("objective: \"99.5%\"") && rules.contains("severity: \"ticket\""));
 }
 

@@ -1,11 +1,11 @@
 //! The checks of the settings about the service itself: `health_check`,
-//! `outlier_detection`, and each route's `retries`.
+//! `outlier_detection`, `circuit_breaker`, and each route's `retries`.
 
 use std::time::Duration;
 
 use super::*;
 use crate::upstream::retry::{RetryOn, RetryPolicy};
-use crate::upstream::{HealthCheck, OutlierDetection};
+use crate::upstream::{CircuitBreaker, HealthCheck, OutlierDetection};
 
 impl Validator {
     pub(super) fn health_check(&mut self, raw: &RawHealthCheck) -> Option<HealthCheck> {
@@ -51,6 +51,30 @@ impl Validator {
             None => Some(Duration::from_secs(30)),
         };
         Some(OutlierDetection { consecutive_failures: consecutive_failures? as u32, ejection_time: ejection_time? })
+    }
+
+    pub(super) fn circuit_breaker(&mut self, raw: &RawCircuitBreaker) -> Option<CircuitBreaker> {
+        if raw.max_requests.is_none() && raw.max_connections.is_none() {
+            self.error("circuit_breaker", "give max_requests, max_connections or both");
+            return None;
+        }
+        let mut cap = |path: &str, n: &Option<Count>| match n {
+            Some(n) => self.check(path, whole(n, 1, 1_000_000, "")).map(|n| Some(n as u32)),
+            None => Some(None),
+        };
+        let max_requests = cap("circuit_breaker.max_requests", &raw.max_requests);
+        let max_connections = cap("circuit_breaker.max_connections", &raw.max_connections);
+        Some(CircuitBreaker { max_requests: max_requests?, max_connections: max_connections? })
+    }
+
+    pub(super) fn dns_refresh(&mut self, raw: Option<&str>) -> Option<Duration> {
+        let Some(text) = raw else { return Some(Duration::from_secs(5)) };
+        let every = self.duration("dns_refresh", text)?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&every) {
+            self.error("dns_refresh", format!("must be from 1s to 1h, got {text}"));
+            return None;
+        }
+        Some(every)
     }
 
     pub(super) fn retries(&mut self, at: &str, raw: &RawRetries, timeout: Duration) -> Option<RetryPolicy> {
