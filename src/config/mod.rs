@@ -35,6 +35,8 @@ pub struct Config {
     pub service: String,
     pub listen: SocketAddr,
     pub upstream: http::uri::Authority,
+    /// `upstream_protocol`: what sluice speaks to the service.
+    pub upstream_protocol: UpstreamProtocol,
     pub admin: Admin,
     pub limits: Limits,
     pub quota: Option<RateSpec>,
@@ -53,6 +55,39 @@ pub struct Config {
     pub circuit_breaker: Option<crate::upstream::CircuitBreaker>,
     /// What was written, for the control API to show and edit.
     pub raw: RawConfig,
+}
+
+/// `upstream_protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, whatever the client speaks.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c), whatever the client speaks: gRPC services.
+    Http2,
+    /// What the client speaks: h2c clients' requests go out as h2c, HTTP/1.1 as HTTP/1.1.
+    MatchClient,
+}
+
+impl UpstreamProtocol {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "http1" => Ok(Self::Http1),
+            "http2" => Ok(Self::Http2),
+            "match_client" => Ok(Self::MatchClient),
+            other => Err(format!("`{other}` is not a protocol: write http1, http2 or match_client")),
+        }
+    }
+
+    /// Whether a request the client sent as `version` goes to the service over HTTP/2.
+    #[inline]
+    pub fn h2_for(self, version: http::Version) -> bool {
+        match self {
+            Self::Http1 => false,
+            Self::Http2 => true,
+            Self::MatchClient => version == http::Version::HTTP_2,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -73,6 +73,9 @@ pub struct RawConfig {
     pub service: String,
     pub listen: String,
     pub upstream: String,
+    /// `http1`, `http2` (h2c to the service) or `match_client`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_protocol: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<RawAdmin>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

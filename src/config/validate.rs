@@ -27,6 +27,10 @@ pub fn validate(raw: RawConfig) -> Result<Config, Errors> {
     }
     let listen = v.addr("listen", &raw.listen);
     let upstream = v.upstream("upstream", &raw.upstream);
+    let upstream_protocol = match raw.upstream_protocol.as_deref() {
+        Some(text) => v.check("upstream_protocol", UpstreamProtocol::parse(text)),
+        None => Some(UpstreamProtocol::Http1),
+    };
     let admin = v.admin(raw.admin.as_ref());
     let limits = v.limits(raw.limits.as_ref());
     let quota = raw.quota.as_ref().and_then(|q| v.quota("quota", q));
@@ -89,6 +93,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Errors> {
         service: raw.service.clone(),
         listen: listen.expect("no errors"),
         upstream: upstream.expect("no errors"),
+        upstream_protocol: upstream_protocol.expect("no errors"),
         admin: admin.expect("no errors"),
         limits,
         quota,

@@ -78,13 +78,15 @@ enum Inner {
     /// The service's body as its framing reads it off the connection it comes on, which
     /// is given back once the body is read whole.
     Upstream(Decoder, Option<Lease>),
-    /// The answer was `101`: the connection to the service, and what it sent after its
-    /// head, for the client's connection to be joined with.
-    /// The socket (until taken), and its place in the count of connections to the service.
+    /// The answer was `101`: the connection to the service (until taken), and what it sent
+    /// after its head, for the client's connection to be joined with; and its place in the
+    /// count of connections to the service.
     Tunnel {
         service: Option<(TcpStream, Bytes)>,
         _counted: Connection,
     },
+    /// An HTTP/2 service's body, as hyper reads it: its data and trailers.
+    H2(Incoming),
 }
 
 impl ProxyBody {
@@ -100,6 +102,11 @@ impl ProxyBody {
             give_back(&mut lease);
         }
         Self { inner: Inner::Upstream(body, lease), guard: Some(guard), fields: Some(fields) }
+    }
+
+    /// An HTTP/2 service's body, holding the request's guard until it ends.
+    pub fn h2(body: Incoming, fields: Fields, guard: Guard) -> Self {
+        Self { inner: Inner::H2(body), guard: Some(guard), fields: Some(fields) }
     }
 
     /// The body of a `101`: the connection to the service, holding the request's slots.
@@ -129,7 +136,7 @@ impl ProxyBody {
     pub fn local_bytes(self) -> Option<Bytes> {
         match self.inner {
             Inner::Local(bytes) => bytes,
-            Inner::Upstream(..) | Inner::Tunnel { .. } => None,
+            Inner::Upstream(..) | Inner::Tunnel { .. } | Inner::H2(_) => None,
         }
     }
 
@@ -173,6 +180,7 @@ impl Body for ProxyBody {
                 }
             },
             Inner::Tunnel { .. } => None,
+            Inner::H2(body) => ready!(Pin::new(body).poll_frame(cx)).map(|frame| frame.map_err(io::Error::other)),
         };
         if !matches!(frame, Some(Ok(_))) {
             // The end, or the upstream failed: the request is over either way.
@@ -186,6 +194,7 @@ impl Body for ProxyBody {
             Inner::Local(bytes) => bytes.is_none(),
             Inner::Upstream(body, _) => body.is_done(),
             Inner::Tunnel { .. } => true,
+            Inner::H2(body) => body.is_end_stream(),
         }
     }
 
@@ -194,6 +203,7 @@ impl Body for ProxyBody {
             Inner::Local(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Inner::Upstream(body, _) => body.remaining().map_or_else(SizeHint::default, SizeHint::with_exact),
             Inner::Tunnel { .. } => SizeHint::with_exact(0),
+            Inner::H2(body) => body.size_hint(),
         }
     }
 }

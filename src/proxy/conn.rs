@@ -329,6 +329,11 @@ pub fn client_fault(error: &io::Error) -> Option<ClientFault> {
     error.get_ref().and_then(|e| e.downcast_ref::<ClientFault>()).copied()
 }
 
+/// The client's body broke off (an HTTP/2 service's request, whose body hyper reads).
+pub fn client_broke() -> io::Error {
+    fault(ClientFault::Broken)
+}
+
 fn fault(fault: ClientFault) -> io::Error {
     io::Error::other(fault)
 }

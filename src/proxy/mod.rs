@@ -28,6 +28,8 @@ mod front;
 mod global;
 mod h1;
 mod h2c;
+mod h2client;
+mod h2forward;
 pub mod listener;
 mod pool;
 mod request;
@@ -73,6 +75,8 @@ impl Peer {
 pub struct Proxy {
     live: Arc<Live>,
     pool: Arc<pool::Pool>,
+    /// The worker's HTTP/2 connection to the service, for `upstream_protocol`.
+    h2: Arc<h2client::H2Pool>,
     tracker: Arc<Tracker>,
 }
 
@@ -80,7 +84,8 @@ impl Proxy {
     /// Must be called on the worker's runtime: its pool of upstream connections lives
     /// there.
     pub fn new(live: Arc<Live>, tracker: Arc<Tracker>, pools: Arc<pool::Shared>) -> Self {
-        Self { live, pool: pool::Pool::new(pools), tracker }
+        let h2 = Arc::new(h2client::H2Pool::new(pools.clone()));
+        Self { live, pool: pool::Pool::new(pools), h2, tracker }
     }
 
     pub async fn handle(&self, req: ProxyRequest, peer: &Peer) -> Response<ProxyBody> {
@@ -171,9 +176,16 @@ impl Proxy {
             }
         }
 
-        let upgrade = req.is_upgrade();
         let service = &snapshot.config.upstream;
         let to = pool::Target { authority: service, max_connections: breaker.and_then(|b| b.max_connections) };
+        let deadline = tokio::time::Instant::from_std(start) + route.timeout; // from the request's start
+        if snapshot.config.upstream_protocol.h2_for(req.version) {
+            // HTTP/2 to the service (gRPC): a path of its own (`h2forward`), boxed so that
+            // its state is no part of an HTTP/1.1 request's future.
+            let call = h2forward::Admitted { route, snapshot: &snapshot, advertised, close };
+            return Box::pin(self.forward_h2(req, peer, (to, deadline), guard, call)).await;
+        }
+        let upgrade = req.is_upgrade();
         let ProxyRequest { method, uri, fields, body, .. } = req;
         let (upload, framing) = conn::Upload::new(body, snapshot.config.limits.body_read_timeout);
         let forward = upstream::Forward {
@@ -185,7 +197,6 @@ impl Proxy {
         // Origin form, whatever form the client used (HTTP/2's is absolute).
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let write_head = |out: &mut Vec<u8>| upstream::write_head(&method, path, || fields.iter(), &forward, out);
-        let deadline = tokio::time::Instant::from_std(start) + route.timeout; // from the request's start
         let mut tries = send::Tries::new(route, upload.is_some(), tokio::time::Instant::from_std(start), deadline);
         let mut upload = upload;
         let sent = loop {
@@ -261,7 +272,7 @@ impl Proxy {
 
 /// 503 past a cap of the circuit breaker, counted: the service is given no more at once.
 #[cold]
-fn overflow(live: &Live, limit: Limit, guard: Guard, close: bool) -> Response<ProxyBody> {
+pub(super) fn overflow(live: &Live, limit: Limit, guard: Guard, close: bool) -> Response<ProxyBody> {
     live.breaker.tripped(limit);
     live.metrics.upstream_overflow(limit);
     let detail = match limit {

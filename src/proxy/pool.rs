@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use super::conn::{Conn, Upload};
 use super::h1::{Decoder, Head};
 use crate::upstream::breaker::{Breaker, Connection};
-use crate::upstream::resolve::Resolver;
+use crate::upstream::resolve::{Addresses, Resolver};
 
 /// How long a connection may sit unused before the pool closes it.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -52,10 +52,33 @@ impl Shared {
         Arc::new(Self { breaker, resolver, pools: Mutex::default() })
     }
 
+    /// A place among the connections open to the service, under `max`: at the cap, with
+    /// connections idle in pools other than `asking`'s, one of them is closed to make
+    /// room. `None` (nothing counted yet) when there is none.
+    pub fn connection(&self, max: Option<u32>, asking: Option<&Pool>) -> Option<Connection> {
+        match self.breaker.connection(max) {
+            Some(counted) => Some(counted),
+            None if self.reclaim(asking) => self.breaker.connection(max),
+            None => None,
+        }
+    }
+
+    /// The generation of the service's addresses now.
+    #[inline]
+    pub fn generation(&self) -> u32 {
+        self.resolver.generation()
+    }
+
+    /// What the service's name resolved to, if `authority` is the name last resolved.
+    pub fn addresses(&self, authority: &Authority) -> Option<Arc<Addresses>> {
+        self.resolver.addresses(authority)
+    }
+
     /// Closes the oldest idle connection of a pool other than `asking`, if there is one.
-    fn reclaim(&self, asking: &Pool) -> bool {
+    fn reclaim(&self, asking: Option<&Pool>) -> bool {
         let pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
-        let others = pools.iter().filter_map(Weak::upgrade).filter(|p| !std::ptr::eq(&**p, asking));
+        let others =
+            pools.iter().filter_map(Weak::upgrade).filter(|p| !asking.is_some_and(|asking| std::ptr::eq(&**p, asking)));
         for pool in others {
             let oldest = pool.idle.lock().unwrap_or_else(PoisonError::into_inner).pop_front();
             if oldest.is_some() {
@@ -113,7 +136,7 @@ impl Lease {
     pub fn give_back(self) {
         let Lease { pool, upstream, mut conn, keep_alive } = self;
         // One to addresses the service's name no longer resolves to is closed.
-        if !(keep_alive && conn.is_reusable() && conn.generation == pool.shared.resolver.generation()) {
+        if !(keep_alive && conn.is_reusable() && conn.generation == pool.shared.generation()) {
             return;
         }
         conn.settle();
@@ -194,14 +217,9 @@ impl Pool {
     /// generation its own); `Err(None)` when `max_connections` are open.
     async fn open(&self, to: Target<'_>, deadline: tokio::time::Instant) -> Result<Conn, Option<io::Error>> {
         let shared = &self.shared;
-        let counted = match shared.breaker.connection(to.max_connections) {
-            Some(counted) => counted,
-            // At the cap, with connections idle on other workers: one of them makes room.
-            None if shared.reclaim(self) => shared.breaker.connection(to.max_connections).ok_or(None)?,
-            None => return Err(None),
-        };
-        let generation = shared.resolver.generation();
-        let addresses = shared.resolver.addresses(to.authority);
+        let counted = shared.connection(to.max_connections, Some(self)).ok_or(None)?;
+        let generation = shared.generation();
+        let addresses = shared.addresses(to.authority);
         let addrs = addresses.as_ref().map(|a| a.addrs.as_slice());
         let mut conn = Conn::open(to.authority, addrs, deadline, counted).await.map_err(Some)?;
         conn.generation = addresses.as_ref().map_or(generation, |a| a.generation);
@@ -210,7 +228,7 @@ impl Pool {
 
     /// The most recently used connection to `upstream` that is still open.
     fn take(&self, upstream: &Authority) -> Option<Conn> {
-        let generation = self.shared.resolver.generation();
+        let generation = self.shared.generation();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         evict_expired(&mut idle, Instant::now());
         while let Some(Idle { upstream: to, conn, .. }) = idle.pop_back() {

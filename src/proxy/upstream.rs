@@ -4,6 +4,7 @@
 //! response's hop-by-hop fields are left out as [`h1::parse_response`] reads it.)
 
 use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Method;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -73,6 +74,60 @@ where
     out.extend_from_slice(b"\r\n");
 }
 
+/// The fields of the request for an HTTP/2 service, by the same rules as [`write_head`]'s:
+/// its map, and the `Host` the client gave (the request's authority, as HTTP/2 carries it).
+pub fn h2_fields<'a, I>(fields: impl Fn() -> I, forward: &Forward) -> (HeaderMap, Option<HeaderValue>)
+where
+    I: Iterator<Item = (&'a [u8], &'a [u8])>,
+{
+    // The fields that go on, written as for HTTP/1.1 (the same code: its inlining on the
+    // HTTP/1.1 path is kept as it is), then read into the map.
+    let mut out = Vec::with_capacity(512);
+    let mut passed = pass_fields(fields(), &[], &mut out);
+    if passed.names_fields {
+        out.clear();
+        let connection = fields().filter(|&(name, _)| Known::of(name) == Known::Connection);
+        let named: Vec<&[u8]> = connection.flat_map(|(_, value)| h1::options(value)).collect();
+        passed = pass_fields(fields(), &named, &mut out);
+    }
+    let mut map = HeaderMap::with_capacity(16);
+    let mut host = None;
+    for line in out.split(|&b| b == b'\n').filter(|line| !line.is_empty()) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        let (name, value) = (&line[..colon], &line[colon + 2..]);
+        // Checked as HTTP defines them when they were read: neither fails.
+        let Ok(value) = HeaderValue::from_bytes(value) else { continue };
+        if Known::of(name) == Known::Host {
+            host.get_or_insert(value);
+        } else if let Ok(name) = HeaderName::from_bytes(name) {
+            map.append(name, value);
+        }
+    }
+    let mut forwarded_for = Vec::with_capacity(64);
+    if passed.forwarded_for {
+        for (_, value) in fields().filter(|&(name, _)| Known::of(name) == Known::XForwardedFor) {
+            forwarded_for.extend_from_slice(value);
+            forwarded_for.extend_from_slice(b", ");
+        }
+    }
+    forwarded_for.extend_from_slice(forward.client);
+    if let Ok(value) = HeaderValue::from_bytes(&forwarded_for) {
+        map.insert(X_FORWARDED_FOR, value);
+    }
+    map.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    match forward.body {
+        Framing::Length(len) => drop(map.insert(header::CONTENT_LENGTH, HeaderValue::from(len))),
+        Framing::Chunked => {}
+        _ if passed.length => drop(map.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"))),
+        _ => {}
+    }
+    (map, host)
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 /// What [`pass_fields`] saw.
 #[derive(Default)]
 struct Passed<'a> {
@@ -135,6 +190,7 @@ fn pass_fields<'a>(
     passed
 }
 
+#[inline(always)] // pass_fields is called from two places: kept inline in both (BENCHMARKS.md, issue 23)
 fn field(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -193,6 +249,29 @@ mod tests {
             "GET /p?q HTTP/1.1\r\nte: trailers\r\nhost: svc:80\r\nx-forwarded-for: 127.0.0.1\r\n\
              x-forwarded-proto: http\r\ntransfer-encoding: chunked\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn an_http2_request_gets_the_same_rules_and_its_host_as_authority() {
+        let fields = [
+            ("Host", "example.test"),
+            ("Connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("TE", "trailers"),
+            ("Transfer-Encoding", "chunked"),
+            ("X-Forwarded-For", "1.1.1.1"),
+            ("content-type", "application/grpc"),
+        ];
+        let each = || fields.iter().map(|(name, value)| (name.as_bytes(), value.as_bytes()));
+        let (map, host) = h2_fields(each, &Forward { body: Framing::Chunked, ..PLAIN });
+        assert_eq!(host.unwrap(), "example.test");
+        let mut names: Vec<_> = map.keys().map(|name| name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-type", "te", "x-forwarded-for", "x-forwarded-proto"]);
+        assert_eq!(map["x-forwarded-for"], "1.1.1.1, 127.0.0.1");
+        assert_eq!(map["te"], "trailers");
+        let (map, host) = h2_fields(std::iter::empty, &Forward { body: Framing::Length(5), ..PLAIN });
+        assert_eq!((host, &map["content-length"]), (None, &HeaderValue::from(5)));
     }
 
     #[test]

@@ -26,7 +26,8 @@ pub async fn run(live: Arc<Live>, events: Events) {
         match check {
             Some(check) if tokio::time::Instant::now() >= next_probe => {
                 next_probe = tokio::time::Instant::now() + check.interval;
-                let result = probe(snapshot.config.upstream.as_str(), check).await;
+                let h2 = snapshot.config.upstream_protocol == crate::config::UpstreamProtocol::Http2;
+                let result = probe(snapshot.config.upstream.as_str(), check, h2).await;
                 if let Err(why) = &result {
                     tracing::debug!(%why, "health check failed");
                 }
@@ -41,37 +42,65 @@ pub async fn run(live: Arc<Live>, events: Events) {
     }
 }
 
-/// One check of the service at `authority`: `Ok` for a 2xx or 3xx within the timeout.
-pub async fn probe(authority: &str, check: &HealthCheck) -> Result<(), String> {
-    let attempt = async {
-        let mut stream = TcpStream::connect(authority).await.map_err(|e| format!("connect: {e}"))?;
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: sluice-health-check\r\nConnection: close\r\n\r\n",
-            check.path
-        );
-        stream.write_all(request.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
-        // The status line is all a check reads.
-        let mut head = Vec::with_capacity(64);
-        let mut buf = [0; 256];
-        while !head.contains(&b'\n') && head.len() < 1024 {
-            match stream.read(&mut buf).await {
-                Ok(0) => return Err("closed before a status line".to_string()),
-                Ok(n) => head.extend_from_slice(&buf[..n]),
-                Err(e) => return Err(format!("read: {e}")),
-            }
-        }
-        let line = String::from_utf8_lossy(&head[..head.iter().position(|&b| b == b'\n').unwrap_or(head.len())])
-            .trim_end()
-            .to_string();
-        match line.split(' ').nth(1).and_then(|code| code.parse::<u16>().ok()) {
-            Some(code) if (200..400).contains(&code) => Ok(()),
-            Some(code) => Err(format!("answered {code}")),
-            None => Err(format!("not an HTTP status line: {line:?}")),
+/// One check of the service at `authority`, over HTTP/2 (h2c) when `h2` (an
+/// `upstream_protocol: http2` service), else HTTP/1.1: `Ok` for a 2xx or 3xx within the
+/// timeout.
+pub async fn probe(authority: &str, check: &HealthCheck, h2: bool) -> Result<(), String> {
+    let status = async {
+        if h2 {
+            status_h2(authority, &check.path).await
+        } else {
+            status_h1(authority, &check.path).await
         }
     };
-    tokio::time::timeout(check.timeout, attempt)
+    match tokio::time::timeout(check.timeout, status).await {
+        Ok(Ok(code)) if (200..400).contains(&code) => Ok(()),
+        Ok(Ok(code)) => Err(format!("answered {code}")),
+        Ok(Err(why)) => Err(why),
+        Err(_) => Err(format!("no answer within {:?}", check.timeout)),
+    }
+}
+
+/// The status of `GET path` over HTTP/1.1, on a connection of its own.
+async fn status_h1(authority: &str, path: &str) -> Result<u16, String> {
+    let mut stream = TcpStream::connect(authority).await.map_err(|e| format!("connect: {e}"))?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: sluice-health-check\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+    // The status line is all a check reads.
+    let mut head = Vec::with_capacity(64);
+    let mut buf = [0; 256];
+    while !head.contains(&b'\n') && head.len() < 1024 {
+        match stream.read(&mut buf).await {
+            Ok(0) => return Err("closed before a status line".to_string()),
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+    let line = String::from_utf8_lossy(&head[..head.iter().position(|&b| b == b'\n').unwrap_or(head.len())])
+        .trim_end()
+        .to_string();
+    line.split(' ').nth(1).and_then(|code| code.parse::<u16>().ok()).ok_or(format!("not an HTTP status line: {line:?}"))
+}
+
+/// The status of `GET path` over h2c, on a connection of its own.
+async fn status_h2(authority: &str, path: &str) -> Result<u16, String> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let stream = TcpStream::connect(authority).await.map_err(|e| format!("connect: {e}"))?;
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake::<_, http_body_util::Empty<bytes::Bytes>>(TokioIo::new(stream))
         .await
-        .unwrap_or_else(|_| Err(format!("no answer within {:?}", check.timeout)))
+        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+    let conn = tokio::spawn(conn);
+    let request = http::Request::get(format!("http://{authority}{path}"))
+        .header(http::header::USER_AGENT, "sluice-health-check")
+        .body(http_body_util::Empty::new())
+        .map_err(|e| format!("request: {e}"))?;
+    let answered = send.send_request(request).await.map_err(|e| format!("HTTP/2 request: {e}"));
+    conn.abort(); // the connection is the check's alone
+    Ok(answered?.status().as_u16())
 }
 
 /// Logs each change of `health`, sends its event and sets the gauge.

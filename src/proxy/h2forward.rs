@@ -1,0 +1,91 @@
+//! Step 6 for a request that goes to the service over HTTP/2 (`upstream_protocol: http2`,
+//! or `match_client` and an h2c client): the request rewritten by the same rules as for
+//! HTTP/1.1 ([`upstream::h2_fields`]), sent on the worker's connection ([`super::h2client::H2Pool`]), and
+//! its answer streamed back, trailers included. A path of its own, boxed by the caller, so
+//! that none of its state is part of an HTTP/1.1 request's future.
+
+use std::sync::Arc;
+
+use http::uri::{Authority, Uri};
+use http::{Request, Response, Version};
+use http_body::Body as _;
+use tokio::time::Instant;
+
+use super::admit::Advertised;
+use super::h1::{Fields, Framing};
+use super::h2client::Failed;
+use super::pool::Target;
+use super::{respond, upstream, Guard, Peer, Proxy, ProxyBody, ProxyRequest, RequestBody};
+use crate::snapshot::{RouteState, Snapshot};
+use crate::upstream::breaker::Limit;
+
+/// What the steps before it decided, for the answer.
+pub struct Admitted<'a> {
+    pub route: &'a RouteState,
+    pub snapshot: &'a Arc<Snapshot>,
+    pub advertised: [Option<Advertised>; 2],
+    /// The client's connection closes after the answer (an HTTP/1.1 body left unread).
+    pub close: bool,
+}
+
+impl Proxy {
+    pub(super) async fn forward_h2(
+        &self,
+        req: ProxyRequest,
+        peer: &Peer,
+        (to, deadline): (Target<'_>, Instant),
+        mut guard: Guard,
+        call: Admitted<'_>,
+    ) -> Response<ProxyBody> {
+        let Admitted { route, snapshot, advertised, close } = call;
+        let request = request(req, peer, to.authority);
+        let response = match self.h2.send(to, request, deadline).await {
+            Ok(response) => response,
+            Err(Failed::Overflow) => return super::overflow(&self.live, Limit::Connections, guard, close),
+            Err(Failed::Io(e)) => return self.failed(e, route, snapshot, guard),
+        };
+        let (parts, body) = response.into_parts();
+        let mut fields = Fields::from_map(&parts.headers);
+        let failed = parts.status.is_server_error();
+        self.live.health.answered(failed, snapshot.config.outlier_detection.as_ref(), || self.live.clock());
+        if let Some(measure) = &mut guard.measure {
+            measure.status = parts.status.as_u16();
+        }
+        if let Some(policy) = &route.advertised_policy {
+            let scopes = [&*route.quotas.scope, &*snapshot.service.scope];
+            respond::advertise(&mut fields, policy, scopes, &advertised);
+        }
+        let mut response = Response::new(ProxyBody::h2(body, fields, guard));
+        *response.status_mut() = parts.status;
+        response
+    }
+}
+
+/// The request for the service: its fields by the proxy's rules, its authority the
+/// client's `Host` (or HTTP/2 authority), else the service's.
+fn request(req: ProxyRequest, peer: &Peer, service: &Authority) -> Request<RequestBody> {
+    let ProxyRequest { method, uri, fields, body, .. } = req;
+    let framing = match body.size_hint().exact() {
+        _ if body.is_end_stream() => Framing::None,
+        Some(len) => Framing::Length(len),
+        None => Framing::Chunked,
+    };
+    let given = uri.authority().unwrap_or(service);
+    let forward = upstream::Forward {
+        host: given.as_str(),
+        client: peer.forwarded_for.as_bytes(),
+        upgrade: false,
+        body: framing,
+    };
+    let (headers, host) = upstream::h2_fields(|| fields.iter(), &forward);
+    let authority = host.and_then(|host| Authority::try_from(host.as_bytes()).ok()).unwrap_or_else(|| given.clone());
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri = Uri::builder().scheme("http").authority(authority).path_and_query(path).build();
+    let mut request = Request::new(body);
+    *request.method_mut() = method;
+    // The path was read and normalized as valid, and the authority parsed: it builds.
+    *request.uri_mut() = uri.unwrap_or_else(|_| Uri::from_static("/"));
+    *request.version_mut() = Version::HTTP_2;
+    *request.headers_mut() = headers;
+    request
+}
