@@ -43,7 +43,12 @@ impl Drop for Echo {
 
 /// Calls each of the service's methods through `target`: what the client saw.
 fn call(target: std::net::SocketAddr) -> serde_json::Value {
-    let out = Command::new("python3").args(["tests/grpc/echo.py", "call", &target.to_string()]).output().unwrap();
+    client_run("call", target)
+}
+
+/// tests/grpc/echo.py's client, in `mode`, against `target`: its JSON line.
+fn client_run(mode: &str, target: std::net::SocketAddr) -> serde_json::Value {
+    let out = Command::new("python3").args(["tests/grpc/echo.py", mode, &target.to_string()]).output().unwrap();
     assert!(out.status.success(), "the gRPC client failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -86,6 +91,40 @@ async fn grpc_calls_of_every_kind_go_through_with_their_trailers() {
     let metrics = sluice.scrape().await;
     let answered = metrics.value("sluice_requests_total", "code_class=\"2xx\",origin=\"upstream\",route=\"echo\"");
     assert_eq!(answered, 5.0, "five calls, each answered 200 by the service");
+    // The calls by status: four OK, one UNAVAILABLE (in a trailers-only head), and that one
+    // fails the availability SLI though its HTTP status was 200.
+    assert_eq!(metrics.value("sluice_grpc_responses_total", "grpc_code=\"OK\",route=\"echo\""), 4.0);
+    assert_eq!(metrics.value("sluice_grpc_responses_total", "grpc_code=\"UNAVAILABLE\",route=\"echo\""), 1.0);
+    let compliance = "route=\"echo\",sli=\"availability\"";
+    eventually("the SLI's window", Duration::from_secs(5), async || {
+        sluice.scrape().await.get("sluice_sla_compliance_ratio", compliance) == Some(0.8)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_failures_says_which_statuses_fail_availability() {
+    let echo = Echo::start();
+    let viewer = "  tokens:\n    - { name: ops, role: viewer, token: grpc-viewer-token }\n";
+    let config = format!("{viewer}upstream_protocol: http2\ngrpc_failures: [NOT_FOUND, 15]\n{ROUTES}");
+    let sluice = Sluice::start_before(echo.addr, &config).await;
+    let addr = sluice.running().proxy_addr();
+    tokio::task::spawn_blocking(move || call(addr)).await.unwrap();
+    // Five calls in the window, all good: UNAVAILABLE is not among the failures now.
+    let availability = async || {
+        let req =
+            http::Request::get(sluice.admin_url("/v1/status")).header("authorization", "Bearer grpc-viewer-token");
+        let (_, body) = send(&client(), req.body(empty()).unwrap()).await;
+        let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let sli = &status["routes"][0]["sla"]["availability"];
+        (sli["total"].as_u64(), sli["good"].as_u64())
+    };
+    eventually("the SLI's window", Duration::from_secs(5), async || availability().await == (Some(5), Some(5))).await;
+    let unavailable = "grpc_code=\"UNAVAILABLE\",route=\"echo\"";
+    assert_eq!(sluice.scrape().await.value("sluice_grpc_responses_total", unavailable), 1.0);
+    let bad = config_text(echo.addr, "grpc_failures: [UNAVAILABLE, TEAPOT]\n");
+    let errors = sluice::config::parse(&bad).unwrap_err();
+    assert!(errors.errors.iter().any(|e| e.path == "grpc_failures[1]"), "{errors}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -191,4 +230,79 @@ async fn the_health_check_speaks_h2c_to_an_http2_service() {
     assert_eq!(metrics.value("sluice_upstream_healthy", ""), 1.0, "an h2c check passed where HTTP/1.1 would fail");
     assert_eq!(get(&client(), &sluice.admin_url("/readyz")).await.0.status(), 200);
     assert_eq!(get(&client(), &sluice.url("/x")).await.0.status(), 200);
+}
+
+const LIMITED: &str = "routes:\n  - name: limited\n    match: { path: /echo.Echo/Limited }\n    quota: { rate: 1, per: 1h, burst: 1 }\n  \
+     - name: echo\n    match: { path: /echo.Echo/* }\n    timeout: 10s\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quota_refusal_is_resource_exhausted_with_its_retry_after() {
+    let echo = Echo::start();
+    let sluice = Sluice::start_before(echo.addr, &format!("upstream_protocol: http2\n{LIMITED}")).await;
+    let addr = sluice.running().proxy_addr();
+    let seen = tokio::task::spawn_blocking(move || client_run("refusals", addr)).await.unwrap();
+    assert_eq!(seen["first"], "one", "{seen}");
+    let refused = &seen["refused"];
+    assert_eq!(refused["code"], "RESOURCE_EXHAUSTED", "a quota's refusal, as the gRPC client reads it: {seen}");
+    assert_eq!(refused["details"], "rate quota of limited exceeded");
+    let retry_after: u64 = refused["trailers"]["retry-after"].as_str().unwrap().parse().unwrap();
+    assert!(retry_after > 3000, "the quota refills in an hour: Retry-After {retry_after}");
+    assert_eq!(refused["trailers"]["grpc-retry-pushback-ms"], (retry_after * 1000).to_string());
+    assert!(refused["trailers"]["ratelimit"].as_str().unwrap().contains("\"limited\";r=0"), "{refused}");
+    assert_eq!(seen["late"]["code"], "DEADLINE_EXCEEDED", "{seen}");
+    assert_eq!(seen["unary"]["answer"], "hi");
+    let metrics = sluice.scrape().await;
+    let refusals = "code_class=\"4xx\",origin=\"quota\",route=\"limited\"";
+    assert_eq!(metrics.value("sluice_requests_total", refusals), 1.0, "counted as the refusal it stands for");
+    let exhausted = "grpc_code=\"RESOURCE_EXHAUSTED\",route=\"limited\"";
+    assert_eq!(metrics.value("sluice_grpc_responses_total", exhausted), 1.0, "sluice's own status, counted");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_that_cannot_be_reached_is_unavailable_to_a_grpc_client() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap(); // closed at once
+    let sluice = Sluice::start_before(dead, &format!("upstream_protocol: http2\n{ROUTES}")).await;
+    let addr = sluice.running().proxy_addr();
+    let seen = tokio::task::spawn_blocking(move || client_run("refusals", addr)).await.unwrap();
+    assert_eq!(seen["unary"]["code"], "UNAVAILABLE", "{seen}");
+    assert_eq!(seen["unary"]["details"], "the service could not be reached");
+}
+
+/// A gRPC call as bytes: its 5-byte frame header (not compressed, the length) and message.
+fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_timeout_is_the_deadline_when_it_is_the_earlier() {
+    let echo = Echo::start();
+    let sluice = Sluice::start_before(echo.addr, &format!("upstream_protocol: http2\n{LIMITED}")).await;
+    // A client that sends grpc-timeout and waits on its own for as long as it takes.
+    let request = http::Request::post(sluice.url("/echo.Echo/Slow"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "200m")
+        .body(full(grpc_frame(b"late")))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (response, _) = send(&h2_client(), request).await;
+    let took = started.elapsed();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["grpc-status"], "4", "DEADLINE_EXCEEDED");
+    assert!(took >= Duration::from_millis(190) && took < Duration::from_millis(800), "answered after {took:?}");
+    let metrics = sluice.scrape().await;
+    let timeouts = "code_class=\"5xx\",origin=\"timeout\",route=\"echo\"";
+    assert_eq!(metrics.value("sluice_requests_total", timeouts), 1.0, "counted as sluice's timeout");
+    // Without grpc-timeout, the route's 10 s: the service's answer after 1 s comes through.
+    let request = http::Request::post(sluice.url("/echo.Echo/Slow"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(full(grpc_frame(b"in time")))
+        .unwrap();
+    let (response, body) = send(&h2_client(), request).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(&body[5..], b"in time");
 }

@@ -51,10 +51,37 @@ pub struct Config {
     pub outlier_detection: Option<crate::upstream::OutlierDetection>,
     /// `dns_refresh`: how often a host name `upstream` is resolved again (5 s).
     pub dns_refresh: std::time::Duration,
+    /// `grpc_failures`: the gRPC statuses from the service that fail availability.
+    pub grpc_failures: GrpcCodes,
     /// `circuit_breaker`: caps on requests in flight and connections to the service.
     pub circuit_breaker: Option<crate::upstream::CircuitBreaker>,
     /// What was written, for the control API to show and edit.
     pub raw: RawConfig,
+}
+
+/// A set of gRPC status codes (0 to 16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrpcCodes(u32);
+
+impl GrpcCodes {
+    /// UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL, UNAVAILABLE, DATA_LOSS:
+    /// the service failed the call (not the caller: INVALID_ARGUMENT, NOT_FOUND, ...).
+    pub const FAILURES: Self = Self::of(&[2, 4, 8, 13, 14, 15]);
+
+    pub const fn of(codes: &[u8]) -> Self {
+        let mut set = 0;
+        let mut i = 0;
+        while i < codes.len() {
+            set |= 1 << codes[i];
+            i += 1;
+        }
+        Self(set)
+    }
+
+    #[inline]
+    pub fn contains(self, code: u8) -> bool {
+        code < 32 && self.0 & (1 << code) != 0
+    }
 }
 
 /// `upstream_protocol`.

@@ -98,6 +98,9 @@ pub struct RawConfig {
     /// How often the service's host name is resolved again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_refresh: Option<String>,
+    /// The gRPC statuses from the service that fail the availability SLI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_failures: Option<Vec<Count>>,
     /// Caps on what the service is given at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<RawCircuitBreaker>,

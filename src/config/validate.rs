@@ -49,6 +49,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Errors> {
     let outlier_detection = raw.outlier_detection.as_ref().and_then(|o| v.outlier_detection(o));
     let circuit_breaker = raw.circuit_breaker.as_ref().and_then(|b| v.circuit_breaker(b));
     let dns_refresh = v.dns_refresh(raw.dns_refresh.as_deref());
+    let grpc_failures = v.grpc_failures(raw.grpc_failures.as_deref());
     let mut names = HashSet::new();
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, route) in raw.routes.iter().enumerate() {
@@ -105,6 +106,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Errors> {
         outlier_detection,
         circuit_breaker,
         dns_refresh: dns_refresh.expect("no errors"),
+        grpc_failures,
         raw,
     })
 }

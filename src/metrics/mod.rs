@@ -16,6 +16,7 @@ use crate::sla::{Report, SliKind, Window};
 use crate::upstream::breaker::Limit;
 use process::Process;
 
+pub mod grpc;
 mod process;
 
 /// The buckets of `sluice_request_duration_seconds`, before each route's SLA threshold is
@@ -149,6 +150,8 @@ pub struct RouteMetrics {
     retries: [IntCounter; RETRY_RESULTS.len()],
     pub inflight: IntGauge,
     duration: Histogram,
+    /// gRPC calls by the status they ended with.
+    pub grpc: grpc::Codes,
 }
 
 impl RouteMetrics {
@@ -246,6 +249,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     decisions: IntCounterVec,
     retries: IntCounterVec,
+    grpc: IntCounterVec,
     inflight: IntGaugeVec,
     sla_objective: GaugeVec,
     sla_threshold: GaugeVec,
@@ -366,6 +370,7 @@ impl Metrics {
             },
             degraded,
         };
+        let grpc = grpc::register(&registry);
         let inflight =
             IntGaugeVec::new(Opts::new("sluice_inflight_requests", "Requests being served now, by route."), &["route"])
                 .expect("valid metric");
@@ -426,6 +431,7 @@ impl Metrics {
             requests,
             decisions,
             retries,
+            grpc,
             inflight,
             sla_objective,
             sla_threshold,
@@ -489,6 +495,7 @@ impl Metrics {
             retries: RETRY_RESULTS.map(|r| self.retries.with_label_values(&[name, r])),
             inflight: self.inflight.with_label_values(&[name]),
             duration,
+            grpc: grpc::Codes::new(self.grpc.clone(), name),
         })
     }
 
@@ -510,6 +517,7 @@ impl Metrics {
                 let _ = self.decisions.remove_label_values(&[&name, d]);
             }
             let _ = self.inflight.remove_label_values(&[&name]);
+            grpc::Codes::forget(&self.grpc, &name);
             self.forget_sla(&name);
         }
     }

@@ -118,6 +118,26 @@ impl ProxyBody {
         }
     }
 
+    /// The `grpc-status` the call ended with, for its measurement.
+    pub fn set_grpc(&mut self, code: u8) {
+        if let Some(measure) = self.guard.as_mut().and_then(|g| g.measure.as_mut()) {
+            measure.grpc = Some(code);
+        }
+    }
+
+    /// Whether sluice made this body itself.
+    pub fn is_local(&self) -> bool {
+        matches!(self.inner, Inner::Local(_))
+    }
+
+    /// A local body's bytes, leaving it empty (its guard stays).
+    pub fn take_local(&mut self) -> Option<Bytes> {
+        match &mut self.inner {
+            Inner::Local(bytes) => bytes.take(),
+            _ => None,
+        }
+    }
+
     /// The service's fields, for the response head.
     pub fn take_fields(&mut self) -> Option<Fields> {
         self.fields.take()
@@ -154,6 +174,11 @@ impl ProxyBody {
     }
 }
 
+/// The `grpc-status` of a head or trailers, if it has one (a number, as gRPC sends it).
+pub fn grpc_status(fields: &http::HeaderMap) -> Option<u8> {
+    fields.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
 fn give_back(lease: &mut Option<Lease>) {
     if let Some(lease) = lease.take() {
         lease.give_back();
@@ -180,7 +205,16 @@ impl Body for ProxyBody {
                 }
             },
             Inner::Tunnel { .. } => None,
-            Inner::H2(body) => ready!(Pin::new(body).poll_frame(cx)).map(|frame| frame.map_err(io::Error::other)),
+            Inner::H2(body) => {
+                let frame = ready!(Pin::new(body).poll_frame(cx)).map(|frame| frame.map_err(io::Error::other));
+                if let Some(trailers) = frame.as_ref().and_then(|f| f.as_ref().ok()).and_then(Frame::trailers_ref) {
+                    // A gRPC call's status comes in its trailers.
+                    if let Some(code) = grpc_status(trailers) {
+                        this.set_grpc(code);
+                    }
+                }
+                frame
+            }
         };
         if !matches!(frame, Some(Ok(_))) {
             // The end, or the upstream failed: the request is over either way.
@@ -230,12 +264,14 @@ pub struct Measure {
     start: Instant,
     pub status: u16,
     pub origin: Origin,
+    /// The `grpc-status` a gRPC call ended with, the service's or sluice's.
+    pub grpc: Option<u8>,
 }
 
 impl Measure {
     pub fn new(snapshot: Arc<Snapshot>, route: usize, start: Instant) -> Self {
         snapshot.route_at(route).metrics.inflight.inc();
-        Self { snapshot, route, start, status: 0, origin: Origin::Upstream }
+        Self { snapshot, route, start, status: 0, origin: Origin::Upstream, grpc: None }
     }
 }
 
@@ -245,8 +281,13 @@ impl Drop for Measure {
         let route = self.snapshot.route_at(self.route);
         route.metrics.inflight.dec();
         route.metrics.finished(self.origin, self.status, duration);
+        if let Some(code) = self.grpc {
+            route.metrics.grpc.count(code);
+        }
         if self.origin.reached_service() {
-            let failed = self.origin != Origin::Upstream || self.status >= 500;
+            // A gRPC call fails with a status `grpc_failures` names, even under HTTP 200.
+            let grpc_failed = self.grpc.is_some_and(|code| self.snapshot.config.grpc_failures.contains(code));
+            let failed = self.origin != Origin::Upstream || self.status >= 500 || grpc_failed;
             route.sla.record(duration, failed);
         }
     }

@@ -15,7 +15,7 @@ use super::admit::Advertised;
 use super::h1::{Fields, Framing};
 use super::h2client::Failed;
 use super::pool::Target;
-use super::{respond, upstream, Guard, Peer, Proxy, ProxyBody, ProxyRequest, RequestBody};
+use super::{grpc, respond, upstream, Guard, Peer, Proxy, ProxyBody, ProxyRequest, RequestBody};
 use crate::snapshot::{RouteState, Snapshot};
 use crate::upstream::breaker::Limit;
 
@@ -38,6 +38,9 @@ impl Proxy {
         call: Admitted<'_>,
     ) -> Response<ProxyBody> {
         let Admitted { route, snapshot, advertised, close } = call;
+        // A gRPC call's deadline: the earlier of its `grpc-timeout` and the route's.
+        let start = deadline - route.timeout;
+        let deadline = grpc::timeout(&req.fields).map_or(deadline, |timeout| deadline.min(start + timeout));
         let request = request(req, peer, to.authority);
         let response = match self.h2.send(to, request, deadline).await {
             Ok(response) => response,
@@ -46,10 +49,13 @@ impl Proxy {
         };
         let (parts, body) = response.into_parts();
         let mut fields = Fields::from_map(&parts.headers);
+        // A gRPC call answered "trailers-only" has its status in its head.
+        let grpc = super::body::grpc_status(&parts.headers);
         let failed = parts.status.is_server_error();
         self.live.health.answered(failed, snapshot.config.outlier_detection.as_ref(), || self.live.clock());
         if let Some(measure) = &mut guard.measure {
             measure.status = parts.status.as_u16();
+            measure.grpc = grpc;
         }
         if let Some(policy) = &route.advertised_policy {
             let scopes = [&*route.quotas.scope, &*snapshot.service.scope];

@@ -26,6 +26,7 @@ mod conn;
 mod differential;
 mod front;
 mod global;
+mod grpc;
 mod h1;
 mod h2c;
 mod h2client;
@@ -90,7 +91,13 @@ impl Proxy {
 
     pub async fn handle(&self, req: ProxyRequest, peer: &Peer) -> Response<ProxyBody> {
         let http1 = req.version <= Version::HTTP_11;
+        // A gRPC request (h2c only: an HTTP/1.1 one costs nothing here) gets sluice's own
+        // answers as gRPC statuses, which its client can read.
+        let grpc = !http1 && grpc::is_grpc(req.version, &req.fields);
         let mut response = self.serve(req, peer).await;
+        if grpc && response.body().is_local() {
+            response = grpc::reply(response);
+        }
         if http1 && self.live.draining() {
             // Draining: each HTTP/1 connection closes after its current response.
             response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));

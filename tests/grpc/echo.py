@@ -3,11 +3,12 @@ messages so that no .proto needs compiling.
 
     python3 echo.py serve           prints its port, then serves /echo.Echo/* on 127.0.0.1
     python3 echo.py call HOST:PORT  calls each method there, prints one JSON line of results
+    python3 echo.py refusals HOST:PORT  calls that sluice refuses or cuts short, likewise
 
 The service: Unary echoes its request (b"fail" is answered UNAVAILABLE, b"slow" after
 1 s); ServerStream sends its request's number of messages; ClientStream joins what it
-is sent; Bidi echoes each message as it comes. Every answer carries the trailing metadata
-x-trailer: kept.
+is sent; Bidi echoes each message as it comes; Limited echoes as Unary does; Slow answers
+after 1 s. Every answer carries the trailing metadata x-trailer: kept.
 """
 
 import json
@@ -26,6 +27,11 @@ def unary(request, context):
         context.abort(grpc.StatusCode.UNAVAILABLE, "the service failed it")
     if request == b"slow":
         time.sleep(1)
+    return request
+
+
+def slow(request, context):
+    time.sleep(1)
     return request
 
 
@@ -49,6 +55,8 @@ def bidi(requests, context):
 def serve():
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Limited": grpc.unary_unary_rpc_method_handler(unary),
+        "Slow": grpc.unary_unary_rpc_method_handler(slow),
         "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
         "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
@@ -90,8 +98,32 @@ def call(target):
     print(json.dumps(results), flush=True)
 
 
+def refusals(target):
+    """Limited twice (its quota: one call), Slow with a 300 ms deadline, Unary once more."""
+    channel = grpc.insecure_channel(target)
+    results = {}
+    limited = channel.unary_unary("/echo.Echo/Limited")
+    try:
+        results["first"] = limited(b"one", timeout=10).decode()
+    except grpc.RpcError as e:
+        results["first"] = outcome(e)
+    try:
+        limited(b"two", timeout=10)
+        results["refused"] = {"code": "OK"}
+    except grpc.RpcError as e:
+        results["refused"] = outcome(e)
+    start = time.monotonic()
+    try:
+        channel.unary_unary("/echo.Echo/Slow")(b"late", timeout=0.3)
+        results["late"] = {"code": "OK"}
+    except grpc.RpcError as e:
+        results["late"] = outcome(e) | {"seconds": time.monotonic() - start}
+    try:
+        results["unary"] = {"code": "OK", "answer": channel.unary_unary("/echo.Echo/Unary")(b"hi", timeout=10).decode()}
+    except grpc.RpcError as e:
+        results["unary"] = outcome(e)
+    print(json.dumps(results), flush=True)
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "serve":
-        serve()
-    else:
-        call(sys.argv[2])
+    {"serve": lambda: serve(), "call": lambda: call(sys.argv[2]), "refusals": lambda: refusals(sys.argv[2])}[sys.argv[1]]()

@@ -67,6 +67,21 @@ impl Validator {
         Some(CircuitBreaker { max_requests: max_requests?, max_connections: max_connections? })
     }
 
+    pub(super) fn grpc_failures(&mut self, raw: Option<&[Count]>) -> GrpcCodes {
+        let Some(raw) = raw else { return GrpcCodes::FAILURES };
+        let mut codes = Vec::with_capacity(raw.len());
+        for (i, text) in raw.iter().enumerate() {
+            match crate::metrics::grpc::code(text.0.trim()) {
+                Some(code) => codes.push(code),
+                None => self.error(
+                    format!("grpc_failures[{i}]"),
+                    format!("`{}` is not a gRPC status: write its name (UNAVAILABLE) or number (0 to 16)", text.0),
+                ),
+            }
+        }
+        GrpcCodes::of(&codes)
+    }
+
     pub(super) fn dns_refresh(&mut self, raw: Option<&str>) -> Option<Duration> {
         let Some(text) = raw else { return Some(Duration::from_secs(5)) };
         let every = self.duration("dns_refresh", text)?;
