@@ -75,6 +75,8 @@ class Target:
     h2_port: int
     # the status every response must have
     status: int = 200
+    # speaks h2c only, to the backend's h2c listener: run in the h2c rounds alone
+    h2_only: bool = False
     rates: list = field(default_factory=list)
     h2_rates: list = field(default_factory=list)
     # CPU seconds per million requests, per HTTP/1.1 run
@@ -236,6 +238,41 @@ backend out
         pid = self.start("haproxy", ["haproxy", "-db", "-f", conf], port)
         targets.append(Target("haproxy", port, pid, h2_port))
 
+        # h2c clients to the backend's h2c listener, as gRPC services are proxied: nginx's
+        # grpc_pass, HAProxy's `proto h2`, sluice's upstream_protocol http2
+        h2_port = free_port()
+        pid = self.start(
+            "nginx-h2",
+            self.nginx(
+                "nginx-h2",
+                f"""upstream backend_h2 {{ server 127.0.0.1:{backend_h2}; keepalive 64; }}
+    server {{ listen 127.0.0.1:{h2_port} http2; location / {{ grpc_pass grpc://backend_h2; }} }}""",
+            ),
+            h2_port,
+        )
+        targets.append(Target("nginx-h2", h2_port, pid, h2_port, h2_only=True))
+        h2_port = free_port()
+        conf = self.write(
+            "haproxy-h2.cfg",
+            f"""global
+    nbthread 1
+    maxconn {self.args.maxconn}
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    http-reuse always
+frontend in
+    bind 127.0.0.1:{h2_port} proto h2
+    default_backend out
+backend out
+    server backend 127.0.0.1:{backend_h2} proto h2
+""",
+        )
+        pid = self.start("haproxy-h2", ["haproxy", "-db", "-f", conf], h2_port)
+        targets.append(Target("haproxy-h2", h2_port, pid, h2_port, h2_only=True))
+
         # the store of sluice-global's quota: a real redis-server, on the proxy's CPU too
         redis = free_port()
         self.start("redis", ["redis-server", "--bind", "127.0.0.1", "--port", str(redis), "--save", "",
@@ -280,6 +317,7 @@ routes:
         }
         if self.args.baseline:
             sluice_configs["baseline"] = sluice_configs["sluice"]  # another build, bare config
+        sluice_configs["sluice-h2"] = "upstream_protocol: http2\n"  # h2c to the backend's h2c listener
         for name, routes in sluice_configs.items():
             binary = self.args.baseline if name == "baseline" else self.args.sluice
             port = free_port()
@@ -287,7 +325,7 @@ routes:
                 f"{name}.yaml",
                 f"""service: bench
 listen: 127.0.0.1:{port}
-upstream: http://127.0.0.1:{backend}
+upstream: http://127.0.0.1:{backend_h2 if name == "sluice-h2" else backend}
 admin:
   listen: 127.0.0.1:{self.global_admin if name == "sluice-global" else 0}
   state_dir: {self.dir}/{name}-state
@@ -295,7 +333,8 @@ admin:
             )
             env = dict(os.environ, SLUICE_LOG="warn")
             pid = self.start(name, [binary, "run", "--config", conf], port, env)
-            targets.append(Target(name, port, pid, port, status=429 if name == "sluice-429" else 200))
+            status = 429 if name == "sluice-429" else 200
+            targets.append(Target(name, port, pid, port, status=status, h2_only=name == "sluice-h2"))
         for t in targets:
             t.rss_idle = rss_bytes(t.pid)
         return targets
@@ -387,6 +426,8 @@ def throughput(targets, rates, heading, column):
 
 
 def report(targets, args):
+    h2_only = [t for t in targets if t.h2_only]
+    targets = [t for t in targets if not t.h2_only]
     by_name = {t.name: statistics.median(t.rates) for t in targets}
     lines = throughput(
         targets,
@@ -401,6 +442,23 @@ def report(targets, args):
         f"h2c: h2load -t1 -c{H2_CONNECTIONS} -m{H2_STREAMS}, {args.seconds}s per run, in the same rounds.",
         "h2c req/s",
     )
+    direct = next(t for t in targets if t.name == "direct")
+    h2_median = {t.name: statistics.median(t.h2_rates) for t in h2_only + [direct]}
+    lines += [
+        "",
+        f"h2c client to h2c service (the backend's h2c listener; gRPC's shape): h2load -t1 -c{H2_CONNECTIONS}"
+        f" -m{H2_STREAMS}, {args.seconds}s per run, in the same rounds. nginx-h2: grpc_pass; haproxy-h2:"
+        " `proto h2`; sluice-h2: upstream_protocol http2.",
+        "",
+        "| target | h2c req/s median | min-max | vs nginx-h2 | vs haproxy-h2 | vs direct |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in h2_only + [direct]:
+        m = h2_median[t.name]
+        lines.append(
+            f"| {t.name} | {m:,.0f} | {min(t.h2_rates):,.0f}-{max(t.h2_rates):,.0f} | {m / h2_median['nginx-h2']:.2f} "
+            f"| {m / h2_median['haproxy-h2']:.2f} | {m / h2_median['direct']:.2f} |"
+        )
     for fraction in args.load:
         rate = round(by_name["nginx"] * fraction)
         lines += [
@@ -517,23 +575,28 @@ def main():
     try:
         targets = bench.setup()
         for t in targets:  # warm-up: pools filled, code paged in
-            bench.wrk(t, 1 if args.quick else 3)
+            if t.h2_only:
+                bench.h2load(t, 1 if args.quick else 3)
+            else:
+                bench.wrk(t, 1 if args.quick else 3)
         for _ in range(args.rounds):
             for t in targets:
-                rate, cpu = bench.wrk(t, args.seconds)
-                t.rates.append(rate)
-                t.cpu.append(cpu)
+                if not t.h2_only:
+                    rate, cpu = bench.wrk(t, args.seconds)
+                    t.rates.append(rate)
+                    t.cpu.append(cpu)
                 t.h2_rates.append(bench.h2load(t, args.seconds))
         nginx = statistics.median(next(t for t in targets if t.name == "nginx").rates)
         for _ in range(args.latency_rounds):
             for fraction in args.load:
                 for t in targets:
-                    if t.status == 200:  # not the 429 path: a refusal is not an answer
+                    if t.status == 200 and not t.h2_only:  # not the 429 path: a refusal is not an answer
                         t.latency.setdefault(fraction, []).append(bench.open_loop(t, round(nginx * fraction), args.seconds))
         # Redis calls over every request sluice-global answered, warm-up and all
         args.redis_calls = bench.redis_calls()
         for t in targets:
-            t.rss_per_connection = bench.idle_connections(t, args.idle)
+            if not t.h2_only:
+                t.rss_per_connection = bench.idle_connections(t, args.idle)
     finally:
         bench.stop()
     # every proxy again, under callgrind, one at a time
@@ -541,7 +604,7 @@ def main():
     try:
         by_name = {t.name: t for t in targets}
         for t in counted.setup():
-            if t.name != "direct":
+            if t.name != "direct" and not t.h2_only:  # counted over HTTP/1.1
                 by_name[t.name].instructions = counted.count_instructions(t, args.counted)
     finally:
         counted.stop()

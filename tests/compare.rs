@@ -1,5 +1,6 @@
 //! The load comparison harness (benches/compare.sh) runs end to end in its quick mode:
-//! nginx, HAProxy and sluice in front of one backend, wrk and h2load against each, open-loop
+//! nginx, HAProxy and sluice in front of one backend (and, h2c to its h2c listener, each
+//! as gRPC is proxied), wrk and h2load against each, open-loop
 //! latency, CPU and memory figures, instructions per request under callgrind, a report.
 //! This proves the harness works; it judges no number (BENCHMARKS.md does, from a full
 //! run).
@@ -15,14 +16,17 @@ fn quick_comparison_runs_every_target_and_reports() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "compare.sh failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    // tables: HTTP/1.1 throughput, h2c throughput, open-loop latency at two rates (not for
-    // the 429 path), CPU and memory, instructions (not for direct); a row per target in each
-    for target in ["direct", "nginx", "haproxy", "sluice", "sluice-full", "sluice-429", "sluice-local", "sluice-global"]
-    {
+    // tables: HTTP/1.1 throughput, h2c throughput, h2c to an h2c service (the -h2 targets
+    // and direct), open-loop latency at two rates (not for the 429 path), CPU and memory,
+    // instructions (not for direct); a row per target in each
+    let targets =
+        ["direct", "nginx", "haproxy", "sluice", "sluice-full", "sluice-429", "sluice-local", "sluice-global"];
+    for target in targets.into_iter().chain(["nginx-h2", "haproxy-h2", "sluice-h2"]) {
         let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with(&format!("| {target} |"))).collect();
         let expected = match target {
-            "direct" => 5,
+            "direct" => 6,
             "sluice-429" => 4,
+            "nginx-h2" | "haproxy-h2" | "sluice-h2" => 1,
             _ => 6,
         };
         assert_eq!(rows.len(), expected, "{target} in:\n{stdout}");

@@ -306,3 +306,50 @@ async fn grpc_timeout_is_the_deadline_when_it_is_the_earlier() {
     assert_eq!(response.status(), 200);
     assert_eq!(&body[5..], b"in time");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streaming_call_holds_its_concurrency_slot_until_it_ends() {
+    use http_body_util::BodyExt;
+    let echo = Echo::start();
+    let routes = "routes:\n  - name: bidi\n    match: { path: /echo.Echo/Bidi }\n    concurrency: { max: 1 }\n";
+    let sluice = Sluice::start_before(echo.addr, &format!("upstream_protocol: http2\n{routes}")).await;
+    let call = |body: Body| {
+        http::Request::post(sluice.url("/echo.Echo/Bidi"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(body)
+            .unwrap()
+    };
+    // A bidirectional call, left open: one message each way so far.
+    let (mut tx, body) =
+        http_body_util::channel::Channel::<bytes::Bytes, Box<dyn std::error::Error + Send + Sync>>::new(4);
+    let client = h2_client();
+    let open = tokio::spawn({
+        let client = client.clone();
+        let request = call(body.boxed());
+        async move { client.request(request).await.unwrap() }
+    });
+    tx.send_data(grpc_frame(b"x").into()).await.unwrap();
+    let response = open.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut answer = response.into_body();
+    let first = answer.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[5..], b"echo x", "the first answer streams back before the call ends");
+    // While it is open, a second call is over the route's concurrency.
+    let (second, _) = send(&h2_client(), call(full(grpc_frame(b"y")))).await;
+    assert_eq!(second.headers()["grpc-status"], "8", "RESOURCE_EXHAUSTED while the stream holds the slot");
+    // The first call ends (its request stream, then its answer with trailers): the slot is free.
+    drop(tx);
+    let mut trailers = None;
+    while let Some(frame) = answer.frame().await {
+        if let Ok(t) = frame.unwrap().into_trailers() {
+            trailers = Some(t);
+        }
+    }
+    assert_eq!(trailers.unwrap()["grpc-status"], "0");
+    eventually("the slot to be given back", Duration::from_secs(2), async || {
+        let (third, body) = send(&h2_client(), call(full(grpc_frame(b"z")))).await;
+        third.headers().get("grpc-status").is_none() && body.ends_with(b"echo z")
+    })
+    .await;
+}
