@@ -353,3 +353,44 @@ async fn a_streaming_call_holds_its_concurrency_slot_until_it_ends() {
     })
     .await;
 }
+
+/// An h2c-only service on `listener` until the task is aborted; its connections end with
+/// it (each runs in `connections`, aborted when dropped).
+async fn h2_service(listener: tokio::net::TcpListener) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (stream, _) = listener.accept().await.unwrap();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
+                    "ok",
+                ))))
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .http2_only()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_that_restarts_gets_a_new_connection() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = tokio::spawn(h2_service(listener));
+    let sluice = Sluice::start_before(addr, &format!("upstream_protocol: http2\n{ROUTES}")).await;
+    for _ in 0..3 {
+        assert_eq!(get(&client(), &sluice.url("/x")).await.0.status(), 200);
+    }
+    // The service goes away with its connections, and comes back on the same port.
+    service.abort();
+    let _ = service.await;
+    assert_eq!(get(&client(), &sluice.url("/x")).await.0.status(), 502, "nothing listens");
+    let service = tokio::spawn(h2_service(tokio::net::TcpListener::bind(addr).await.unwrap()));
+    for _ in 0..5 {
+        assert_eq!(get(&client(), &sluice.url("/x")).await.0.status(), 200, "a new connection to the service");
+    }
+    service.abort();
+}

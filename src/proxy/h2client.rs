@@ -40,6 +40,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The worker's connection to the service.
 pub struct H2Pool {
     current: Mutex<Option<Current>>,
+    /// Connections made so far.
+    made: std::sync::atomic::AtomicU64,
     /// Held while a connection is made: the requests that find none wait for that one
     /// rather than each making its own.
     connecting: tokio::sync::Mutex<()>,
@@ -51,6 +53,9 @@ struct Current {
     send: SendRequest<RequestBody>,
     authority: Authority,
     generation: u32,
+    /// Which of the worker's connections it is, so that a request forgets only the one it
+    /// found closed.
+    id: u64,
 }
 
 /// A request that got no response head.
@@ -64,7 +69,7 @@ pub enum Failed {
 
 impl H2Pool {
     pub fn new(shared: Arc<Shared>) -> Self {
-        Self { current: Mutex::new(None), connecting: tokio::sync::Mutex::new(()), shared }
+        Self { current: Mutex::new(None), made: Default::default(), connecting: tokio::sync::Mutex::new(()), shared }
     }
 
     /// Sends `req` to `to` and reads the response head by `deadline`.
@@ -76,7 +81,7 @@ impl H2Pool {
     ) -> Result<Response<Incoming>, Failed> {
         let sent = async {
             loop {
-                let (mut send, fresh) = match self.usable(to.authority) {
+                let ((mut send, id), fresh) = match self.usable(to.authority) {
                     Some(current) => (current, false),
                     None => {
                         let _connecting = self.connecting.lock().await;
@@ -87,7 +92,7 @@ impl H2Pool {
                     }
                 };
                 if send.ready().await.is_err() {
-                    self.forget(&send);
+                    self.forget(id);
                     if fresh {
                         return Err(Failed::Io(io::Error::new(
                             io::ErrorKind::ConnectionReset,
@@ -101,7 +106,7 @@ impl H2Pool {
                     Err(mut e) => match e.take_message() {
                         // Never sent: the connection was closing. Again, on a new one.
                         Some(back) if !fresh => {
-                            self.forget(&send);
+                            self.forget(id);
                             req = back;
                         }
                         _ => return Err(Failed::Io(sent_error(e.into_error()))),
@@ -117,24 +122,25 @@ impl H2Pool {
 
     /// The connection, if it is open, to `authority`, and to the addresses its name
     /// resolves to now.
-    fn usable(&self, authority: &Authority) -> Option<SendRequest<RequestBody>> {
+    fn usable(&self, authority: &Authority) -> Option<(SendRequest<RequestBody>, u64)> {
         let generation = self.shared.generation();
         let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         current
             .as_ref()
             .filter(|c| !c.send.is_closed() && c.authority.as_str() == authority.as_str() && c.generation == generation)
-            .map(|c| c.send.clone())
+            .map(|c| (c.send.clone(), c.id))
     }
 
-    fn forget(&self, send: &SendRequest<RequestBody>) {
+    /// Forgets connection `id`, found closing: the next request makes another.
+    fn forget(&self, id: u64) {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        if current.as_ref().is_some_and(|c| c.send.is_closed() || send.is_closed()) {
+        if current.as_ref().is_some_and(|c| c.id == id) {
             *current = None;
         }
     }
 
     /// A new connection to `to`, the worker's from now on.
-    async fn connect(&self, to: Target<'_>) -> Result<SendRequest<RequestBody>, Failed> {
+    async fn connect(&self, to: Target<'_>) -> Result<(SendRequest<RequestBody>, u64), Failed> {
         let counted = self.shared.connection(to.max_connections, None).ok_or(Failed::Overflow)?;
         let generation = self.shared.generation();
         let addresses = self.shared.addresses(to.authority);
@@ -173,9 +179,10 @@ impl H2Pool {
             drop(counted); // its place in the count of connections, for as long as it was open
         });
         let generation = addresses.as_ref().map_or(generation, |a| a.generation);
-        let current = Current { send: send.clone(), authority: to.authority.clone(), generation };
+        let id = self.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let current = Current { send: send.clone(), authority: to.authority.clone(), generation, id };
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(current);
-        Ok(send)
+        Ok((send, id))
     }
 }
 
