@@ -187,6 +187,28 @@ http {{
         )
         return ["nginx", "-p", prefix, "-c", conf]
 
+    def haproxy(self, name, binds, server):
+        """The command of an HAProxy with one thread, listening on `binds`, proxying to `server`."""
+        conf = self.write(
+            f"{name}.cfg",
+            f"""global
+    nbthread 1
+    maxconn {self.args.maxconn}
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    http-reuse always
+frontend in
+    {binds}
+    default_backend out
+backend out
+    server backend {server}
+""",
+        )
+        return ["haproxy", "-db", "-f", conf]
+
     def setup(self):
         # nginx takes h2c (prior knowledge) only on a listener of its own
         backend, backend_h2 = free_port(), free_port()
@@ -216,26 +238,8 @@ http {{
         targets.append(Target("nginx", port, pid, h2_port))
 
         port, h2_port = free_port(), free_port()
-        conf = self.write(
-            "haproxy.cfg",
-            f"""global
-    nbthread 1
-    maxconn {self.args.maxconn}
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-    http-reuse always
-frontend in
-    bind 127.0.0.1:{port}
-    bind 127.0.0.1:{h2_port} proto h2
-    default_backend out
-backend out
-    server backend 127.0.0.1:{backend}
-""",
-        )
-        pid = self.start("haproxy", ["haproxy", "-db", "-f", conf], port)
+        binds = f"bind 127.0.0.1:{port}\n    bind 127.0.0.1:{h2_port} proto h2"
+        pid = self.start("haproxy", self.haproxy("haproxy", binds, f"127.0.0.1:{backend}"), port)
         targets.append(Target("haproxy", port, pid, h2_port))
 
         # h2c clients to the backend's h2c listener, as gRPC services are proxied: nginx's
@@ -252,25 +256,8 @@ backend out
         )
         targets.append(Target("nginx-h2", h2_port, pid, h2_port, h2_only=True))
         h2_port = free_port()
-        conf = self.write(
-            "haproxy-h2.cfg",
-            f"""global
-    nbthread 1
-    maxconn {self.args.maxconn}
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-    http-reuse always
-frontend in
-    bind 127.0.0.1:{h2_port} proto h2
-    default_backend out
-backend out
-    server backend 127.0.0.1:{backend_h2} proto h2
-""",
-        )
-        pid = self.start("haproxy-h2", ["haproxy", "-db", "-f", conf], h2_port)
+        binds, server = f"bind 127.0.0.1:{h2_port} proto h2", f"127.0.0.1:{backend_h2} proto h2"
+        pid = self.start("haproxy-h2", self.haproxy("haproxy-h2", binds, server), h2_port)
         targets.append(Target("haproxy-h2", h2_port, pid, h2_port, h2_only=True))
 
         # the store of sluice-global's quota: a real redis-server, on the proxy's CPU too
