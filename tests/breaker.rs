@@ -227,8 +227,5 @@ async fn breaker_and_dns_settings_are_checked() {
 }
 
 async fn admin_status(sluice: &Sluice) -> serde_json::Value {
-    let req = http::Request::get(sluice.admin_url("/v1/status")).header("authorization", format!("Bearer {TOKEN}"));
-    let (response, body) = send(&client(), req.body(empty()).unwrap()).await;
-    assert_eq!(response.status(), 200, "{}", String::from_utf8_lossy(&body));
-    serde_json::from_slice(&body).unwrap()
+    sluice.admin_json("/v1/status", TOKEN).await
 }

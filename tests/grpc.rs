@@ -112,10 +112,7 @@ async fn grpc_failures_says_which_statuses_fail_availability() {
     tokio::task::spawn_blocking(move || call(addr)).await.unwrap();
     // Five calls in the window, all good: UNAVAILABLE is not among the failures now.
     let availability = async || {
-        let req =
-            http::Request::get(sluice.admin_url("/v1/status")).header("authorization", "Bearer grpc-viewer-token");
-        let (_, body) = send(&client(), req.body(empty()).unwrap()).await;
-        let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let status = sluice.admin_json("/v1/status", "grpc-viewer-token").await;
         let sli = &status["routes"][0]["sla"]["availability"];
         (sli["total"].as_u64(), sli["good"].as_u64())
     };

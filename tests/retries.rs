@@ -157,9 +157,7 @@ async fn retries_of_a_service_that_fails_half_the_time_stay_within_the_budget() 
     assert_eq!(retries(&metrics, "flaky", "retried"), retried as f64);
     assert!(retries(&metrics, "flaky", "budget_exhausted") > 0.0);
     // /v1/status shows the policy and the same counts.
-    let req = Request::get(sluice.admin_url("/v1/status")).header("authorization", "Bearer retries-viewer-token");
-    let (_, body) = send(&client(), req.body(empty()).unwrap()).await;
-    let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let status = sluice.admin_json("/v1/status", "retries-viewer-token").await;
     let shown = &status["routes"][0]["retries"];
     assert_eq!((shown["attempts"].as_u64(), shown["budget_ratio"].as_f64()), (Some(3), Some(0.2)), "{shown}");
     assert_eq!(shown["results"]["retried"], retried);

@@ -174,11 +174,6 @@ impl ProxyBody {
     }
 }
 
-/// The `grpc-status` of a head or trailers, if it has one (a number, as gRPC sends it).
-pub fn grpc_status(fields: &http::HeaderMap) -> Option<u8> {
-    fields.get("grpc-status")?.to_str().ok()?.parse().ok()
-}
-
 fn give_back(lease: &mut Option<Lease>) {
     if let Some(lease) = lease.take() {
         lease.give_back();
@@ -209,7 +204,7 @@ impl Body for ProxyBody {
                 let frame = ready!(Pin::new(body).poll_frame(cx)).map(|frame| frame.map_err(io::Error::other));
                 if let Some(trailers) = frame.as_ref().and_then(|f| f.as_ref().ok()).and_then(Frame::trailers_ref) {
                     // A gRPC call's status comes in its trailers.
-                    if let Some(code) = grpc_status(trailers) {
+                    if let Some(code) = super::grpc::status(trailers) {
                         this.set_grpc(code);
                     }
                 }

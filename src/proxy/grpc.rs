@@ -34,6 +34,11 @@ pub fn is_grpc(version: Version, fields: &RequestFields) -> bool {
     version == Version::HTTP_2 && fields.get(&CONTENT_TYPE).is_some_and(|t| t.starts_with(b"application/grpc"))
 }
 
+/// The `grpc-status` of a head or trailers, if it has one (a number, as gRPC sends it).
+pub fn status(fields: &http::HeaderMap) -> Option<u8> {
+    fields.get(GRPC_STATUS)?.to_str().ok()?.parse().ok()
+}
+
 /// The status that stands for sluice's own answer `status`: a quota's refusal is
 /// RESOURCE_EXHAUSTED, a service that cannot be reached or held down UNAVAILABLE, a
 /// timeout DEADLINE_EXCEEDED, a request sluice refused as malformed INTERNAL (as gRPC's

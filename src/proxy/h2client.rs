@@ -60,7 +60,7 @@ struct Current {
 
 /// A request that got no response head.
 pub enum Failed {
-    /// `circuit_breaker.max_connections` are open, none of them this worker's.
+    /// `circuit_breaker.max_connections` are open, and no pool has an idle one to close.
     Overflow,
     /// No connection (nothing of the request left sluice), or the deadline passed
     /// (`TimedOut`), or the request or its body failed: the error says which.

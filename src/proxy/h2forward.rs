@@ -50,7 +50,7 @@ impl Proxy {
         let (parts, body) = response.into_parts();
         let mut fields = Fields::from_map(&parts.headers);
         // A gRPC call answered "trailers-only" has its status in its head.
-        let grpc = super::body::grpc_status(&parts.headers);
+        let grpc = grpc::status(&parts.headers);
         let failed = parts.status.is_server_error();
         self.live.health.answered(failed, snapshot.config.outlier_detection.as_ref(), || self.live.clock());
         if let Some(measure) = &mut guard.measure {

@@ -100,10 +100,8 @@ fn same_set(a: &[SocketAddr], b: &[SocketAddr]) -> bool {
 
 /// The address of an authority that names an IP: no lookup needed.
 pub fn literal(authority: &Authority) -> Option<SocketAddr> {
-    let host = authority.host();
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    let ip: IpAddr = host.parse().ok()?;
-    Some(SocketAddr::new(ip, authority.port_u16().unwrap_or(80)))
+    let (host, port) = host_port(authority);
+    Some(SocketAddr::new(host.parse::<IpAddr>().ok()?, port))
 }
 
 /// Host and port, as the system resolver takes them: an IPv6 literal without its

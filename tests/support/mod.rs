@@ -248,6 +248,11 @@ impl Sluice {
         format!("http://{}{path}", self.running().admin_addr())
     }
 
+    /// `GET path` on the admin listener with `token`: the JSON body of a 200.
+    pub async fn admin_json(&self, path: &str, token: &str) -> serde_json::Value {
+        admin_json(self.admin_url(path), token).await
+    }
+
     /// `GET /metrics` on the admin listener, as Prometheus scrapes it.
     pub async fn scrape(&self) -> Metrics {
         let (response, body) = get(&client(), &self.admin_url("/metrics")).await;
@@ -544,10 +549,7 @@ impl Process {
 
     /// `GET path` on the admin listener with `token`: the JSON body of a 200.
     pub async fn admin_json(&self, path: &str, token: &str) -> serde_json::Value {
-        let req = Request::get(self.admin_url(path)).header("authorization", format!("Bearer {token}"));
-        let (response, body) = send(&client(), req.body(empty()).unwrap()).await;
-        assert_eq!(response.status(), 200, "{path}");
-        serde_json::from_slice(&body).unwrap()
+        admin_json(self.admin_url(path), token).await
     }
 
     pub fn signal(&self, name: &str) {
@@ -597,4 +599,12 @@ impl Drop for Process {
 pub fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+}
+
+/// `GET url` of an admin listener with `token`: the JSON body of a 200.
+pub async fn admin_json(url: String, token: &str) -> serde_json::Value {
+    let req = Request::get(&url).header("authorization", format!("Bearer {token}"));
+    let (response, body) = send(&client(), req.body(empty()).unwrap()).await;
+    assert_eq!(response.status(), 200, "{url}: {}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
 }
