@@ -132,12 +132,14 @@ class Bench:
         wait_listening(port, proc, name, timeout)
         return proc.pid
 
-    def count_instructions(self, target, requests):
-        """User-space instructions per request of `target`, running under callgrind."""
+    def count_instructions(self, target, requests, h2=False):
+        """User-space instructions per request of `target`, running under callgrind: HTTP/1.1
+        requests on 10 connections, or with `h2` h2c on 10 connections of 10 streams each."""
         url = f"http://127.0.0.1:{target.port}/bench"
-        self.load(["h2load", "--h1", "-n", str(WARM_UP), "-c", "10", url])
+        protocol = ["-m", "10"] if h2 else ["--h1"]
+        self.load(["h2load", *protocol, "-n", str(WARM_UP), "-c", "10", url])
         subprocess.run(["callgrind_control", "--zero", str(target.pid)], capture_output=True, check=True)
-        out_text = self.load(["h2load", "--h1", "-n", str(requests), "-c", "10", url])
+        out_text = self.load(["h2load", *protocol, "-n", str(requests), "-c", "10", url])
         # h2load counts a 4xx as failed: look at the status classes instead
         answered = re.search(rf"(\d+) {str(target.status)[0]}xx", out_text)
         if f"{requests} done" not in out_text or not answered or int(answered.group(1)) != requests:

@@ -10,7 +10,7 @@ comparison around it: for an A/B of a change to the request path in a few minute
 Each build runs each config behind the same nginx backend, as compare.py counts it: 200
 keep-alive requests of warm-up, then 20,000 counted (h2load --h1, 10 connections). Needs
 nginx, h2load and valgrind (benches/compare.sh installs them), and redis-server for the
-`global` config.
+`global` config. The `h2-front` and `h2` configs are loaded by h2c clients (h2load -c10 -m10).
 """
 
 import argparse
@@ -55,7 +55,12 @@ CONFIGS = {
     "local": 'routes:\n  - name: all\n    match: { path: "/*" }\n    quota: { rate: 1000000, per: 1s, burst: 1000000, key: client_ip }\n',
     "global": 'global: { redis: "redis://REDIS", timeout: 1s, on_error: deny }\nroutes:\n  - name: all\n    match: { path: "/*" }\n'
     '    quota: { rate: 1000000, per: 1s, burst: 1000000, key: client_ip, scope: global }\n',
+    # h2c clients: to the same HTTP/1.1 service (the HTTP/2 front alone), and to the backend's
+    # h2c listener (`upstream_protocol: http2`, gRPC's path: issue 23)
+    "h2-front": "",
+    "h2": "upstream_protocol: http2\n",
 }
+H2 = ("h2-front", "h2")
 
 
 def main():
@@ -73,8 +78,9 @@ def main():
     bench = compare.Bench(argparse.Namespace(maxconn=20_000), callgrind=True)
     counts = {}
     try:
-        backend = compare.free_port()
-        conf = bench.nginx("backend", f'server {{ listen 127.0.0.1:{backend}; location / {{ return 200 "ok\\n"; }} }}')
+        backend, backend_h2 = compare.free_port(), compare.free_port()
+        listen = f"listen 127.0.0.1:{backend}; listen 127.0.0.1:{backend_h2} http2;"
+        conf = bench.nginx("backend", f'server {{ {listen} location / {{ return 200 "ok\\n"; }} }}')
         bench.start("backend", conf, backend)
         if "global" in configs:
             redis = compare.free_port()
@@ -88,7 +94,8 @@ def main():
                     port = compare.free_port()
                     path = bench.write(
                         f"{name}.yaml",
-                        f"service: bench\nlisten: 127.0.0.1:{port}\nupstream: http://127.0.0.1:{backend}\n"
+                        f"service: bench\nlisten: 127.0.0.1:{port}\n"
+                        f"upstream: http://127.0.0.1:{backend_h2 if config == 'h2' else backend}\n"
                         f"admin:\n  listen: 127.0.0.1:0\n  state_dir: {bench.dir}/{name}-state\n{routes}",
                     )
                     # an older build may not know a config's fields: it is left out of that row
@@ -97,7 +104,7 @@ def main():
                         continue
                     env = dict(os.environ, SLUICE_LOG="warn")
                     pid = bench.start(name, [binary, "run", "--config", path], port, env)
-                    n = bench.count_instructions(compare.Target(name, port, pid, port), COUNTED)
+                    n = bench.count_instructions(compare.Target(name, port, pid, port), COUNTED, h2=config in H2)
                     counts.setdefault((config, build), []).append(n)
                     print(f"round {r + 1}: {build:8} {config:15} {n:9,.0f}", flush=True)
     finally:

@@ -86,7 +86,7 @@ enum Inner {
         _counted: Connection,
     },
     /// An HTTP/2 service's body, as hyper reads it: its data and trailers.
-    H2(Incoming),
+    H2(super::h2body::ServiceBody),
 }
 
 impl ProxyBody {
@@ -105,7 +105,7 @@ impl ProxyBody {
     }
 
     /// An HTTP/2 service's body, holding the request's guard until it ends.
-    pub fn h2(body: Incoming, fields: Fields, guard: Guard) -> Self {
+    pub fn h2(body: super::h2body::ServiceBody, fields: Fields, guard: Guard) -> Self {
         Self { inner: Inner::H2(body), guard: Some(guard), fields: Some(fields) }
     }
 
@@ -201,7 +201,7 @@ impl Body for ProxyBody {
             },
             Inner::Tunnel { .. } => None,
             Inner::H2(body) => {
-                let frame = ready!(Pin::new(body).poll_frame(cx)).map(|frame| frame.map_err(io::Error::other));
+                let frame = ready!(Pin::new(body).poll_frame(cx));
                 if let Some(trailers) = frame.as_ref().and_then(|f| f.as_ref().ok()).and_then(Frame::trailers_ref) {
                     // A gRPC call's status comes in its trailers.
                     if let Some(code) = super::grpc::status(trailers) {

@@ -329,7 +329,7 @@ pub fn client_fault(error: &io::Error) -> Option<ClientFault> {
     error.get_ref().and_then(|e| e.downcast_ref::<ClientFault>()).copied()
 }
 
-/// The client's body broke off (an HTTP/2 service's request, whose body hyper reads).
+/// The client's body broke off (a request to an HTTP/2 service, whose body is read as it is sent).
 pub fn client_broke() -> io::Error {
     fault(ClientFault::Broken)
 }

@@ -1,25 +1,31 @@
 //! HTTP/2 (h2c, prior knowledge) to the service, for `upstream_protocol: http2` and, for
 //! h2c clients, `match_client`: gRPC services speak nothing else. One connection per
-//! worker, multiplexed, made by hyper's client with every setting explicit; streams run on
-//! the connection's own task (hyper's), bodies and trailers stream both ways as they come.
+//! worker, multiplexed, driven with the `h2` crate with every setting explicit: the
+//! connection on a task of its own, each stream on its request's task (its bodies in
+//! [`super::h2body`]), so that a request costs no task and no channel of its own.
 //!
 //! A connection that the service closed or that went away (GOAWAY) is replaced on the next
-//! request; a request the closing connection never took (hyper hands it back) goes on the
-//! new one. Connections count towards `circuit_breaker.max_connections` like HTTP/1.1
-//! ones, and follow the service's addresses as [`crate::upstream::resolve`] keeps them.
+//! request; a request that found it closing before it was sent goes on the new one.
+//! Connections count towards `circuit_breaker.max_connections` like HTTP/1.1 ones, and
+//! follow the service's addresses as [`crate::upstream::resolve`] keeps them.
 
+use std::future::{poll_fn, Future};
 use std::io;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::{Ping, PingPong};
 use http::uri::Authority;
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http2::{self, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::h2body::{send_body, SendFailed, ServiceBody};
 use super::pool::{Shared, Target};
 use super::RequestBody;
 use crate::upstream::resolve;
@@ -29,7 +35,7 @@ use crate::upstream::resolve;
 /// may send ahead of the client reading it (hyper's defaults are 5 MiB each).
 const STREAM_WINDOW: u32 = 256 * 1024;
 const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
-/// Request body bytes hyper queues a stream before it stops taking more from the client.
+/// Request body bytes h2 queues a stream before it stops taking more from the client.
 const SEND_BUFFER: usize = 64 * 1024;
 /// A PING every 20 s, idle or not, and the connection closed when one is not answered
 /// within 20 s: a service that went away without a FIN is noticed.
@@ -41,7 +47,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct H2Pool {
     current: Mutex<Option<Current>>,
     /// Connections made so far.
-    made: std::sync::atomic::AtomicU64,
+    made: AtomicU64,
     /// Held while a connection is made: the requests that find none wait for that one
     /// rather than each making its own.
     connecting: tokio::sync::Mutex<()>,
@@ -50,7 +56,9 @@ pub struct H2Pool {
 
 #[derive(Clone)]
 struct Current {
-    send: SendRequest<RequestBody>,
+    send: SendRequest<Bytes>,
+    /// Set by the connection's task when it ends.
+    closed: Arc<AtomicBool>,
     authority: Authority,
     generation: u32,
     /// Which of the worker's connections it is, so that a request forgets only the one it
@@ -72,16 +80,19 @@ impl H2Pool {
         Self { current: Mutex::new(None), made: Default::default(), connecting: tokio::sync::Mutex::new(()), shared }
     }
 
-    /// Sends `req` to `to` and reads the response head by `deadline`.
+    /// Sends `head` and `body` to `to` and reads the response head by `deadline`. A body
+    /// still being sent when the head comes goes on, on a task of its own, as the client
+    /// sends it (a streaming call); one sent whole by then costs no task.
     pub async fn send(
         &self,
         to: Target<'_>,
-        mut req: Request<RequestBody>,
+        head: Request<()>,
+        body: RequestBody,
         deadline: Instant,
-    ) -> Result<Response<Incoming>, Failed> {
+    ) -> Result<Response<ServiceBody>, Failed> {
         let sent = async {
-            loop {
-                let ((mut send, id), fresh) = match self.usable(to.authority) {
+            let send = loop {
+                let (current, fresh) = match self.usable(to.authority) {
                     Some(current) => (current, false),
                     None => {
                         let _connecting = self.connecting.lock().await;
@@ -91,28 +102,17 @@ impl H2Pool {
                         }
                     }
                 };
-                if send.ready().await.is_err() {
-                    self.forget(id);
-                    if fresh {
-                        return Err(Failed::Io(io::Error::new(
-                            io::ErrorKind::ConnectionReset,
-                            "the service closed the connection",
-                        )));
+                match current.send.ready().await {
+                    Ok(send) => break send,
+                    // Closing, nothing of the request sent: again, on a new connection.
+                    Err(_) if !fresh => self.forget(current.id),
+                    Err(e) => {
+                        self.forget(current.id);
+                        return Err(Failed::Io(io::Error::new(io::ErrorKind::ConnectionReset, e)));
                     }
-                    continue;
                 }
-                match send.try_send_request(req).await {
-                    Ok(response) => return Ok(response),
-                    Err(mut e) => match e.take_message() {
-                        // Never sent: the connection was closing. Again, on a new one.
-                        Some(back) if !fresh => {
-                            self.forget(id);
-                            req = back;
-                        }
-                        _ => return Err(Failed::Io(sent_error(e.into_error()))),
-                    },
-                }
-            }
+            };
+            exchange(send, head, body).await
         };
         match tokio::time::timeout_at(deadline, sent).await {
             Ok(result) => result,
@@ -122,13 +122,17 @@ impl H2Pool {
 
     /// The connection, if it is open, to `authority`, and to the addresses its name
     /// resolves to now.
-    fn usable(&self, authority: &Authority) -> Option<(SendRequest<RequestBody>, u64)> {
+    fn usable(&self, authority: &Authority) -> Option<Current> {
         let generation = self.shared.generation();
         let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         current
             .as_ref()
-            .filter(|c| !c.send.is_closed() && c.authority.as_str() == authority.as_str() && c.generation == generation)
-            .map(|c| (c.send.clone(), c.id))
+            .filter(|c| {
+                !c.closed.load(Ordering::Acquire)
+                    && c.authority.as_str() == authority.as_str()
+                    && c.generation == generation
+            })
+            .cloned()
     }
 
     /// Forgets connection `id`, found closing: the next request makes another.
@@ -140,7 +144,7 @@ impl H2Pool {
     }
 
     /// A new connection to `to`, the worker's from now on.
-    async fn connect(&self, to: Target<'_>) -> Result<(SendRequest<RequestBody>, u64), Failed> {
+    async fn connect(&self, to: Target<'_>) -> Result<Current, Failed> {
         let counted = self.shared.connection(to.max_connections, None).ok_or(Failed::Overflow)?;
         let generation = self.shared.generation();
         let addresses = self.shared.addresses(to.authority);
@@ -150,48 +154,99 @@ impl H2Pool {
                 None => TcpStream::connect(resolve::host_port(to.authority)).await?,
             };
             stream.set_nodelay(true)?;
-            let (send, conn) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new()) // without a timer the keep-alive pings panic
-                .initial_stream_window_size(STREAM_WINDOW)
+            h2::client::Builder::new()
+                .initial_window_size(STREAM_WINDOW)
                 .initial_connection_window_size(CONNECTION_WINDOW)
                 .max_frame_size(16 * 1024)
-                .max_send_buf_size(SEND_BUFFER)
+                .max_send_buffer_size(SEND_BUFFER)
                 .max_header_list_size(super::h1::MAX_HEAD as u32)
-                .keep_alive_interval(PING_INTERVAL)
-                .keep_alive_timeout(PING_INTERVAL)
-                .keep_alive_while_idle(true)
-                .handshake(TokioIo::new(stream))
+                .enable_push(false)
+                .handshake::<_, Bytes>(stream)
                 .await
-                .map_err(io::Error::other)?;
-            Ok::<_, io::Error>((send, conn))
+                .map_err(io::Error::other)
         };
-        let (send, conn) = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        let (send, mut conn) = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Ok(Ok(made)) => made,
             Ok(Err(e)) => return Err(Failed::Io(e)),
             Err(_) => {
                 return Err(Failed::Io(io::Error::new(io::ErrorKind::HostUnreachable, "no connection within 5 s")))
             }
         };
+        let closed = Arc::new(AtomicBool::new(false));
+        let ended = closed.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "HTTP/2 connection to the service ended");
+            let pings = conn.ping_pong();
+            let mut conn = pin!(conn);
+            let ended_by = tokio::select! {
+                result = conn.as_mut() => result.err().map(|e| e.to_string()),
+                why = keep_alive(pings) => Some(why.to_string()),
+            };
+            ended.store(true, Ordering::Release);
+            if let Some(why) = ended_by {
+                tracing::debug!(error = %why, "HTTP/2 connection to the service ended");
             }
             drop(counted); // its place in the count of connections, for as long as it was open
         });
         let generation = addresses.as_ref().map_or(generation, |a| a.generation);
-        let id = self.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let current = Current { send: send.clone(), authority: to.authority.clone(), generation, id };
-        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(current);
-        Ok((send, id))
+        let id = self.made.fetch_add(1, Ordering::Relaxed);
+        let current = Current { send, closed, authority: to.authority.clone(), generation, id };
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(current.clone());
+        Ok(current)
     }
 }
 
-/// A request that failed once sent: the client's fault when its body failed (hyper's
-/// "user" errors: sluice's request heads are valid by construction), else the service's.
-fn sent_error(e: hyper::Error) -> io::Error {
-    if e.is_user() {
-        super::conn::client_broke()
-    } else {
-        io::Error::other(e)
+/// Sends one request on a ready connection and waits for its response head, sending its
+/// body meanwhile.
+async fn exchange(
+    mut send: SendRequest<Bytes>,
+    head: Request<()>,
+    body: RequestBody,
+) -> Result<Response<ServiceBody>, Failed> {
+    use http_body::Body as _;
+    let end = body.is_end_stream();
+    let (mut response, stream) = send.send_request(head, end).map_err(|e| Failed::Io(io::Error::other(e)))?;
+    let mut answer = None;
+    if !end {
+        let mut sending = Box::pin(send_body(body, stream));
+        let first = poll_fn(|cx| {
+            if let Poll::Ready(sent) = sending.as_mut().poll(cx) {
+                return Poll::Ready(Err(sent));
+            }
+            Pin::new(&mut response).poll(cx).map(Ok)
+        });
+        match first.await {
+            // Answered before the body was all sent (a streaming call): the rest goes on.
+            Ok(head) => {
+                answer = Some(head);
+                drop(tokio::spawn(sending));
+            }
+            // The client's body failed: its own fault when it says which (an HTTP/1.1
+            // body that stalled), else it broke off (an HTTP/2 stream reset).
+            Err(Err(SendFailed::Client(e))) => {
+                let e = if super::conn::client_fault(&e).is_some() { e } else { super::conn::client_broke() };
+                return Err(Failed::Io(e));
+            }
+            Err(Ok(()) | Err(SendFailed::Service)) => {} // the answer says the rest
+        }
+    }
+    let response = match answer {
+        Some(head) => head,
+        None => response.await,
+    };
+    let response = response.map_err(|e| Failed::Io(io::Error::other(e)))?;
+    Ok(response.map(ServiceBody::new))
+}
+
+/// PINGs the service every 20 s; resolves when one is not answered within 20 s. A failing
+/// connection is its own task's to report.
+async fn keep_alive(pings: Option<PingPong>) -> &'static str {
+    let Some(mut pings) = pings else { return std::future::pending().await };
+    loop {
+        tokio::time::sleep(PING_INTERVAL).await;
+        match tokio::time::timeout(PING_INTERVAL, pings.ping(Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return std::future::pending().await,
+            Err(_) => return "no PING answered within 20 s",
+        }
     }
 }

@@ -41,8 +41,8 @@ impl Proxy {
         // A gRPC call's deadline: the earlier of its `grpc-timeout` and the route's.
         let start = deadline - route.timeout;
         let deadline = grpc::timeout(&req.fields).map_or(deadline, |timeout| deadline.min(start + timeout));
-        let request = request(req, peer, to.authority);
-        let response = match self.h2.send(to, request, deadline).await {
+        let (head, body) = request(req, peer, to.authority);
+        let response = match self.h2.send(to, head, body, deadline).await {
             Ok(response) => response,
             Err(Failed::Overflow) => return super::overflow(&self.live, Limit::Connections, guard, close),
             Err(Failed::Io(e)) => return self.failed(e, route, snapshot, guard),
@@ -69,7 +69,7 @@ impl Proxy {
 
 /// The request for the service: its fields by the proxy's rules, its authority the
 /// client's `Host` (or HTTP/2 authority), else the service's.
-fn request(req: ProxyRequest, peer: &Peer, service: &Authority) -> Request<RequestBody> {
+fn request(req: ProxyRequest, peer: &Peer, service: &Authority) -> (Request<()>, RequestBody) {
     let ProxyRequest { method, uri, fields, body, .. } = req;
     let framing = match body.size_hint().exact() {
         _ if body.is_end_stream() => Framing::None,
@@ -87,11 +87,11 @@ fn request(req: ProxyRequest, peer: &Peer, service: &Authority) -> Request<Reque
     let authority = host.and_then(|host| Authority::try_from(host.as_bytes()).ok()).unwrap_or_else(|| given.clone());
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let uri = Uri::builder().scheme("http").authority(authority).path_and_query(path).build();
-    let mut request = Request::new(body);
+    let mut request = Request::new(());
     *request.method_mut() = method;
     // The path was read and normalized as valid, and the authority parsed: it builds.
     *request.uri_mut() = uri.unwrap_or_else(|_| Uri::from_static("/"));
     *request.version_mut() = Version::HTTP_2;
     *request.headers_mut() = headers;
-    request
+    (request, body)
 }

@@ -28,6 +28,7 @@ mod front;
 mod global;
 mod grpc;
 mod h1;
+mod h2body;
 mod h2c;
 mod h2client;
 mod h2forward;
