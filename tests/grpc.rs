@@ -155,16 +155,20 @@ async fn serve_versions(h2_only: bool) -> (std::net::SocketAddr, Arc<AtomicUsize
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
                     let said = format!("{:?} {}", req.version(), req.headers().get("x-forwarded-for").is_some());
+                    // `/sized`: a body of the length its head says, no trailers.
+                    let sized = req.uri().path() == "/sized";
                     let mut trailers = http::HeaderMap::new();
                     trailers.insert("x-trailer", "kept".parse().unwrap());
-                    let frames = [
-                        Ok::<_, std::convert::Infallible>(Frame::data(bytes::Bytes::from(said))),
-                        Ok(Frame::trailers(trailers)),
-                    ];
+                    let mut response = http::Response::builder().header("x-seen", "1");
+                    if sized {
+                        response = response.header("content-length", said.len());
+                    }
+                    let mut frames = vec![Ok::<_, std::convert::Infallible>(Frame::data(bytes::Bytes::from(said)))];
+                    if !sized {
+                        frames.push(Ok(Frame::trailers(trailers)));
+                    }
                     let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
-                    Ok::<_, std::convert::Infallible>(
-                        http::Response::builder().header("x-seen", "1").body(body).unwrap(),
-                    )
+                    Ok::<_, std::convert::Infallible>(response.body(body).unwrap())
                 });
                 let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 if h2_only {
@@ -191,6 +195,13 @@ async fn each_protocol_setting_speaks_to_the_service_as_it_says() {
             "{protocol}"
         );
         assert_eq!(String::from_utf8_lossy(&body), format!("{http1_goes} true"), "{protocol}: an HTTP/1.1 client");
+        // The service's length frames the body for an HTTP/1.1 client, whichever protocol
+        // brought it: not chunks.
+        let (response, body) = get(&client(), &sluice.url("/sized")).await;
+        assert_eq!(String::from_utf8_lossy(&body), format!("{http1_goes} true"), "{protocol}");
+        let length = response.headers().get("content-length").map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(length, Some(body.len().to_string()), "{protocol}: {:?}", response.headers());
+        assert!(response.headers().get("transfer-encoding").is_none(), "{protocol}: {:?}", response.headers());
         let (response, body) = get(&h2_client(), &sluice.url("/x")).await;
         assert_eq!(response.status(), 200);
         assert_eq!(String::from_utf8_lossy(&body), format!("{h2c_goes} true"), "{protocol}: an h2c client");

@@ -85,8 +85,8 @@ enum Inner {
         service: Option<(TcpStream, Bytes)>,
         _counted: Connection,
     },
-    /// An HTTP/2 service's body, as hyper reads it: its data and trailers.
-    H2(super::h2body::ServiceBody),
+    /// An HTTP/2 service's body: its data and trailers.
+    H2(super::h2body::Received),
 }
 
 impl ProxyBody {
@@ -105,7 +105,7 @@ impl ProxyBody {
     }
 
     /// An HTTP/2 service's body, holding the request's guard until it ends.
-    pub fn h2(body: super::h2body::ServiceBody, fields: Fields, guard: Guard) -> Self {
+    pub fn h2(body: super::h2body::Received, fields: Fields, guard: Guard) -> Self {
         Self { inner: Inner::H2(body), guard: Some(guard), fields: Some(fields) }
     }
 

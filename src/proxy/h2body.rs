@@ -1,15 +1,17 @@
 //! The two bodies of a stream to an HTTP/2 service, driven with the `h2` crate on the
-//! request's own task: the request's, sent as the service's window allows
-//! ([`send_body`]), and the response's, read as the client takes it ([`ServiceBody`]), its
-//! window given back as each frame is taken, trailers included.
+//! request's own task: the request's, sent as the service's window allows ([`send_body`]),
+//! and the response's, read as the client takes it ([`Received`]), its window given back
+//! as each frame is taken; trailers included. And the connection's PINGs ([`keep_alive`]).
 
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use h2::{Reason, RecvStream, SendStream};
+use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
+use http::{header, HeaderMap};
 use http_body::{Body, Frame, SizeHint};
 
 use super::RequestBody;
@@ -22,18 +24,23 @@ pub enum SendFailed {
     Service,
 }
 
-/// Sends `body` on `stream` as the service's window allows, trailers included, and ends the
-/// stream.
+/// Sends `body` on `stream` as the service's window allows, trailers included, and ends
+/// the stream. Stops reading the client when the service resets the stream.
 pub async fn send_body(mut body: RequestBody, mut stream: SendStream<Bytes>) -> Result<(), SendFailed> {
-    let mut body = Pin::new(&mut body);
     loop {
-        let frame = match poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-            None => return stream.send_data(Bytes::new(), true).map_err(|_| SendFailed::Service),
-            Some(Err(e)) => {
+        // The next frame, unless the service resets the stream meanwhile.
+        let next = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(Some(frame)),
+            Poll::Pending => stream.poll_reset(cx).map(|_| None),
+        });
+        let frame = match next.await {
+            None => return Err(SendFailed::Service),
+            Some(None) => return stream.send_data(Bytes::new(), true).map_err(|_| SendFailed::Service),
+            Some(Some(Err(e))) => {
                 stream.send_reset(Reason::CANCEL);
                 return Err(SendFailed::Client(e));
             }
-            Some(Ok(frame)) => frame,
+            Some(Some(Ok(frame))) => frame,
         };
         match frame.into_data() {
             Ok(mut data) => {
@@ -64,19 +71,29 @@ pub async fn send_body(mut body: RequestBody, mut stream: SendStream<Bytes>) -> 
 }
 
 /// The response body from the service.
-pub struct ServiceBody {
+pub struct Received {
     stream: RecvStream,
     /// Its DATA frames are over: trailers, if any, are next.
     data_over: bool,
+    /// Bytes still to come, when its head said how many (h2 holds the service to it): an
+    /// HTTP/1.1 client is sent a `Content-Length` rather than chunks.
+    left: Option<u64>,
 }
 
-impl ServiceBody {
-    pub fn new(stream: RecvStream) -> Self {
-        Self { stream, data_over: false }
+impl Received {
+    /// The body of `stream`, whose head had `fields`.
+    pub fn new(stream: RecvStream, fields: &HeaderMap) -> Self {
+        let left = if stream.is_end_stream() {
+            Some(0)
+        } else {
+            let length = fields.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+            length.and_then(|v| v.parse().ok())
+        };
+        Self { stream, data_over: false, left }
     }
 }
 
-impl Body for ServiceBody {
+impl Body for Received {
     type Data = Bytes;
     type Error = io::Error;
 
@@ -87,6 +104,7 @@ impl Body for ServiceBody {
                 Some(Ok(data)) => {
                     // Taken: the service may send as much again.
                     let _ = this.stream.flow_control().release_capacity(data.len());
+                    this.left = this.left.map(|left| left.saturating_sub(data.len() as u64));
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Some(Err(e)) => return Poll::Ready(Some(Err(io::Error::other(e)))),
@@ -105,6 +123,20 @@ impl Body for ServiceBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
+        self.left.map_or_else(SizeHint::default, SizeHint::with_exact)
+    }
+}
+
+/// PINGs the service every `every`; resolves when one is not answered within as long. A failing
+/// connection is its own task's to report.
+pub async fn keep_alive(pings: Option<PingPong>, every: Duration) -> &'static str {
+    let Some(mut pings) = pings else { return std::future::pending().await };
+    loop {
+        tokio::time::sleep(every).await;
+        match tokio::time::timeout(every, pings.ping(Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return std::future::pending().await,
+            Err(_) => return "a PING was not answered in time",
+        }
     }
 }

@@ -19,13 +19,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use h2::{Ping, PingPong};
 use http::uri::Authority;
 use http::{Request, Response};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::h2body::{send_body, SendFailed, ServiceBody};
+use super::h2body::{keep_alive, send_body, Received, SendFailed};
 use super::pool::{Shared, Target};
 use super::RequestBody;
 use crate::upstream::resolve;
@@ -89,7 +88,7 @@ impl H2Pool {
         head: Request<()>,
         body: RequestBody,
         deadline: Instant,
-    ) -> Result<Response<ServiceBody>, Failed> {
+    ) -> Result<Response<Received>, Failed> {
         let sent = async {
             let send = loop {
                 let (current, fresh) = match self.usable(to.authority) {
@@ -179,7 +178,7 @@ impl H2Pool {
             let mut conn = pin!(conn);
             let ended_by = tokio::select! {
                 result = conn.as_mut() => result.err().map(|e| e.to_string()),
-                why = keep_alive(pings) => Some(why.to_string()),
+                why = keep_alive(pings, PING_INTERVAL) => Some(why.to_string()),
             };
             ended.store(true, Ordering::Release);
             if let Some(why) = ended_by {
@@ -201,7 +200,7 @@ async fn exchange(
     mut send: SendRequest<Bytes>,
     head: Request<()>,
     body: RequestBody,
-) -> Result<Response<ServiceBody>, Failed> {
+) -> Result<Response<Received>, Failed> {
     use http_body::Body as _;
     let end = body.is_end_stream();
     let (mut response, stream) = send.send_request(head, end).map_err(|e| Failed::Io(io::Error::other(e)))?;
@@ -234,19 +233,7 @@ async fn exchange(
         None => response.await,
     };
     let response = response.map_err(|e| Failed::Io(io::Error::other(e)))?;
-    Ok(response.map(ServiceBody::new))
-}
-
-/// PINGs the service every 20 s; resolves when one is not answered within 20 s. A failing
-/// connection is its own task's to report.
-async fn keep_alive(pings: Option<PingPong>) -> &'static str {
-    let Some(mut pings) = pings else { return std::future::pending().await };
-    loop {
-        tokio::time::sleep(PING_INTERVAL).await;
-        match tokio::time::timeout(PING_INTERVAL, pings.ping(Ping::opaque())).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => return std::future::pending().await,
-            Err(_) => return "no PING answered within 20 s",
-        }
-    }
+    let (parts, stream) = response.into_parts();
+    let body = Received::new(stream, &parts.headers);
+    Ok(Response::from_parts(parts, body))
 }
