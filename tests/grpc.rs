@@ -212,6 +212,22 @@ async fn each_protocol_setting_speaks_to_the_service_as_it_says() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_http2_services_answer_carries_the_quotas_fields_beside_its_own() {
+    let (service, _) = versions().await;
+    let routes = "routes:\n  - name: all\n    match: { path: /* }\n    quota: { rate: 100, per: 1s, burst: 100, advertise: always }\n";
+    let sluice = Sluice::start_before(service, &format!("upstream_protocol: http2\n{routes}")).await;
+    for (client, name) in [(client(), "HTTP/1.1"), (h2_client(), "h2c")] {
+        let (response, body) = get(&client, &sluice.url("/x")).await;
+        assert_eq!(String::from_utf8_lossy(&body), "HTTP/2.0 true", "{name}");
+        let headers = response.headers();
+        assert_eq!(headers["x-seen"], "1", "{name}: {headers:?}");
+        assert!(headers["ratelimit"].to_str().unwrap().contains(";r="), "{name}: {headers:?}");
+        assert!(headers.contains_key("ratelimit-policy"), "{name}: {headers:?}");
+        assert_eq!(headers.get_all("date").iter().count(), 1, "{name}: {headers:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn http2_to_the_service_multiplexes_one_connection_a_worker() {
     let (service, connections) = versions().await;
     let sluice = Sluice::start_before(service, &format!("upstream_protocol: http2\n{ROUTES}")).await;

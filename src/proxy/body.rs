@@ -105,8 +105,8 @@ impl ProxyBody {
     }
 
     /// An HTTP/2 service's body, holding the request's guard until it ends.
-    pub fn h2(body: super::h2body::Received, fields: Fields, guard: Guard) -> Self {
-        Self { inner: Inner::H2(body), guard: Some(guard), fields: Some(fields) }
+    pub fn h2(body: super::h2body::Received, fields: Option<Fields>, guard: Guard) -> Self {
+        Self { inner: Inner::H2(body), guard: Some(guard), fields }
     }
 
     /// The body of a `101`: the connection to the service, holding the request's slots.

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use http::uri::{Authority, Uri};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, Version};
 use http_body::Body as _;
 use tokio::time::Instant;
@@ -15,6 +15,7 @@ use super::admit::Advertised;
 use super::h1::{Fields, Framing};
 use super::h2client::Failed;
 use super::pool::Target;
+use super::request::RequestFields;
 use super::{grpc, respond, upstream, Guard, Peer, Proxy, ProxyBody, ProxyRequest, RequestBody};
 use crate::snapshot::{RouteState, Snapshot};
 use crate::upstream::breaker::Limit;
@@ -48,7 +49,6 @@ impl Proxy {
             Err(Failed::Io(e)) => return self.failed(e, route, snapshot, guard),
         };
         let (parts, body) = response.into_parts();
-        let mut fields = Fields::from_map(&parts.headers);
         // A gRPC call answered "trailers-only" has its status in its head.
         let grpc = grpc::status(&parts.headers);
         let failed = parts.status.is_server_error();
@@ -57,12 +57,17 @@ impl Proxy {
             measure.status = parts.status.as_u16();
             measure.grpc = grpc;
         }
-        if let Some(policy) = &route.advertised_policy {
+        // The service's fields go on as h2 read them (its map: written from as they are, for
+        // either protocol), with sluice's own beside them.
+        let fields = route.advertised_policy.as_ref().map(|policy| {
+            let mut fields = Fields::none();
             let scopes = [&*route.quotas.scope, &*snapshot.service.scope];
             respond::advertise(&mut fields, policy, scopes, &advertised);
-        }
+            fields
+        });
         let mut response = Response::new(ProxyBody::h2(body, fields, guard));
         *response.status_mut() = parts.status;
+        *response.headers_mut() = parts.headers;
         response
     }
 }
@@ -83,14 +88,19 @@ fn request(req: ProxyRequest, peer: &Peer, service: &Authority) -> (Request<()>,
         upgrade: false,
         body: framing,
     };
-    let (headers, host) = upstream::h2_fields(|| fields.iter(), &forward);
+    let (headers, host) = match fields {
+        RequestFields::Map(map) => upstream::h2_fields_of_map(map, &forward),
+        sent => upstream::h2_fields(|| sent.iter(), &forward),
+    };
     let authority = host.and_then(|host| Authority::try_from(host.as_bytes()).ok()).unwrap_or_else(|| given.clone());
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri = Uri::builder().scheme("http").authority(authority).path_and_query(path).build();
+    let mut parts = uri.into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = parts.path_and_query.or_else(|| Some(PathAndQuery::from_static("/")));
     let mut request = Request::new(());
     *request.method_mut() = method;
     // The path was read and normalized as valid, and the authority parsed: it builds.
-    *request.uri_mut() = uri.unwrap_or_else(|_| Uri::from_static("/"));
+    *request.uri_mut() = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
     *request.version_mut() = Version::HTTP_2;
     *request.headers_mut() = headers;
     (request, body)

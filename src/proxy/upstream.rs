@@ -104,12 +104,31 @@ where
             map.append(name, value);
         }
     }
+    let earlier = fields().filter(|&(name, _)| passed.forwarded_for && Known::of(name) == Known::XForwardedFor);
+    forwarding(&mut map, earlier.map(|(_, value)| value), forward, passed.length);
+    (map, host)
+}
+
+/// The fields of an h2c client's request for an HTTP/2 service, by the same rules: its map
+/// goes on as it is (no copy), less `Host`, which is the authority. h2 refused the
+/// hop-by-hop fields, and any `TE` but `trailers`, when it read the request: none is left
+/// to take out.
+pub fn h2_fields_of_map(mut map: HeaderMap, forward: &Forward) -> (HeaderMap, Option<HeaderValue>) {
+    let host = map.remove(header::HOST);
+    let length = map.remove(header::CONTENT_LENGTH).is_some();
+    // Every value the client gave (`remove` would return only the first).
+    let earlier: Vec<HeaderValue> = map.get_all(X_FORWARDED_FOR).iter().cloned().collect();
+    forwarding(&mut map, earlier.iter().map(HeaderValue::as_bytes), forward, length);
+    (map, host)
+}
+
+/// What the proxy adds to a request for an HTTP/2 service: `X-Forwarded-For` (the
+/// `earlier` values and the client), `X-Forwarded-Proto`, and the body's length.
+fn forwarding<'a>(map: &mut HeaderMap, earlier: impl Iterator<Item = &'a [u8]>, forward: &Forward, length: bool) {
     let mut forwarded_for = Vec::with_capacity(64);
-    if passed.forwarded_for {
-        for (_, value) in fields().filter(|&(name, _)| Known::of(name) == Known::XForwardedFor) {
-            forwarded_for.extend_from_slice(value);
-            forwarded_for.extend_from_slice(b", ");
-        }
+    for value in earlier {
+        forwarded_for.extend_from_slice(value);
+        forwarded_for.extend_from_slice(b", ");
     }
     forwarded_for.extend_from_slice(forward.client);
     if let Ok(value) = HeaderValue::from_bytes(&forwarded_for) {
@@ -119,10 +138,9 @@ where
     match forward.body {
         Framing::Length(len) => drop(map.insert(header::CONTENT_LENGTH, HeaderValue::from(len))),
         Framing::Chunked => {}
-        _ if passed.length => drop(map.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"))),
+        _ if length => drop(map.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"))),
         _ => {}
     }
-    (map, host)
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -272,6 +290,36 @@ mod tests {
         assert_eq!(map["te"], "trailers");
         let (map, host) = h2_fields(std::iter::empty, &Forward { body: Framing::Length(5), ..PLAIN });
         assert_eq!((host, &map["content-length"]), (None, &HeaderValue::from(5)));
+    }
+
+    #[test]
+    fn an_h2c_clients_map_goes_on_by_the_same_rules() {
+        let mut map = HeaderMap::new();
+        for (name, value) in [
+            ("host", "example.test"),
+            ("te", "trailers"),
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-proto", "https"),
+            ("content-length", "5"),
+            ("content-type", "application/grpc"),
+        ] {
+            map.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        let (map, host) = h2_fields_of_map(map, &Forward { body: Framing::Length(5), ..PLAIN });
+        assert_eq!(host.unwrap(), "example.test");
+        let mut names: Vec<_> = map.keys().map(|name| name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "content-type", "te", "x-forwarded-for", "x-forwarded-proto"]);
+        assert_eq!(map["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 127.0.0.1");
+        assert_eq!(map.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!((map["x-forwarded-proto"].as_bytes(), map["content-length"].as_bytes()), (&b"http"[..], &b"5"[..]));
+        // No body, but a length given: 0, as over HTTP/1.1; none given, none sent.
+        let given = HeaderMap::from_iter([(header::CONTENT_LENGTH, HeaderValue::from_static("0"))]);
+        assert_eq!(h2_fields_of_map(given, &PLAIN).0["content-length"], "0");
+        let (map, host) = h2_fields_of_map(HeaderMap::new(), &PLAIN);
+        assert!(host.is_none() && !map.contains_key("content-length"));
+        assert_eq!(map["x-forwarded-for"], "127.0.0.1");
     }
 
     #[test]

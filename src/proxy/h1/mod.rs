@@ -102,23 +102,10 @@ impl Fields {
         self.iter().find(|(field, _)| field.eq_ignore_ascii_case(name.as_bytes())).map(|(_, value)| value)
     }
 
-    /// The fields of a map (an HTTP/2 service's answer), as bytes an HTTP/1.1 client gets
-    /// them in: names lowercase, as HTTP/2 sent them.
-    pub fn from_map(map: &HeaderMap) -> Fields {
-        let mut head = BytesMut::with_capacity(map.len() * 32);
-        let mut places = Vec::with_capacity(map.len());
-        let mut dated = false;
-        for (name, value) in map {
-            dated |= name == header::DATE;
-            let start = head.len();
-            head.extend_from_slice(name.as_str().as_bytes());
-            let colon = head.len();
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            places.push((start..colon, colon + 2..head.len()));
-            head.extend_from_slice(b"\r\n");
-        }
-        Fields { head: head.freeze(), places, dated }
+    /// No fields: for sluice's own to be added to (an HTTP/2 service's answer, whose own
+    /// are a map).
+    pub fn none() -> Fields {
+        Fields { head: Bytes::new(), places: Vec::new(), dated: false }
     }
 
     /// Appends them to `map`, each value a shared slice of the head.
