@@ -75,20 +75,13 @@ impl Conn {
         deadline: Instant,
         counted: Connection,
     ) -> io::Result<Conn> {
-        let connect = async {
-            match addrs {
-                Some(addrs) => TcpStream::connect(addrs).await,
-                None => TcpStream::connect(resolve::host_port(upstream)).await,
-            }
-        };
         let bound = Instant::now() + CONNECT_TIMEOUT;
-        let stream = match tokio::time::timeout_at(deadline.min(bound), connect).await {
+        let stream = match tokio::time::timeout_at(deadline.min(bound), dial(upstream, addrs)).await {
             Ok(stream) => stream?,
             Err(_) if deadline <= bound => return Err(timed_out()),
             // Not the route's timeout: the service is unreachable (502).
             Err(_) => return Err(io::Error::new(io::ErrorKind::HostUnreachable, "no connection within 5 s")),
         };
-        stream.set_nodelay(true)?;
         Ok(Conn {
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
@@ -323,6 +316,18 @@ impl std::fmt::Display for ClientFault {
 }
 
 impl std::error::Error for ClientFault {}
+
+/// A TCP connection to the service, `TCP_NODELAY` set: to `addrs` in turn, as its name
+/// last resolved, or to `upstream` itself (resolved now) without them. HTTP/1.1 and HTTP/2
+/// connections are made alike.
+pub async fn dial(upstream: &Authority, addrs: Option<&[std::net::SocketAddr]>) -> io::Result<TcpStream> {
+    let stream = match addrs {
+        Some(addrs) => TcpStream::connect(addrs).await?,
+        None => TcpStream::connect(resolve::host_port(upstream)).await?,
+    };
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
 
 /// Whether `error` is the client's doing, and how.
 pub fn client_fault(error: &io::Error) -> Option<ClientFault> {

@@ -21,13 +21,11 @@ use bytes::Bytes;
 use h2::client::SendRequest;
 use http::uri::Authority;
 use http::{Request, Response};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::h2body::{keep_alive, send_body, Received, SendFailed};
 use super::pool::{Shared, Target};
 use super::RequestBody;
-use crate::upstream::resolve;
 
 /// Settings, with their reasons (docs/config.md, "HTTP/2 to the service"):
 /// 256 KiB a stream and 4 MiB a connection of response body in flight: what the service
@@ -145,14 +143,9 @@ impl H2Pool {
     /// A new connection to `to`, the worker's from now on.
     async fn connect(&self, to: Target<'_>) -> Result<Current, Failed> {
         let counted = self.shared.connection(to.max_connections, None).ok_or(Failed::Overflow)?;
-        let generation = self.shared.generation();
-        let addresses = self.shared.addresses(to.authority);
+        let (addresses, generation) = self.shared.destination(to.authority);
         let connect = async {
-            let stream = match &addresses {
-                Some(addresses) => TcpStream::connect(addresses.addrs.as_slice()).await?,
-                None => TcpStream::connect(resolve::host_port(to.authority)).await?,
-            };
-            stream.set_nodelay(true)?;
+            let stream = super::conn::dial(to.authority, addresses.as_ref().map(|a| a.addrs.as_slice())).await?;
             h2::client::Builder::new()
                 .initial_window_size(STREAM_WINDOW)
                 .initial_connection_window_size(CONNECTION_WINDOW)
@@ -186,7 +179,6 @@ impl H2Pool {
             }
             drop(counted); // its place in the count of connections, for as long as it was open
         });
-        let generation = addresses.as_ref().map_or(generation, |a| a.generation);
         let id = self.made.fetch_add(1, Ordering::Relaxed);
         let current = Current { send, closed, authority: to.authority.clone(), generation, id };
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(current.clone());

@@ -69,9 +69,14 @@ impl Shared {
         self.resolver.generation()
     }
 
-    /// What the service's name resolved to, if `authority` is the name last resolved.
-    pub fn addresses(&self, authority: &Authority) -> Option<Arc<Addresses>> {
-        self.resolver.addresses(authority)
+    /// Where a new connection to `authority` goes: the addresses its name last resolved to
+    /// (`None`: a literal, or a name not resolved yet, looked up as it connects), and the
+    /// generation of addresses that connection belongs to.
+    pub fn destination(&self, authority: &Authority) -> (Option<Arc<Addresses>>, u32) {
+        let generation = self.resolver.generation();
+        let addresses = self.resolver.addresses(authority);
+        let generation = addresses.as_ref().map_or(generation, |a| a.generation);
+        (addresses, generation)
     }
 
     /// Closes the oldest idle connection of a pool other than `asking`, if there is one.
@@ -218,11 +223,10 @@ impl Pool {
     async fn open(&self, to: Target<'_>, deadline: tokio::time::Instant) -> Result<Conn, Option<io::Error>> {
         let shared = &self.shared;
         let counted = shared.connection(to.max_connections, Some(self)).ok_or(None)?;
-        let generation = shared.generation();
-        let addresses = shared.addresses(to.authority);
+        let (addresses, generation) = shared.destination(to.authority);
         let addrs = addresses.as_ref().map(|a| a.addrs.as_slice());
         let mut conn = Conn::open(to.authority, addrs, deadline, counted).await.map_err(Some)?;
-        conn.generation = addresses.as_ref().map_or(generation, |a| a.generation);
+        conn.generation = generation;
         Ok(conn)
     }
 
