@@ -37,15 +37,7 @@ where
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let start = out.len();
-    let mut passed = pass_fields(fields(), &[], out);
-    if passed.names_fields {
-        // Rare: `Connection` names fields of its own. They are written again, without those.
-        out.truncate(start);
-        let connection = fields().filter(|&(name, _)| Known::of(name) == Known::Connection);
-        let named: Vec<&[u8]> = connection.flat_map(|(_, value)| h1::options(value)).collect();
-        passed = pass_fields(fields(), &named, out);
-    }
+    let passed = pass_all(&fields, out);
     if !passed.host {
         field(b"host", forward.host.as_bytes(), out);
     }
@@ -83,13 +75,7 @@ where
     // The fields that go on, written as for HTTP/1.1 (the same code: its inlining on the
     // HTTP/1.1 path is kept as it is), then read into the map.
     let mut out = Vec::with_capacity(512);
-    let mut passed = pass_fields(fields(), &[], &mut out);
-    if passed.names_fields {
-        out.clear();
-        let connection = fields().filter(|&(name, _)| Known::of(name) == Known::Connection);
-        let named: Vec<&[u8]> = connection.flat_map(|(_, value)| h1::options(value)).collect();
-        passed = pass_fields(fields(), &named, &mut out);
-    }
+    let passed = pass_all(&fields, &mut out);
     let mut map = HeaderMap::with_capacity(16);
     let mut host = None;
     for line in out.split(|&b| b == b'\n').filter(|line| !line.is_empty()) {
@@ -145,6 +131,36 @@ fn forwarding<'a>(map: &mut HeaderMap, earlier: impl Iterator<Item = &'a [u8]>, 
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Writes the client's fields that go on to `out` (each call of `fields` goes over them),
+/// and says what it saw: [`pass_fields`], and again without the fields `Connection` names
+/// when it names any (rare).
+#[inline(always)] // on the HTTP/1.1 path, as pass_fields is (BENCHMARKS.md, issue 23)
+fn pass_all<'a, I>(fields: impl Fn() -> I, out: &mut Vec<u8>) -> Passed<'a>
+where
+    I: Iterator<Item = (&'a [u8], &'a [u8])>,
+{
+    let start = out.len();
+    let passed = pass_fields(fields(), &[], out);
+    if passed.names_fields {
+        return pass_unnamed(fields, start, out);
+    }
+    passed
+}
+
+/// [`pass_all`]'s second pass, out of the common path: the fields written again from
+/// `start`, without those `Connection` names.
+#[cold]
+#[inline(never)]
+fn pass_unnamed<'a, I>(fields: impl Fn() -> I, start: usize, out: &mut Vec<u8>) -> Passed<'a>
+where
+    I: Iterator<Item = (&'a [u8], &'a [u8])>,
+{
+    out.truncate(start);
+    let connection = fields().filter(|&(name, _)| Known::of(name) == Known::Connection);
+    let named: Vec<&[u8]> = connection.flat_map(|(_, value)| h1::options(value)).collect();
+    pass_fields(fields(), &named, out)
+}
 
 /// What [`pass_fields`] saw.
 #[derive(Default)]
