@@ -10,14 +10,14 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::events::{Event, Events};
-use crate::quota::global::degraded::Change;
+use crate::quota::global::degraded::{Change, PROBE_EVERY};
 use crate::quota::global::replicas::HEARTBEAT_EVERY;
 use crate::quota::global::Shared;
 use crate::snapshot::Live;
 
-/// Beats every [`HEARTBEAT_EVERY`] and reports changes as they come, until aborted.
+/// Beats every [`HEARTBEAT_EVERY`] ([`PROBE_EVERY`] while Redis is down) and reports changes as they come, until aborted.
 pub async fn run(live: Arc<Live>, events: Events) {
-    let mut next_beat = tokio::time::Instant::now();
+    let mut last_beat: Option<tokio::time::Instant> = None;
     let mut beating: Option<Arc<Shared>> = None;
     loop {
         let Some(shared) = live.load().global.clone() else {
@@ -27,16 +27,22 @@ pub async fn run(live: Arc<Live>, events: Events) {
         };
         if !beating.as_ref().is_some_and(|b| Arc::ptr_eq(b, &shared)) {
             // A new `global` section: counted (and its replica count read) at once.
-            next_beat = tokio::time::Instant::now();
+            last_beat = None;
             beating = Some(shared.clone());
         }
-        if tokio::time::Instant::now() >= next_beat {
+        // While Redis is down the heartbeat is also the probe of a replica with no traffic,
+        // so the circuit closes within a second of Redis answering either way.
+        let every = if shared.degraded() { PROBE_EVERY } else { HEARTBEAT_EVERY };
+        let now = tokio::time::Instant::now();
+        let mut next_beat = last_beat.map_or(now, |last| last + every);
+        if now >= next_beat {
             shared.beat(live.clock()).await;
-            next_beat = tokio::time::Instant::now() + HEARTBEAT_EVERY;
+            let beaten = tokio::time::Instant::now();
+            (last_beat, next_beat) = (Some(beaten), beaten + every);
         }
         report(&shared, &events);
-        // Woken by a change of the circuit; a reload that replaced the section is seen at
-        // the next beat or within a second.
+        // Woken by a change of the circuit (which may bring the next beat nearer); a reload
+        // that replaced the section is seen at the next beat or within a second.
         let wait = next_beat.min(tokio::time::Instant::now() + Duration::from_secs(1));
         let _ = tokio::time::timeout_at(wait, shared.changed.notified()).await;
         report(&shared, &events);
