@@ -9,6 +9,7 @@
 mod api;
 pub mod audit;
 mod auth;
+pub mod changes;
 mod problem;
 pub mod serve;
 
