@@ -15,7 +15,8 @@ use crate::quota::global::replicas::HEARTBEAT_EVERY;
 use crate::quota::global::Shared;
 use crate::snapshot::Live;
 
-/// Beats every [`HEARTBEAT_EVERY`] ([`PROBE_EVERY`] while Redis is down) and reports changes as they come, until aborted.
+/// Beats every [`HEARTBEAT_EVERY`] ([`PROBE_EVERY`] while Redis is down) and reports changes
+/// as they come, until aborted.
 pub async fn run(live: Arc<Live>, events: Events) {
     let mut last_beat: Option<tokio::time::Instant> = None;
     let mut beating: Option<Arc<Shared>> = None;
